@@ -1,0 +1,99 @@
+"""Inputs and outputs of the pure assignor. Plain, immutable data; no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from capgroup.types import TopicPartition
+
+
+@dataclass(frozen=True, slots=True)
+class OwnedPartition:
+    """A partition a member claims to own, the generation under which it owned it last,
+    and the partition's ingress rate (records/s from broker high watermarks; 0 if unknown)."""
+
+    topic: str
+    partition: int
+    generation: int
+    rate: float = 0.0
+
+    @property
+    def tp(self) -> TopicPartition:
+        """The claimed topic-partition."""
+        return TopicPartition(self.topic, self.partition)
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityAdvertisement:
+    """What a member tells the leader about its limits and its current ownership.
+
+    Travels, versioned, in the ``user_data`` of JoinGroup protocol metadata
+    (see :mod:`capgroup.protocol.capacity`).
+    """
+
+    max_partitions: int
+    memory_budget_bytes: int
+    #: Worst-case bytes one partition of a topic costs this member (batch cap + fetch buffer).
+    partition_bytes: Mapping[str, int]
+    #: Cost of a partition of a topic missing from ``partition_bytes``.
+    default_partition_bytes: int = 0
+    weight: float = 1.0
+    rack: str | None = None
+    draining: bool = False
+    owned: tuple[OwnedPartition, ...] = ()
+
+    def cost_of(self, topic: str) -> int:
+        """Bytes one partition of ``topic`` costs this member."""
+        return self.partition_bytes.get(topic, self.default_partition_bytes)
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSpec:
+    """One group member as the assignor sees it: identity, subscription and advertisement."""
+
+    member_id: str
+    topics: frozenset[str]
+    capacity: CapacityAdvertisement
+    instance_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionSpec:
+    """One partition to place, with its ingress rate in records/s (0 when unknown)."""
+
+    topic: str
+    partition: int
+    rate: float = 0.0
+
+    @property
+    def tp(self) -> TopicPartition:
+        """The topic-partition."""
+        return TopicPartition(self.topic, self.partition)
+
+
+@dataclass(frozen=True, slots=True)
+class PendingMove:
+    """A partition withheld for one round while it moves between two live members (KIP-429)."""
+
+    tp: TopicPartition
+    from_member: str
+    to_member: str
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The assignor's output for one generation.
+
+    Every input partition appears exactly once across ``assignment``, ``pending`` and
+    ``unassigned``. ``assignment`` has an entry for every input member, possibly empty.
+    """
+
+    assignment: Mapping[str, tuple[TopicPartition, ...]]
+    pending: tuple[PendingMove, ...] = ()
+    unassigned: tuple[TopicPartition, ...] = ()
+    #: Partitions whose owner changes (assigned or pending to a member other than the
+    #: valid current owner). Partitions of departed members count too.
+    moved: int = 0
+    #: Human-readable reasons for anything notable (capacity shortfall, claim conflicts).
+    notes: tuple[str, ...] = field(default=())

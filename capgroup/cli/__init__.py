@@ -1,0 +1,1 @@
+"""The ``capgroup`` command line."""

@@ -1,0 +1,1 @@
+"""Membership engine: the classic group protocol, run by capgroup itself."""

@@ -1,0 +1,1 @@
+"""Operations: local Kafka harness, metrics and health endpoints."""

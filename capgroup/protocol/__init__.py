@@ -1,0 +1,1 @@
+"""Wire layer: the versioned capacity advertisement carried in JoinGroup member metadata."""

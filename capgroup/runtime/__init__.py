@@ -1,0 +1,1 @@
+"""Runtime: BatchingConsumer, per-partition buffers, commit-after-flush, memory budget."""

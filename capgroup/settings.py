@@ -1,0 +1,236 @@
+"""Configuration for capgroup members, read from ``CAPGROUP_*`` environment variables or ``.env``.
+
+Every field has a sane default except the ones a deployment must choose (group id and topics,
+which are checked where they are needed). Invalid values fail at start-up with a
+:class:`SettingsError` that names the environment variable and the accepted range.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "CAPGROUP_"
+
+#: Broker-side bounds of the classic group protocol (group.min/max.session.timeout.ms defaults).
+MIN_SESSION_TIMEOUT_MS = 6_000
+MAX_SESSION_TIMEOUT_MS = 1_800_000
+
+
+class SettingsError(ValueError):
+    """Raised when settings are invalid; the message names each offending setting."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid capgroup settings:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class CapgroupSettings(BaseSettings):
+    """Settings of one capgroup member.
+
+    Environment variables use the ``CAPGROUP_`` prefix, e.g. ``CAPGROUP_GROUP_ID``;
+    list values (``CAPGROUP_TOPICS``) are comma-separated. Use :func:`load_settings` to get
+    a :class:`SettingsError` with readable messages instead of pydantic's ``ValidationError``.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # --- connection and group basics -----------------------------------------------------
+    bootstrap_servers: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1:9092"],
+        description="Kafka bootstrap servers, comma-separated host:port.",
+    )
+    group_id: str = Field(default="", description="Consumer group id.")
+    group_instance_id: str | None = Field(
+        default=None,
+        description="Static membership id (KIP-345); in Kubernetes, the StatefulSet pod name.",
+    )
+    topics: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Topics to consume, comma-separated."
+    )
+    client_id: str = Field(default="capgroup", description="Kafka client id.")
+
+    session_timeout_ms: int = Field(
+        default=10_000,
+        ge=MIN_SESSION_TIMEOUT_MS,
+        le=MAX_SESSION_TIMEOUT_MS,
+        description="Group session timeout: a member silent this long is removed.",
+    )
+    rebalance_timeout_ms: int = Field(
+        default=30_000,
+        ge=1_000,
+        le=MAX_SESSION_TIMEOUT_MS,
+        description="How long the coordinator waits for members to rejoin during a rebalance.",
+    )
+    heartbeat_interval_ms: int = Field(
+        default=3_000, ge=100, le=600_000, description="Heartbeat period."
+    )
+    request_timeout_ms: int | None = Field(
+        default=None,
+        ge=1_000,
+        le=3_600_000,
+        description="Client request timeout; defaults to rebalance timeout + 10 s (JoinGroup is "
+        "held by the broker for up to the rebalance timeout).",
+    )
+    leave_group_on_shutdown: bool | None = Field(
+        default=None,
+        description="Leave the group on shutdown. Defaults to true for dynamic members and false "
+        "for static members (a restart within the session keeps the assignment).",
+    )
+
+    # --- capacity budget ----------------------------------------------------------------
+    max_partitions: int = Field(
+        default=64, ge=0, le=1_000_000, description="Hard cap on partitions this member owns."
+    )
+    memory_budget_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Hard cap on bytes partition buffers may hold; derived from the container "
+        "memory limit times memory_budget_fraction when unset.",
+    )
+    memory_budget_fraction: float = Field(
+        default=0.6,
+        gt=0.0,
+        le=1.0,
+        description="Share of the container memory limit given to partition buffers.",
+    )
+    weight: float = Field(
+        default=1.0, gt=0.0, le=1_000_000.0, description="Relative processing capacity."
+    )
+    rack: str | None = Field(default=None, description="Rack (availability zone) of the member.")
+    draining: bool = Field(
+        default=False, description="Take nothing new and give everything back (scale-down)."
+    )
+
+    # --- batching -----------------------------------------------------------------------
+    batch_max_records: int = Field(
+        default=10_000,
+        ge=1,
+        le=100_000_000,
+        description="Flush a partition's buffer at this many records.",
+    )
+    batch_max_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1,
+        le=1 << 40,
+        description="Flush a partition's buffer at this many bytes (key + value + headers).",
+    )
+    batch_max_age_ms: int = Field(
+        default=30_000, ge=1, le=86_400_000, description="Flush a partition's buffer at this age."
+    )
+    max_partition_fetch_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        le=1 << 31,
+        description="Fetch buffer per partition; part of the advertised per-partition cost.",
+    )
+
+    # --- operations ---------------------------------------------------------------------
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info", description="Log level."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        default="auto", description="json when not on a TTY, console on a TTY, unless forced."
+    )
+
+    @field_validator("bootstrap_servers", "topics", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _host_port(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one host:port is required")
+        for server in value:
+            host, sep, port = server.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{server!r} is not host:port with a port in 1..65535")
+        return value
+
+    @model_validator(mode="after")
+    def _timeouts_consistent(self) -> Self:
+        if self.heartbeat_interval_ms * 3 > self.session_timeout_ms:
+            raise ValueError(
+                "heartbeat_interval_ms must be at most a third of session_timeout_ms "
+                f"(got {self.heartbeat_interval_ms} and {self.session_timeout_ms})"
+            )
+        if (
+            self.request_timeout_ms is not None
+            and self.request_timeout_ms <= self.rebalance_timeout_ms
+        ):
+            raise ValueError(
+                "request_timeout_ms must exceed rebalance_timeout_ms, because the broker holds "
+                f"JoinGroup for up to the rebalance timeout (got {self.request_timeout_ms} and "
+                f"{self.rebalance_timeout_ms})"
+            )
+        return self
+
+    @property
+    def effective_request_timeout_ms(self) -> int:
+        """Request timeout actually used: explicit, or rebalance timeout + 10 s."""
+        if self.request_timeout_ms is not None:
+            return self.request_timeout_ms
+        return self.rebalance_timeout_ms + 10_000
+
+    @property
+    def effective_leave_group_on_shutdown(self) -> bool:
+        """Whether shutdown sends LeaveGroup: explicit, else only for dynamic members."""
+        if self.leave_group_on_shutdown is not None:
+            return self.leave_group_on_shutdown
+        return self.group_instance_id is None
+
+    @property
+    def partition_cost_bytes(self) -> int:
+        """Worst-case bytes one partition costs this member: its batch cap plus fetch buffer."""
+        return self.batch_max_bytes + self.max_partition_fetch_bytes
+
+
+def _describe(error: dict[str, Any]) -> str:
+    location = [str(part) for part in error.get("loc", ()) if not isinstance(part, int)]
+    message = str(error.get("msg", "invalid value"))
+    if not location:
+        return message.removeprefix("Value error, ")
+    name = location[0]
+    variable = ENV_PREFIX + name.upper()
+    field = CapgroupSettings.model_fields.get(name)
+    bounds = _bounds(field.metadata) if field is not None else ""
+    given = error.get("input")
+    shown = "" if given is None or isinstance(given, dict) else f" (got {given!r})"
+    return f"{variable} ({name}): {message.removeprefix('Value error, ')}{bounds}{shown}"
+
+
+def _bounds(metadata: list[Any]) -> str:
+    parts = []
+    for item in metadata:
+        for attr, symbol in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            value = getattr(item, attr, None)
+            if value is not None:
+                parts.append(f"{symbol} {value}")
+    return f"; accepted range: {' and '.join(parts)}" if parts else ""
+
+
+def load_settings(**overrides: Any) -> CapgroupSettings:
+    """Build settings from the environment, ``.env`` and ``overrides``.
+
+    Raises :class:`SettingsError` naming every invalid setting and its accepted range.
+    """
+    try:
+        return CapgroupSettings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError([_describe(dict(e)) for e in exc.errors()]) from None
