@@ -14,8 +14,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "CAPGROUP_"
 
-#: Broker-side bounds of the classic group protocol (group.min/max.session.timeout.ms defaults).
-MIN_SESSION_TIMEOUT_MS = 6_000
+#: Lowest session timeout we accept. Brokers default group.min.session.timeout.ms to 6000 and
+#: answer INVALID_SESSION_TIMEOUT below their own minimum; test brokers are configured lower.
+MIN_SESSION_TIMEOUT_MS = 1_000
 MAX_SESSION_TIMEOUT_MS = 1_800_000
 
 
