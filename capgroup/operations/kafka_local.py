@@ -1,0 +1,757 @@
+"""A real Apache Kafka (KRaft) on 127.0.0.1, run from Maven Central jars, for tests and the demo.
+
+The broker jars come from Maven (``kafka-pom.xml`` ships beside this module) into a cache that
+survives between runs. :class:`LocalKafkaCluster` formats KRaft storage and starts one combined
+broker+controller node, or three such nodes with a static controller quorum, on ports chosen at
+run time so that several checkouts can run their suites at once. Nodes can be stopped, killed and
+restarted one at a time for failure tests, and every JVM is reaped when the cluster is closed,
+garbage-collected, or the interpreter exits (and killed by the kernel if the interpreter dies).
+
+Typical use::
+
+    with LocalKafkaCluster(nodes=1) as cluster:
+        print(cluster.bootstrap_servers)
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import ctypes
+import fcntl
+import importlib.resources
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+
+from capgroup.log import get_logger
+
+#: Kafka version fetched by default; it must exist as ``org.apache.kafka:kafka_2.13`` on Maven.
+KAFKA_VERSION = "4.1.1"
+#: Environment variable naming the jar cache's base directory.
+CACHE_ENV = "CAPGROUP_KAFKA_CACHE"
+#: Written last into a jar directory, listing its jars; a directory without it is incomplete.
+MARKER_NAME = ".complete"
+#: Host every node binds to and advertises.
+HOST = "127.0.0.1"
+#: JVM options of a broker: small heap, few GC threads, quick start (C1 only) on 2-core machines.
+JVM_OPTS: tuple[str, ...] = (
+    "-Xms128m",
+    "-Xmx512m",
+    "-XX:+UseSerialGC",
+    "-XX:TieredStopAtLevel=1",
+    "-Djava.awt.headless=true",
+)
+
+_log = get_logger("kafka_local")
+
+_MAVEN_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.7.1:copy-dependencies"
+
+_LOG4J2_TEMPLATE = """\
+# Broker logs stay quiet: warnings and worse go to a file in the node directory.
+status = error
+name = capgroup-kafka
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = {log_file}
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = WARN
+rootLogger.appenderRef.file.ref = FILE
+"""
+
+
+class KafkaLocalError(RuntimeError):
+    """The local Kafka could not be fetched, formatted, started or reached."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    """Where one combined broker+controller node listens and keeps its data."""
+
+    node_id: int
+    broker_port: int
+    controller_port: int
+    directory: Path
+
+    @property
+    def bootstrap(self) -> str:
+        """``host:port`` of this node's client listener."""
+        return f"{HOST}:{self.broker_port}"
+
+    @property
+    def data_dir(self) -> Path:
+        """KRaft metadata and partition logs of this node."""
+        return self.directory / "data"
+
+    @property
+    def properties_file(self) -> Path:
+        """The node's ``server.properties``."""
+        return self.directory / "server.properties"
+
+    @property
+    def log4j_file(self) -> Path:
+        """The node's log4j2 configuration."""
+        return self.directory / "log4j2.properties"
+
+    @property
+    def server_log(self) -> Path:
+        """Broker log (WARN and above)."""
+        return self.directory / "server.log"
+
+    @property
+    def console_log(self) -> Path:
+        """The JVM's stdout and stderr."""
+        return self.directory / "console.log"
+
+
+# --- pure helpers -------------------------------------------------------------------------
+
+
+def new_cluster_id() -> str:
+    """Return a fresh KRaft cluster id: a random UUID as 22 characters of unpadded base64url.
+
+    This is what ``kafka-storage random-uuid`` prints, without paying for a JVM start.
+    """
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+
+
+def render_node_config(
+    node: NodeSpec,
+    voters: Sequence[NodeSpec],
+    *,
+    offsets_partitions: int = 3,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """Return the ``server.properties`` of ``node`` in a cluster whose controllers are ``voters``.
+
+    Tuned for fast tests: no initial rebalance delay, 1 s minimum session timeout, no topic
+    auto-creation, quick fencing of dead brokers. A single-node cluster gets replication-factor 1
+    for internal topics; a larger one keeps Kafka's defaults so internal topics are replicated.
+    """
+    quorum = ",".join(f"{v.node_id}@{HOST}:{v.controller_port}" for v in voters)
+    config = {
+        "process.roles": "broker,controller",
+        "node.id": str(node.node_id),
+        "controller.quorum.voters": quorum,
+        "listeners": f"PLAINTEXT://{HOST}:{node.broker_port},CONTROLLER://{HOST}:{node.controller_port}",
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{node.broker_port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(node.data_dir),
+        "auto.create.topics.enable": "false",
+        "num.partitions": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "group.min.session.timeout.ms": "1000",
+        # More than one partition so that, on three nodes, group coordinators spread out and a
+        # test can kill the coordinator of its group wherever it lives.
+        "offsets.topic.num.partitions": str(offsets_partitions),
+        # A killed node is fenced within seconds instead of the default 9 s.
+        "broker.session.timeout.ms": "4000",
+        "broker.heartbeat.interval.ms": "500",
+        # Few threads: these brokers share two cores with the tests and each other.
+        "num.network.threads": "2",
+        "num.io.threads": "2",
+        "background.threads": "2",
+        "num.recovery.threads.per.data.dir": "1",
+    }
+    if len(voters) == 1:
+        config |= {
+            "offsets.topic.replication.factor": "1",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+        }
+    if extra:
+        config |= dict(extra)
+    return config
+
+
+def render_properties(config: Mapping[str, str]) -> str:
+    """Render a Java properties file, one ``key=value`` per line in key order."""
+    return "".join(f"{key}={config[key]}\n" for key in sorted(config))
+
+
+def render_log4j2(log_file: Path) -> str:
+    """Return a log4j2 properties configuration sending WARN and above to ``log_file``."""
+    return _LOG4J2_TEMPLATE.format(log_file=log_file)
+
+
+def free_ports(count: int) -> list[int]:
+    """Return ``count`` distinct TCP ports free on 127.0.0.1 right now.
+
+    All sockets stay bound until every port is chosen, so the ports are distinct; another
+    process may still take one before Kafka binds it, which :meth:`LocalKafkaCluster.start`
+    retries.
+    """
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((HOST, 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+# --- jars -----------------------------------------------------------------------------------
+
+
+def cache_root() -> Path:
+    """Base directory of the jar cache: ``$CAPGROUP_KAFKA_CACHE`` or ``~/.cache/capgroup``."""
+    configured = os.environ.get(CACHE_ENV)
+    if configured:
+        return Path(configured).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "capgroup"
+
+
+def jars_complete(directory: Path) -> bool:
+    """Whether ``directory`` holds a complete jar set: the marker and every jar it lists."""
+    marker = directory / MARKER_NAME
+    if not marker.is_file():
+        return False
+    names = [line for line in marker.read_text().splitlines() if line]
+    return bool(names) and all((directory / name).is_file() for name in names)
+
+
+def require_tool(name: str) -> str:
+    """Return the path of executable ``name`` or raise :class:`KafkaLocalError` saying so."""
+    found = shutil.which(name)
+    if found is None:
+        hint = {
+            "java": "install a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless)",
+            "mvn": "install Apache Maven (e.g. apt-get install maven)",
+        }.get(name, "install it")
+        raise KafkaLocalError(f"{name!r} is not on PATH; the local Kafka needs it: {hint}")
+    return found
+
+
+def ensure_jars(version: str = KAFKA_VERSION, cache: Path | None = None) -> Path:
+    """Return a directory with the Kafka broker jars, fetching them with Maven if needed.
+
+    Concurrent callers (several clones, several test sessions) serialise on a lock file; the
+    jars are gathered in a scratch directory and renamed into place, marker written last.
+    """
+    root = cache if cache is not None else cache_root()
+    target = root / f"kafka-{version}"
+    if jars_complete(target):
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / f"kafka-{version}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if jars_complete(target):
+            return target
+        mvn = require_tool("mvn")
+        scratch = Path(tempfile.mkdtemp(prefix=f".kafka-{version}-", dir=root))
+        started = time.monotonic()
+        try:
+            pom = importlib.resources.files("capgroup.operations").joinpath("kafka-pom.xml")
+            with importlib.resources.as_file(pom) as pom_path:
+                command = [
+                    mvn,
+                    "-q",
+                    "-B",
+                    _MAVEN_PLUGIN,
+                    f"-DoutputDirectory={scratch}",
+                    "-DincludeScope=runtime",
+                    f"-Dkafka.version={version}",
+                    "-f",
+                    str(pom_path),
+                ]
+                _log.info("kafka_jars_fetching", version=version, directory=str(target))
+                result = subprocess.run(command, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                output = (result.stdout + result.stderr)[-4000:]
+                raise KafkaLocalError(
+                    f"maven could not fetch Kafka {version} (exit {result.returncode}):\n{output}"
+                )
+            jars = sorted(p.name for p in scratch.glob("*.jar"))
+            if not any(name.startswith("kafka_2.13-") for name in jars):
+                raise KafkaLocalError(f"maven fetched no kafka_2.13 jar into {scratch}")
+            (scratch / MARKER_NAME).write_text("\n".join(jars) + "\n")
+            if target.exists():
+                shutil.rmtree(target)
+            scratch.rename(target)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        _log.info(
+            "kafka_jars_fetched",
+            version=version,
+            jars=len(jars),
+            seconds=round(time.monotonic() - started, 1),
+        )
+    return target
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+def _die_with_parent() -> None:
+    # Runs in the child between fork and exec: ask the kernel to SIGKILL the JVM when the
+    # parent goes away, so even a SIGKILLed test session leaves no broker behind.
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
+def _preexec() -> Callable[[], None] | None:
+    # PDEATHSIG fires when the forking *thread* exits; only the main thread lives long enough.
+    if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread():
+        return _die_with_parent
+    return None
+
+
+def _terminate(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM ``proc``, SIGKILL it after ``timeout`` seconds; return its exit code."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def _reap(procs: dict[int, subprocess.Popen[bytes]], workdir: Path | None) -> None:
+    # Finalizer: must not reference the cluster object, only its process table and directory.
+    running = [p for p in procs.values() if p.poll() is None]
+    for proc in running:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+    deadline = time.monotonic() + 10
+    for proc in running:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+    procs.clear()
+    if workdir is not None:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _tail(path: Path, lines: int = 30) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+class LocalKafkaCluster:
+    """One or three combined broker+controller Kafka nodes on 127.0.0.1.
+
+    ``start()`` fetches jars if needed, formats storage and waits until every node answers an
+    admin client. Node ids run from 1 to ``nodes``; methods taking ``node_id`` use those ids
+    (the ones :func:`find_group_coordinator` returns). Use as a context manager, or call
+    :meth:`close`; JVMs are also reaped at garbage collection and interpreter exit.
+    """
+
+    def __init__(
+        self,
+        nodes: int = 1,
+        *,
+        version: str = KAFKA_VERSION,
+        workdir: Path | None = None,
+        jar_dir: Path | None = None,
+        offsets_partitions: int = 3,
+        extra_config: Mapping[str, str] | None = None,
+        start_timeout: float = 90.0,
+    ) -> None:
+        if nodes < 1:
+            raise ValueError("nodes must be at least 1")
+        self.node_count = nodes
+        self.version = version
+        self.start_timeout = start_timeout
+        self._jar_dir = jar_dir
+        self._offsets_partitions = offsets_partitions
+        self._extra = dict(extra_config or {})
+        self._own_workdir = workdir is None
+        self.workdir = (
+            Path(tempfile.mkdtemp(prefix="capgroup-kafka-")) if workdir is None else workdir
+        )
+        self.cluster_id = new_cluster_id()
+        self.nodes: list[NodeSpec] = []
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._finalizer = weakref.finalize(
+            self, _reap, self._procs, self.workdir if self._own_workdir else None
+        )
+
+    # -- addresses ----------------------------------------------------------------------
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """Comma-separated ``host:port`` of every node's client listener."""
+        return ",".join(n.bootstrap for n in self.nodes)
+
+    def node(self, node_id: int) -> NodeSpec:
+        """The spec of node ``node_id`` (1-based Kafka node id)."""
+        for spec in self.nodes:
+            if spec.node_id == node_id:
+                return spec
+        raise KeyError(f"no node {node_id}; nodes are {[n.node_id for n in self.nodes]}")
+
+    def is_running(self, node_id: int) -> bool:
+        """Whether node ``node_id``'s JVM is alive."""
+        proc = self._procs.get(node_id)
+        return proc is not None and proc.poll() is None
+
+    def log_tail(self, node_id: int, lines: int = 30) -> str:
+        """Last lines of a node's broker log and console output, for error messages."""
+        spec = self.node(node_id)
+        return (
+            f"--- node {node_id} {spec.server_log} ---\n{_tail(spec.server_log, lines)}\n"
+            f"--- node {node_id} {spec.console_log} ---\n{_tail(spec.console_log, lines)}"
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def start(self) -> Self:
+        """Fetch jars, format storage, start every node and wait until all answer.
+
+        A port taken by another process between choosing and binding it is retried with new
+        ports, up to three times.
+        """
+        java = require_tool("java")
+        if self._jar_dir is None:
+            self._jar_dir = ensure_jars(self.version)
+        started = time.monotonic()
+        for attempt in range(1, 4):
+            self._layout()
+            self._format(java)
+            for spec in self.nodes:
+                self.start_node(spec.node_id)
+            try:
+                anyio.run(self.wait_ready, self.start_timeout)
+            except KafkaLocalError as exc:
+                clash = any(
+                    "Address already in use" in self.log_tail(s.node_id, 200) for s in self.nodes
+                )
+                self._stop_all(timeout=5)
+                if not clash or attempt == 3:
+                    raise
+                _log.warning("kafka_port_clash_retrying", attempt=attempt, error=str(exc)[:200])
+                continue
+            break
+        _log.info(
+            "kafka_cluster_started",
+            nodes=self.node_count,
+            bootstrap_servers=self.bootstrap_servers,
+            seconds=round(time.monotonic() - started, 1),
+        )
+        return self
+
+    def _layout(self) -> None:
+        ports = free_ports(2 * self.node_count)
+        for spec in self.nodes:
+            shutil.rmtree(spec.directory, ignore_errors=True)
+        self.cluster_id = new_cluster_id()
+        self.nodes = [
+            NodeSpec(
+                node_id=i + 1,
+                broker_port=ports[2 * i],
+                controller_port=ports[2 * i + 1],
+                directory=self.workdir / f"node-{i + 1}",
+            )
+            for i in range(self.node_count)
+        ]
+        for spec in self.nodes:
+            spec.data_dir.mkdir(parents=True, exist_ok=True)
+            config = render_node_config(
+                spec, self.nodes, offsets_partitions=self._offsets_partitions, extra=self._extra
+            )
+            spec.properties_file.write_text(render_properties(config))
+            spec.log4j_file.write_text(render_log4j2(spec.server_log))
+
+    def _java_command(self, java: str, spec: NodeSpec, *main: str) -> list[str]:
+        assert self._jar_dir is not None
+        return [
+            java,
+            *JVM_OPTS,
+            f"-Dlog4j2.configurationFile={spec.log4j_file}",
+            f"-Dkafka.logs.dir={spec.directory}",
+            "-cp",
+            f"{self._jar_dir}/*",
+            *main,
+        ]
+
+    def _format(self, java: str) -> None:
+        # One formatter JVM per node, all at once: each takes a couple of seconds to start.
+        running = []
+        for spec in self.nodes:
+            command = self._java_command(
+                java,
+                spec,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                self.cluster_id,
+                "-c",
+                str(spec.properties_file),
+            )
+            running.append(
+                (spec, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+            )
+        for spec, proc in running:
+            output, _ = proc.communicate(timeout=120)
+            if proc.returncode != 0:
+                raise KafkaLocalError(
+                    f"formatting node {spec.node_id} failed (exit {proc.returncode}):\n"
+                    + output.decode(errors="replace")[-3000:]
+                )
+
+    def start_node(self, node_id: int) -> None:
+        """Launch node ``node_id``'s JVM (it must not be running); does not wait for it.
+
+        Follow with :meth:`wait_ready` (async) or :meth:`wait_ready_sync`.
+        """
+        if self.is_running(node_id):
+            raise KafkaLocalError(f"node {node_id} is already running")
+        java = require_tool("java")
+        spec = self.node(node_id)
+        command = self._java_command(java, spec, "kafka.Kafka", str(spec.properties_file))
+        with open(spec.console_log, "ab") as console:
+            self._procs[node_id] = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop nodes
+                preexec_fn=_preexec(),
+            )
+        _log.info(
+            "kafka_node_started",
+            node_id=node_id,
+            port=spec.broker_port,
+            controller_port=spec.controller_port,
+            pid=self._procs[node_id].pid,
+        )
+
+    def stop_node(self, node_id: int, timeout: float = 30.0) -> int | None:
+        """Stop node ``node_id``: SIGTERM, SIGKILL after ``timeout`` s; return its exit code."""
+        proc = self._procs.pop(node_id, None)
+        if proc is None:
+            return None
+        code = _terminate(proc, timeout)
+        _log.info("kafka_node_stopped", node_id=node_id, exit_code=code)
+        return code
+
+    def kill_node(self, node_id: int) -> int | None:
+        """SIGKILL node ``node_id``, as a crash would; return its exit code."""
+        proc = self._procs.pop(node_id, None)
+        if proc is None:
+            return None
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        code = proc.wait()
+        _log.info("kafka_node_killed", node_id=node_id, exit_code=code)
+        return code
+
+    def _stop_all(self, timeout: float) -> None:
+        for node_id in list(self._procs):
+            proc = self._procs[node_id]
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.terminate()
+        for node_id in list(self._procs):
+            self.stop_node(node_id, timeout)
+
+    def close(self, timeout: float = 20.0) -> None:
+        """Stop every node (SIGTERM, then SIGKILL after ``timeout`` s) and remove the work dir."""
+        self._stop_all(timeout)
+        self._finalizer()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return await anyio.to_thread.run_sync(self.start)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await anyio.to_thread.run_sync(self.close)
+
+    # -- readiness ----------------------------------------------------------------------
+
+    async def wait_ready(self, within: float | None = None) -> None:
+        """Wait until every running node answers an admin client and sees all running brokers.
+
+        Raises :class:`KafkaLocalError` with the nodes' log tails if a node exits or the
+        deadline (``within`` s, default :attr:`start_timeout`) passes first.
+        """
+        limit = self.start_timeout if within is None else within
+        deadline = time.monotonic() + limit
+        last_error = "no attempt yet"
+        while True:
+            running = [s for s in self.nodes if s.node_id in self._procs]
+            for spec in running:
+                if not self.is_running(spec.node_id):
+                    raise KafkaLocalError(
+                        f"Kafka node {spec.node_id} exited with code "
+                        f"{self._procs[spec.node_id].returncode} before it was ready\n"
+                        + self.log_tail(spec.node_id)
+                    )
+            expected = {s.node_id for s in running}
+            try:
+                unseen = set[int]()
+                for spec in running:
+                    with anyio.fail_after(max(0.5, min(5.0, deadline - time.monotonic()))):
+                        # A bare TCP probe first: aiokafka logs every refused connection.
+                        probe = await anyio.connect_tcp(HOST, spec.broker_port)
+                        await probe.aclose()
+                        seen = await broker_ids(spec.bootstrap)
+                    unseen |= expected - seen
+                if not unseen:
+                    return
+                last_error = f"brokers {sorted(unseen)} not yet registered"
+            except Exception as exc:
+                last_error = f"{type(exc).__name__}: {exc}"
+            if time.monotonic() >= deadline:
+                tails = "\n".join(self.log_tail(s.node_id) for s in running)
+                raise KafkaLocalError(
+                    f"Kafka not ready after {limit:.0f} s ({last_error})\n{tails}"
+                )
+            await anyio.sleep(0.25)
+
+    def wait_ready_sync(self, within: float | None = None) -> None:
+        """Blocking :meth:`wait_ready`, for code outside an event loop."""
+        anyio.run(self.wait_ready, within)
+
+
+# --- clients --------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def admin_client(bootstrap_servers: str, **kwargs: Any) -> AsyncIterator[Any]:
+    """A started ``AIOKafkaAdminClient``, closed on exit."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    client = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, request_timeout_ms=5000, **kwargs
+    )
+    try:
+        await client.start()
+        yield client
+    finally:
+        await client.close()
+
+
+async def broker_ids(bootstrap_servers: str) -> set[int]:
+    """Node ids of the brokers the cluster reports as alive."""
+    async with admin_client(bootstrap_servers) as admin:
+        cluster = await admin.describe_cluster()
+    return {int(b["node_id"]) for b in cluster["brokers"]}
+
+
+async def find_group_coordinator(
+    bootstrap_servers: str, group_id: str, within: float = 30.0
+) -> int:
+    """Return the node id of ``group_id``'s coordinator, asking the cluster (FindCoordinator).
+
+    Retries while the cluster answers "coordinator not available", which it does while it
+    creates the offsets topic or moves a coordinator after a node failure.
+    """
+    from aiokafka.client import AIOKafkaClient, CoordinationType
+    from aiokafka.errors import KafkaError
+
+    deadline = time.monotonic() + within
+    client = AIOKafkaClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=5000)
+    try:
+        await client.bootstrap()
+        while True:
+            try:
+                return int(await client.coordinator_lookup(CoordinationType.GROUP, group_id))
+            except KafkaError as exc:
+                if time.monotonic() >= deadline:
+                    raise KafkaLocalError(
+                        f"no coordinator for group {group_id!r} after {within:.0f} s: {exc!r}"
+                    ) from exc
+                await anyio.sleep(0.2)
+    finally:
+        await client.close()
+
+
+async def create_topic(
+    bootstrap_servers: str,
+    name: str,
+    partitions: int = 1,
+    replication_factor: int = 1,
+    configs: Mapping[str, str] | None = None,
+) -> None:
+    """Create topic ``name`` and wait until every partition has a leader."""
+    from aiokafka.admin import NewTopic
+    from aiokafka.errors import for_code
+
+    topic = NewTopic(
+        name=name,
+        num_partitions=partitions,
+        replication_factor=replication_factor,
+        topic_configs=dict(configs or {}),
+    )
+    async with admin_client(bootstrap_servers) as admin:
+        response = await admin.create_topics([topic], timeout_ms=30_000)
+        for entry in response.topic_errors:
+            code = entry[1]
+            if code != 0:
+                raise KafkaLocalError(f"creating topic {name!r} failed: {for_code(code).__name__}")
+        deadline = time.monotonic() + 30
+        while True:
+            described = await admin.describe_topics([name])
+            parts = described[0]["partitions"] if described else []
+            if len(parts) == partitions and all(p["leader"] >= 0 for p in parts):
+                return
+            if time.monotonic() >= deadline:
+                raise KafkaLocalError(f"topic {name!r} has no leader for every partition yet")
+            await anyio.sleep(0.1)
+
+
+async def delete_topics(bootstrap_servers: str, names: Sequence[str]) -> None:
+    """Delete topics ``names`` (errors such as unknown topics are ignored)."""
+    if not names:
+        return
+    async with admin_client(bootstrap_servers) as admin:
+        await admin.delete_topics(list(names), timeout_ms=30_000)
+
+
+@contextlib.contextmanager
+def local_kafka(nodes: int = 1, **kwargs: Any) -> Iterator[LocalKafkaCluster]:
+    """Start a :class:`LocalKafkaCluster` for the duration of a ``with`` block."""
+    cluster = LocalKafkaCluster(nodes, **kwargs)
+    with cluster:
+        yield cluster
