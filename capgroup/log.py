@@ -68,5 +68,9 @@ def bind_member(group_id: str | None = None, member_id: str | None = None) -> No
 
 
 def get_logger(component: str) -> Any:
-    """Return a structlog logger whose events name ``component``."""
-    return structlog.get_logger("capgroup").bind(component=component)
+    """Return a structlog logger whose events name ``component``.
+
+    The logger stays lazy, so one created at import time follows a later
+    :func:`configure_logging` (``.bind()`` on structlog's proxy would freeze the defaults).
+    """
+    return structlog.get_logger("capgroup", component=component)

@@ -1,0 +1,71 @@
+"""``capgroup kafka``: run the project's local Apache Kafka (KRaft) from Maven Central jars."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from types import FrameType
+from typing import Any
+
+from capgroup.log import configure_logging
+from capgroup.operations.kafka_local import KafkaLocalError, LocalKafkaCluster, ensure_jars
+
+#: Exit code when the local Kafka cannot be fetched or started.
+EXIT_KAFKA = 3
+
+
+def register(sub: Any) -> None:
+    """Add the ``kafka`` sub-command with ``start`` and ``fetch``."""
+    parser = sub.add_parser("kafka", help="run a local Apache Kafka (KRaft) for development")
+    actions = parser.add_subparsers(dest="kafka_action", metavar="ACTION", required=True)
+    start = actions.add_parser(
+        "start", help="start a local cluster, print its bootstrap address, run until Ctrl-C"
+    )
+    start.add_argument(
+        "--nodes", type=int, choices=(1, 3), default=1, help="number of broker+controller nodes"
+    )
+    start.set_defaults(handler=run_start)
+    fetch = actions.add_parser("fetch", help="fetch the Kafka jars into the cache and exit")
+    fetch.set_defaults(handler=run_fetch)
+
+
+def run_fetch(_: argparse.Namespace) -> int:
+    """Fetch the broker jars with Maven (a no-op when the cache is complete)."""
+    configure_logging()
+    try:
+        print(ensure_jars())
+    except KafkaLocalError as exc:
+        print(f"capgroup: {exc}")
+        return EXIT_KAFKA
+    return 0
+
+
+def wait_for_stop_signal() -> None:
+    """Block until SIGINT or SIGTERM arrives."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def run_start(args: argparse.Namespace) -> int:
+    """Start the cluster, print its bootstrap address, wait for a stop signal, then stop it."""
+    configure_logging()
+    try:
+        with LocalKafkaCluster(nodes=args.nodes) as cluster:
+            print(f"bootstrap servers: {cluster.bootstrap_servers}", flush=True)
+            print("press Ctrl-C to stop", flush=True)
+            wait_for_stop_signal()
+    except KafkaLocalError as exc:
+        print(f"capgroup: {exc}")
+        return EXIT_KAFKA
+    return 0
