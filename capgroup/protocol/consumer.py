@@ -1,0 +1,174 @@
+"""Kafka's consumer protocol envelope around our advertisement, and the assignment info.
+
+JoinGroup carries ``ConsumerProtocolMemberMetadata`` (int16 version, array of topic strings,
+bytes user_data); newer Java clients append fields after ``user_data`` (owned partitions, rack),
+which readers of version 0 ignore, as we do. We parse it with our own bounded reader rather than
+aiokafka's ``Struct.decode`` so that garbage from any member surfaces as one
+:class:`MetadataDecodeError` with a reason.
+
+SyncGroup carries ``ConsumerProtocolMemberAssignment``; its ``user_data`` holds
+:class:`AssignmentInfo`::
+
+    info := magic "CA" | major u8 | minor u8 | field*      (fields as in the advertisement)
+    tag 1 generation (zigzag varint)   tag 2 unassigned (varint)   tag 3 pending (varint)
+
+Unknown tags are skipped and absent ones default to 0, so the encoding can grow by minor
+versions; a different major version is rejected.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
+
+from capgroup.protocol._wire import INT32_MAX, INT63_MAX, MetadataDecodeError, Reader, Writer
+from capgroup.types import TopicPartition
+
+#: Largest member metadata the leader parses; real metadata is a few KiB plus our user_data.
+MAX_MEMBER_METADATA_BYTES = 1024 * 1024
+INFO_MAGIC = b"CA"
+INFO_MAJOR_VERSION = 1
+INFO_MINOR_VERSION = 0
+_TAG_GENERATION = 1
+_TAG_UNASSIGNED = 2
+_TAG_PENDING = 3
+_I16 = struct.Struct(">h")
+_I32 = struct.Struct(">i")
+
+
+@dataclass(frozen=True, slots=True)
+class MemberSubscription:
+    """The decoded consumer protocol metadata of one member."""
+
+    version: int
+    topics: tuple[str, ...]
+    user_data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentInfo:
+    """What the leader tells each member besides its partitions.
+
+    ``unassigned`` is the group-wide number of partitions no member could take (capacity
+    shortfall); ``pending`` the group-wide number of partitions withheld for one round while
+    they move between live members, i.e. another rebalance is due.
+    """
+
+    generation: int
+    unassigned: int = 0
+    pending: int = 0
+
+
+def encode_member_metadata(topics: Iterable[str], user_data: bytes) -> bytes:
+    """Encode version-0 consumer protocol metadata (topics sorted for determinism)."""
+    return bytes(ConsumerProtocolMemberMetadata(0, sorted(set(topics)), user_data).encode())
+
+
+def decode_member_metadata(data: bytes) -> MemberSubscription:
+    """Decode consumer protocol metadata of any version.
+
+    Raises only :class:`MetadataDecodeError`.
+    """
+    data = bytes(data)
+    if len(data) > MAX_MEMBER_METADATA_BYTES:
+        raise MetadataDecodeError(
+            f"member metadata is {len(data)} bytes, above {MAX_MEMBER_METADATA_BYTES}",
+            code="too_large",
+        )
+    r = Reader(data)
+    (version,) = _I16.unpack(r.raw(2, "consumer protocol version"))
+    if version < 0:
+        raise MetadataDecodeError(f"consumer protocol version {version} is negative")
+    (n_topics,) = _I32.unpack(r.raw(4, "subscription count"))
+    topics: list[str] = []
+    if n_topics > 0:
+        if n_topics * 2 > r.remaining():
+            raise MetadataDecodeError(
+                f"subscription claims {n_topics} topics in {r.remaining()} bytes", code="truncated"
+            )
+        for _ in range(n_topics):
+            (length,) = _I16.unpack(r.raw(2, "topic length"))
+            if length <= 0:
+                raise MetadataDecodeError("subscription has an empty or null topic name")
+            try:
+                topics.append(r.raw(length, "topic").decode("utf-8"))
+            except UnicodeDecodeError as exc:
+                raise MetadataDecodeError("subscribed topic is not valid UTF-8") from exc
+    elif n_topics < -1:
+        raise MetadataDecodeError(f"subscription count {n_topics} is invalid")
+    user_data = b""
+    if r.remaining():
+        (length,) = _I32.unpack(r.raw(4, "user_data length"))
+        if length > 0:
+            user_data = r.raw(length, "user_data")
+        elif length < -1:
+            raise MetadataDecodeError(f"user_data length {length} is invalid")
+    # Anything after user_data belongs to newer consumer protocol versions and is ignored.
+    return MemberSubscription(version, tuple(topics), user_data)
+
+
+def encode_member_assignment(
+    partitions: Iterable[TopicPartition], info: AssignmentInfo | None = None
+) -> bytes:
+    """Encode a version-0 ``ConsumerProtocolMemberAssignment`` (sorted, grouped by topic)."""
+    by_topic: dict[str, list[int]] = {}
+    for tp in sorted(partitions):
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    user_data = encode_assignment_info(info) if info is not None else b""
+    return bytes(
+        ConsumerProtocolMemberAssignment(
+            0,
+            [ConsumerProtocolMemberAssignment.Assignment(t, ps) for t, ps in by_topic.items()],
+            user_data,
+        ).encode()
+    )
+
+
+def encode_assignment_info(info: AssignmentInfo) -> bytes:
+    """Encode :class:`AssignmentInfo` for the assignment's ``user_data``."""
+    out = Writer()
+    out.buf += INFO_MAGIC + bytes((INFO_MAJOR_VERSION, INFO_MINOR_VERSION))
+    for tag, value in (
+        (_TAG_GENERATION, None),
+        (_TAG_UNASSIGNED, info.unassigned),
+        (_TAG_PENDING, info.pending),
+    ):
+        field = Writer()
+        if value is None:
+            field.svarint(info.generation)
+        else:
+            field.uvarint(value)
+        out.field(tag, field.buf)
+    return bytes(out.buf)
+
+
+def decode_assignment_info(data: bytes) -> AssignmentInfo:
+    """Decode :class:`AssignmentInfo`, tolerating unknown fields and newer minor versions.
+
+    Raises only :class:`MetadataDecodeError` (foreign bytes, another major version).
+    """
+    data = bytes(data)
+    if len(data) < 4 or data[:2] != INFO_MAGIC:
+        raise MetadataDecodeError("not capgroup assignment info", code="bad_magic")
+    if data[2] != INFO_MAJOR_VERSION:
+        raise MetadataDecodeError(
+            f"assignment info major version {data[2]} is not supported", code="future_major"
+        )
+    r = Reader(data, 4)
+    generation, unassigned, pending = -1, 0, 0
+    while r.remaining():
+        tag = r.uvarint("field tag")
+        field = r.window(r.uvarint("field length"), f"field {tag}")
+        if tag == _TAG_GENERATION:
+            generation = field.svarint("generation", -1, INT32_MAX)
+        elif tag == _TAG_UNASSIGNED:
+            unassigned = field.uvarint("unassigned", INT63_MAX)
+        elif tag == _TAG_PENDING:
+            pending = field.uvarint("pending", INT63_MAX)
+    return AssignmentInfo(generation, unassigned, pending)

@@ -1,0 +1,76 @@
+"""The consumer protocol envelope and the assignment info."""
+
+from __future__ import annotations
+
+import pytest
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from capgroup.protocol import (
+    AssignmentInfo,
+    MetadataDecodeError,
+    decode_assignment_info,
+    decode_member_metadata,
+    encode_assignment_info,
+    encode_member_assignment,
+    encode_member_metadata,
+)
+from capgroup.types import TopicPartition
+
+
+def test_member_metadata_round_trips_through_aiokafka() -> None:
+    raw = encode_member_metadata(["b", "a", "a"], b"CG\x01\x00payload")
+    theirs = ConsumerProtocolMemberMetadata.decode(raw)
+    assert theirs.subscription == ["a", "b"]
+    assert theirs.user_data == b"CG\x01\x00payload"
+    ours = decode_member_metadata(theirs.encode())
+    assert ours.topics == ("a", "b")
+    assert ours.user_data == b"CG\x01\x00payload"
+
+
+def test_newer_consumer_protocol_trailing_fields_are_ignored() -> None:
+    # Java's v1+ subscription appends owned partitions (and more) after user_data.
+    raw = ConsumerProtocolMemberMetadata(3, ["t"], b"x").encode() + b"\x00\x00\x00\x01\x00\x01t"
+    sub = decode_member_metadata(raw)
+    assert (sub.version, sub.topics, sub.user_data) == (3, ("t",), b"x")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_member_metadata_decoder_only_raises_decode_error(data: bytes) -> None:
+    try:
+        decode_member_metadata(data)
+    except MetadataDecodeError as exc:
+        reason = exc.reason
+        assert reason
+
+
+def test_huge_subscription_count_is_rejected() -> None:
+    with pytest.raises(MetadataDecodeError, match="claims"):
+        decode_member_metadata(b"\x00\x00\x7f\xff\xff\xff\x00\x01")
+
+
+def test_assignment_is_readable_by_aiokafka() -> None:
+    tps = [TopicPartition("b", 1), TopicPartition("a", 2), TopicPartition("a", 0)]
+    raw = encode_member_assignment(tps, AssignmentInfo(generation=9, unassigned=3, pending=1))
+    decoded = ConsumerProtocolMemberAssignment.decode(raw)
+    assert decoded.partitions() == [("a", 0), ("a", 2), ("b", 1)]
+    assert decode_assignment_info(decoded.user_data) == AssignmentInfo(9, 3, 1)
+
+
+def test_assignment_info_tolerates_newer_minor_and_unknown_fields() -> None:
+    current = encode_assignment_info(AssignmentInfo(generation=4, unassigned=2))
+    newer = b"CA\x01\x05" + b"\x07\x02zz" + current[4:] + b"\x40\x00"
+    assert decode_assignment_info(newer) == AssignmentInfo(4, 2, 0)
+    # Fields added later are absent in older encodings and default.
+    assert decode_assignment_info(b"CA\x01\x00\x01\x01\x0e") == AssignmentInfo(7, 0, 0)
+
+
+@pytest.mark.parametrize("data", [b"", b"CA", b"XX\x01\x00", b"CA\x02\x00", b"CA\x01\x00\x01\x09"])
+def test_assignment_info_rejects_foreign_or_future_bytes(data: bytes) -> None:
+    with pytest.raises(MetadataDecodeError):
+        decode_assignment_info(data)
