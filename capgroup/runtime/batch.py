@@ -1,0 +1,301 @@
+"""Records, batches and the per-partition buffer that cuts them. Pure: the clock is a parameter.
+
+Clock values (``now``, ``started_at``, ``cut_at``) are seconds on one monotonic clock chosen
+by the caller (the runtime uses the event loop's clock); only differences between them matter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
+
+from capgroup.types import TopicPartition
+
+if TYPE_CHECKING:
+    from capgroup.settings import CapgroupSettings
+
+__all__ = ["Batch", "BatchLimits", "FlushReason", "PartitionBuffer", "Record"]
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed Kafka record, as handed to user code inside a :class:`Batch`."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers = ()
+
+    @property
+    def size_bytes(self) -> int:
+        """Exact payload size: key + value + every header's UTF-8 name and value."""
+        size = (0 if self.key is None else len(self.key)) + (
+            0 if self.value is None else len(self.value)
+        )
+        for name, value in self.headers:
+            size += len(name.encode("utf-8")) + len(value)
+        return size
+
+    @property
+    def tp(self) -> TopicPartition:
+        """The record's topic-partition."""
+        return TopicPartition(self.topic, self.partition)
+
+
+class FlushReason(StrEnum):
+    """Why a batch was cut. ``due()`` only reports the first three; the rest are runtime causes."""
+
+    RECORDS = "records"
+    BYTES = "bytes"
+    AGE = "age"
+    REVOKE = "revoke"
+    SHUTDOWN = "shutdown"
+    MEMORY_PRESSURE = "memory_pressure"
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """An immutable run of records of one partition, in offset order, handed to ``flush``.
+
+    ``size_bytes`` is the exact sum of the records' :attr:`Record.size_bytes`; build batches
+    with :meth:`of` unless that sum is already known. ``age`` is how long the oldest record had
+    been buffered when the batch was cut.
+    """
+
+    tp: TopicPartition
+    records: tuple[Record, ...]
+    size_bytes: int
+    #: Clock value at which the first record of this batch was buffered.
+    started_at: float
+    #: Clock value at which the batch was cut from its buffer.
+    cut_at: float
+
+    def __post_init__(self) -> None:
+        if not self.records:
+            raise ValueError("a batch holds at least one record")
+
+    @classmethod
+    def of(
+        cls,
+        tp: TopicPartition,
+        records: Iterable[Record],
+        *,
+        started_at: float,
+        cut_at: float | None = None,
+    ) -> Batch:
+        """Build a batch, computing its exact size; ``cut_at`` defaults to ``started_at``."""
+        held = tuple(records)
+        return cls(
+            tp=tp,
+            records=held,
+            size_bytes=sum(r.size_bytes for r in held),
+            started_at=started_at,
+            cut_at=started_at if cut_at is None else cut_at,
+        )
+
+    @property
+    def first_offset(self) -> int:
+        """Offset of the first record."""
+        return self.records[0].offset
+
+    @property
+    def last_offset(self) -> int:
+        """Offset of the last record; the commit after this batch is ``last_offset + 1``."""
+        return self.records[-1].offset
+
+    @property
+    def next_offset(self) -> int:
+        """The offset to commit once this batch is durable."""
+        return self.records[-1].offset + 1
+
+    @property
+    def record_count(self) -> int:
+        """Number of records."""
+        return len(self.records)
+
+    @property
+    def age(self) -> float:
+        """Seconds between the first record being buffered and the batch being cut."""
+        return self.cut_at - self.started_at
+
+    def age_at(self, now: float) -> float:
+        """Seconds between the first record being buffered and ``now``."""
+        return now - self.started_at
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __iter__(self) -> Iterator[Record]:
+        return iter(self.records)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLimits:
+    """When a partition buffer is due: any one limit reached cuts a batch."""
+
+    max_records: int
+    max_bytes: int
+    #: Seconds.
+    max_age: float
+
+    def __post_init__(self) -> None:
+        if self.max_records < 1 or self.max_bytes < 1 or self.max_age <= 0:
+            raise ValueError(f"batch limits must be positive, got {self}")
+
+    @classmethod
+    def from_settings(cls, settings: CapgroupSettings) -> BatchLimits:
+        """Limits from ``batch_max_records``, ``batch_max_bytes`` and ``batch_max_age_ms``."""
+        return cls(
+            max_records=settings.batch_max_records,
+            max_bytes=settings.batch_max_bytes,
+            max_age=settings.batch_max_age_ms / 1000.0,
+        )
+
+
+class PartitionBuffer:
+    """Records of one partition waiting to be flushed.
+
+    Appends are idempotent per offset: a record at or below the highest offset ever appended is
+    ignored, because after a seek the fetcher may hand back records the buffer already holds or
+    already cut into a batch. Byte accounting is exact (:attr:`Record.size_bytes`).
+    """
+
+    __slots__ = ("_arrived", "_bytes", "_last_offset", "_records", "_sizes", "limits", "tp")
+
+    def __init__(self, tp: TopicPartition, limits: BatchLimits, *, next_offset: int = 0) -> None:
+        """``next_offset`` is the fetch position: records below it are ignored."""
+        self.tp = tp
+        self.limits = limits
+        self._records: list[Record] = []
+        self._sizes: list[int] = []
+        self._arrived: list[float] = []
+        self._bytes = 0
+        self._last_offset = next_offset - 1
+
+    @property
+    def size_bytes(self) -> int:
+        """Exact bytes buffered."""
+        return self._bytes
+
+    @property
+    def record_count(self) -> int:
+        """Records buffered."""
+        return len(self._records)
+
+    @property
+    def last_offset(self) -> int:
+        """Highest offset ever accepted (or ``next_offset - 1`` when none was)."""
+        return self._last_offset
+
+    @property
+    def started_at(self) -> float | None:
+        """Clock value at which the oldest buffered record arrived, if any."""
+        return self._arrived[0] if self._arrived else None
+
+    @property
+    def is_full(self) -> bool:
+        """True once the buffer holds a whole batch: stop fetching this partition until cut."""
+        return len(self._records) >= self.limits.max_records or self._bytes >= self.limits.max_bytes
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def __bool__(self) -> bool:
+        return bool(self._records)
+
+    def append(self, record: Record, now: float) -> bool:
+        """Buffer ``record`` arrived at ``now``; False if its offset was already seen."""
+        if record.offset <= self._last_offset:
+            return False
+        if record.topic != self.tp.topic or record.partition != self.tp.partition:
+            raise ValueError(f"record of {record.tp} appended to the buffer of {self.tp}")
+        size = record.size_bytes
+        self._records.append(record)
+        self._sizes.append(size)
+        self._arrived.append(now)
+        self._bytes += size
+        self._last_offset = record.offset
+        return True
+
+    def extend(self, records: Iterable[Record], now: float) -> int:
+        """Buffer a fetched chunk; returns how many records were accepted."""
+        return sum(1 for r in records if self.append(r, now))
+
+    def due(self, now: float) -> FlushReason | None:
+        """Which limit makes the buffer due at ``now``, if any (records, then bytes, then age)."""
+        if not self._records:
+            return None
+        if len(self._records) >= self.limits.max_records:
+            return FlushReason.RECORDS
+        if self._bytes >= self.limits.max_bytes:
+            return FlushReason.BYTES
+        if now - self._arrived[0] >= self.limits.max_age:
+            return FlushReason.AGE
+        return None
+
+    def due_at(self) -> float | None:
+        """Clock value at which the age limit makes the buffer due; None while empty."""
+        return self._arrived[0] + self.limits.max_age if self._arrived else None
+
+    def take(self, now: float) -> Batch:
+        """Cut the oldest records as one batch within the limits, leaving the rest buffered.
+
+        The batch holds at most ``max_records`` records and, unless a single record is larger,
+        at most ``max_bytes`` bytes. Raises ``LookupError`` when the buffer is empty.
+        """
+        count, size = self._cut_point()
+        return self._cut(count, size, now)
+
+    def take_all(self, now: float) -> Batch:
+        """Cut everything buffered as one batch (revoke, shutdown). ``LookupError`` if empty."""
+        return self._cut(len(self._records), self._bytes, now)
+
+    def discard(self) -> int:
+        """Drop everything buffered; returns the bytes dropped. The offset guard stays."""
+        dropped = self._bytes
+        self._records.clear()
+        self._sizes.clear()
+        self._arrived.clear()
+        self._bytes = 0
+        return dropped
+
+    def reset(self, next_offset: int) -> int:
+        """Discard and restart at fetch position ``next_offset`` (a seek); returns bytes dropped."""
+        dropped = self.discard()
+        self._last_offset = next_offset - 1
+        return dropped
+
+    def _cut_point(self) -> tuple[int, int]:
+        limit = min(len(self._records), self.limits.max_records)
+        if self._bytes <= self.limits.max_bytes and limit == len(self._records):
+            return limit, self._bytes
+        count, size = 0, 0
+        for record_size in self._sizes[:limit]:
+            if count and size + record_size > self.limits.max_bytes:
+                break
+            count += 1
+            size += record_size
+        return count, size
+
+    def _cut(self, count: int, size: int, now: float) -> Batch:
+        if not self._records:
+            raise LookupError(f"the buffer of {self.tp} is empty")
+        batch = Batch(
+            tp=self.tp,
+            records=tuple(self._records[:count]),
+            size_bytes=size,
+            started_at=self._arrived[0],
+            cut_at=now,
+        )
+        del self._records[:count]
+        del self._sizes[:count]
+        del self._arrived[:count]
+        self._bytes -= size
+        return batch
