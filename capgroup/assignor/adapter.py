@@ -1,0 +1,297 @@
+"""From group protocol bytes to :func:`capgroup.assignor.balance.assign` and back.
+
+Two entry points share one path:
+
+* :func:`plan_group` for capgroup's own membership engine, which runs JoinGroup/SyncGroup
+  itself and, as leader, holds ``[(member_id, group_instance_id, metadata_bytes)]``;
+* :class:`CapacityAwareAssignor`, an aiokafka ``AbstractPartitionAssignor`` for
+  ``AIOKafkaConsumer(partition_assignment_strategy=[CapacityAwareAssignor(adv)])``.
+
+A member whose metadata does not decode (garbage, another major version, another assignor)
+never fails the group: it gets an empty assignment and a ``member_metadata_rejected`` error event
+names it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
+
+from capgroup.assignor import balance
+from capgroup.assignor.model import (
+    CapacityAdvertisement,
+    MemberSpec,
+    OwnedPartition,
+    PartitionSpec,
+    Plan,
+)
+from capgroup.log import get_logger
+from capgroup.protocol._wire import MetadataDecodeError
+from capgroup.protocol.capacity import decode_advertisement, encode_advertisement
+from capgroup.protocol.consumer import (
+    AssignmentInfo,
+    MemberSubscription,
+    decode_assignment_info,
+    decode_member_metadata,
+    encode_member_assignment,
+)
+from capgroup.types import TopicPartition
+
+#: Protocol name announced in JoinGroup; every member of a group must offer it.
+ASSIGNOR_NAME = "capgroup-cooperative"
+#: How many unassigned partitions the shortfall warning lists by name.
+_SAMPLE = 10
+
+_log = get_logger("assignor")
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPlan:
+    """The leader's result for one generation.
+
+    ``assignments`` holds encoded ``ConsumerProtocolMemberAssignment`` bytes for **every**
+    input member (empty for rejected ones); ``rejected`` maps a member id to the reason its
+    metadata was refused.
+    """
+
+    plan: Plan
+    assignments: Mapping[str, bytes]
+    members: tuple[MemberSpec, ...] = ()
+    rejected: Mapping[str, str] = field(default_factory=dict)
+
+
+def plan_group(
+    members: Sequence[tuple[str, str | None, bytes]],
+    partitions: Sequence[PartitionSpec],
+    generation: int,
+    *,
+    cooperative: bool = True,
+) -> GroupPlan:
+    """Plan a generation from raw JoinGroup member metadata.
+
+    ``partitions`` are all partitions of the subscribed topics; a partition whose ``rate`` is 0
+    (unknown) takes the highest rate its claimants advertise. With ``cooperative`` (KIP-429,
+    the default) a partition moving between live members is withheld for one round; without
+    it, as under an eager protocol where every member revoked everything before joining, it is
+    handed to its new owner at once.
+    """
+    decoded: list[tuple[str, str | None, MemberSubscription | MetadataDecodeError]] = []
+    for member_id, instance_id, raw in members:
+        try:
+            decoded.append((member_id, instance_id, decode_member_metadata(raw)))
+        except MetadataDecodeError as exc:
+            decoded.append((member_id, instance_id, exc))
+    return _plan(decoded, partitions, generation, cooperative=cooperative)
+
+
+def _plan(
+    decoded: Sequence[tuple[str, str | None, MemberSubscription | MetadataDecodeError]],
+    partitions: Sequence[PartitionSpec],
+    generation: int,
+    *,
+    cooperative: bool,
+) -> GroupPlan:
+    specs: list[MemberSpec] = []
+    rejected: dict[str, str] = {}
+    for member_id, instance_id, sub in decoded:
+        try:
+            if isinstance(sub, MetadataDecodeError):
+                raise sub
+            adv = decode_advertisement(sub.user_data)
+        except MetadataDecodeError as exc:
+            rejected[member_id] = exc.reason
+            _log.error(
+                "member_metadata_rejected",
+                member_id=member_id,
+                group_instance_id=instance_id,
+                reason=exc.reason,
+                code=exc.code,
+                generation=generation,
+            )
+            continue
+        specs.append(MemberSpec(member_id, frozenset(sub.topics), adv, instance_id))
+
+    plan = balance.assign(specs, with_claimed_rates(partitions, specs), generation)
+    if not cooperative:
+        plan = _grant_pending(plan)
+    info = AssignmentInfo(generation, len(plan.unassigned), len(plan.pending))
+    assignments = {
+        member_id: encode_member_assignment(plan.assignment.get(member_id, ()), info)
+        for member_id, _, _ in decoded
+    }
+    _report(plan, specs, rejected, len(partitions), generation)
+    return GroupPlan(plan, assignments, tuple(specs), rejected)
+
+
+def with_claimed_rates(
+    partitions: Iterable[PartitionSpec], members: Iterable[MemberSpec]
+) -> list[PartitionSpec]:
+    """``partitions`` with each unknown (zero) rate replaced by the highest rate claimants
+    advertise for it: the leader measures nothing itself, members measure what they own."""
+    claimed: dict[TopicPartition, float] = {}
+    for member in members:
+        for op in member.capacity.owned:
+            if op.rate > claimed.get(op.tp, 0.0):
+                claimed[op.tp] = op.rate
+    return [
+        replace(p, rate=claimed[p.tp]) if p.rate == 0.0 and p.tp in claimed else p
+        for p in partitions
+    ]
+
+
+def _grant_pending(plan: Plan) -> Plan:
+    if not plan.pending:
+        return plan
+    granted: dict[str, list[TopicPartition]] = {m: list(tps) for m, tps in plan.assignment.items()}
+    for move in plan.pending:
+        granted.setdefault(move.to_member, []).append(move.tp)
+    return replace(
+        plan,
+        assignment={m: tuple(sorted(tps)) for m, tps in granted.items()},
+        pending=(),
+    )
+
+
+def _report(
+    plan: Plan,
+    specs: Sequence[MemberSpec],
+    rejected: Mapping[str, str],
+    n_partitions: int,
+    generation: int,
+) -> None:
+    live = [m for m in specs if not m.capacity.draining]
+    if plan.unassigned:
+        _log.warning(
+            "plan_has_unassigned_partitions",
+            generation=generation,
+            unassigned=len(plan.unassigned),
+            sample=[f"{tp.topic}-{tp.partition}" for tp in sorted(plan.unassigned)[:_SAMPLE]],
+            partitions=n_partitions,
+            capacity_partitions=sum(m.capacity.max_partitions for m in live),
+            capacity_bytes=sum(m.capacity.memory_budget_bytes for m in live),
+            members=len(specs),
+            draining=len(specs) - len(live),
+            rejected=len(rejected),
+        )
+    _log.info(
+        "plan_computed",
+        generation=generation,
+        members=len(specs) + len(rejected),
+        rejected=len(rejected),
+        partitions=n_partitions,
+        assigned=sum(len(tps) for tps in plan.assignment.values()),
+        pending=len(plan.pending),
+        unassigned=len(plan.unassigned),
+        moved=plan.moved,
+    )
+
+
+class CapacityAwareAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
+    """aiokafka partition assignor backed by capgroup's capacity-aware planner.
+
+    All state lives on the instance (aiokafka's sticky assignor keeps it on the class,
+    aiokafka#1175), so several consumers in one process do not share ownership. aiokafka's
+    group coordinator is eager: every member revokes all its partitions before it rejoins, so
+    moves are handed over at once rather than withheld for a round.
+
+    The owner keeps the advertisement current with :meth:`update_advertisement` and
+    :meth:`update_rates`; ownership is tracked from :meth:`on_assignment` with the
+    generation the leader put into the assignment.
+    """
+
+    name = ASSIGNOR_NAME
+
+    def __init__(self, advertisement: CapacityAdvertisement) -> None:
+        self._advertisement = advertisement
+        self._rates: dict[TopicPartition, float] = {}
+        self._assigned: dict[TopicPartition, int] | None = None
+        self._last_info: AssignmentInfo | None = None
+
+    @property
+    def advertisement(self) -> CapacityAdvertisement:
+        """The advertisement :meth:`metadata` sends, owned partitions included."""
+        if self._assigned is None:
+            return self._advertisement
+        owned = tuple(
+            OwnedPartition(tp.topic, tp.partition, gen, self._rates.get(tp, 0.0))
+            for tp, gen in sorted(self._assigned.items())
+        )
+        return replace(self._advertisement, owned=owned)
+
+    @property
+    def last_assignment_info(self) -> AssignmentInfo | None:
+        """What the leader said with the latest assignment (None before one, or if foreign)."""
+        return self._last_info
+
+    def update_advertisement(self, advertisement: CapacityAdvertisement) -> None:
+        """Replace limits (and, before the first assignment, the claimed ownership)."""
+        self._advertisement = advertisement
+
+    def update_rates(self, rates: Mapping[TopicPartition, float]) -> None:
+        """Record measured ingress rates (records/s) of owned partitions for the next join."""
+        self._rates = {TopicPartition(tp[0], tp[1]): float(r) for tp, r in rates.items()}
+
+    def metadata(self, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
+        """JoinGroup metadata: the subscription plus the encoded advertisement."""
+        return ConsumerProtocolMemberMetadata(
+            0, sorted(set(topics)), encode_advertisement(self.advertisement)
+        )
+
+    def assign(
+        self, cluster: Any, members: Mapping[str, ConsumerProtocolMemberMetadata]
+    ) -> dict[str, ConsumerProtocolMemberAssignment]:
+        """Plan for every member from aiokafka's decoded metadata and ``cluster`` partitions."""
+        decoded: list[tuple[str, str | None, MemberSubscription | MetadataDecodeError]] = []
+        topics: set[str] = set()
+        for member_id in sorted(members):
+            meta = members[member_id]
+            sub_topics = tuple(t for t in (meta.subscription or ()) if isinstance(t, str))
+            user_data = meta.user_data if isinstance(meta.user_data, bytes) else b""
+            decoded.append(
+                (member_id, None, MemberSubscription(meta.version, sub_topics, user_data))
+            )
+            topics.update(sub_topics)
+        partitions = [
+            PartitionSpec(topic, p)
+            for topic in sorted(topics)
+            for p in sorted(cluster.partitions_for_topic(topic) or ())
+        ]
+        group_plan = _plan(decoded, partitions, _generation_hint(members), cooperative=False)
+        return {
+            member_id: ConsumerProtocolMemberAssignment.decode(raw)
+            for member_id, raw in group_plan.assignments.items()
+        }
+
+    def on_assignment(self, assignment: ConsumerProtocolMemberAssignment) -> None:
+        """Remember what we own, under the generation the leader announced."""
+        try:
+            info: AssignmentInfo | None = decode_assignment_info(assignment.user_data or b"")
+        except MetadataDecodeError as exc:
+            _log.warning("assignment_info_undecodable", reason=exc.reason)
+            info = None
+        self._last_info = info
+        generation = info.generation if info is not None else -1
+        self._assigned = {
+            TopicPartition(topic, p): generation for topic, p in assignment.partitions()
+        }
+
+
+def _generation_hint(members: Mapping[str, ConsumerProtocolMemberMetadata]) -> int:
+    """aiokafka does not hand the new generation id to ``assign``; one past the newest
+    generation any member claims orders this round after all valid claims."""
+    newest = -1
+    for meta in members.values():
+        try:
+            adv = decode_advertisement(meta.user_data or b"")
+        except MetadataDecodeError:
+            continue
+        for op in adv.owned:
+            newest = max(newest, op.generation)
+    return newest + 1
