@@ -140,6 +140,106 @@ class CapgroupSettings(BaseSettings):
         description="Fetch buffer per partition; part of the advertised per-partition cost.",
     )
 
+    # --- runtime: flush retries and failures (issue 5) ----------------------------------
+    flush_retry_initial_ms: int = Field(
+        default=100, ge=1, le=600_000, description="Wait before the first retry of a failed flush."
+    )
+    flush_retry_max_ms: int = Field(
+        default=30_000,
+        ge=1,
+        le=3_600_000,
+        description="Longest wait between flush retries (the exponential backoff's ceiling).",
+    )
+    flush_retry_multiplier: float = Field(
+        default=2.0, ge=1.0, le=100.0, description="Backoff growth factor between retries."
+    )
+    flush_retry_jitter: float = Field(
+        default=0.2,
+        ge=0.0,
+        le=1.0,
+        description="Fraction by which each retry wait is shortened at random.",
+    )
+    flush_retry_max_attempts: int | None = Field(
+        default=5,
+        ge=1,
+        le=1_000_000,
+        description="Flush calls per batch including the first; unset for no limit.",
+    )
+    flush_retry_max_elapsed_ms: int | None = Field(
+        default=None,
+        ge=0,
+        le=86_400_000,
+        description="No retry starts later than this after the first call; unset for no limit.",
+    )
+    flush_failure_policy: Literal["dead_letter", "stop_partition"] = Field(
+        default="stop_partition",
+        description="After the last retry: produce the batch to dead_letter_topic and commit "
+        "past it, or stop the partition and report the member unhealthy.",
+    )
+    dead_letter_topic: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Topic failed batches go to; required with flush_failure_policy=dead_letter.",
+    )
+
+    # --- runtime: revoke and shutdown (issue 5) ------------------------------------------
+    revoke_safety_margin_ms: int = Field(
+        default=5_000,
+        ge=0,
+        le=MAX_SESSION_TIMEOUT_MS,
+        description="Subtracted from rebalance_timeout_ms to get the revoke-flush deadline; "
+        "leaves room for the commit and the rejoin after the flush.",
+    )
+    revoke_flush_safety_factor: float = Field(
+        default=2.0,
+        ge=1.0,
+        le=100.0,
+        description="Default revoke policy flushes when estimated flush time times this fits "
+        "before the deadline.",
+    )
+    flush_throughput_seed_bytes_per_s: float = Field(
+        default=1024.0 * 1024.0,
+        gt=0.0,
+        le=1e12,
+        description="Flush throughput assumed before any flush was measured (keep it low).",
+    )
+    shutdown_timeout_ms: int = Field(
+        default=25_000,
+        ge=0,
+        le=3_600_000,
+        description="On SIGTERM, time to flush and commit every buffer; keep it below the "
+        "Kubernetes termination grace period (30 s by default).",
+    )
+
+    # --- runtime: memory limit and RSS watchdog (issue 5) --------------------------------
+    container_memory_limit_bytes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Container memory limit, e.g. set from the Kubernetes downward API "
+        "(resourceFieldRef limits.memory); the tighter of it and the cgroup limit is used.",
+    )
+    rss_soft_limit_fraction: float = Field(
+        default=0.85,
+        gt=0.0,
+        le=1.0,
+        description="RSS above this share of the memory limit advertises reduced capacity.",
+    )
+    rss_hard_limit_fraction: float = Field(
+        default=0.95,
+        gt=0.0,
+        le=1.0,
+        description="RSS above this share of the memory limit flushes and stops taking records.",
+    )
+    rss_hysteresis_fraction: float = Field(
+        default=0.05,
+        ge=0.0,
+        lt=1.0,
+        description="RSS must fall this far below a limit before its pressure level clears.",
+    )
+    rss_sample_interval_ms: int = Field(
+        default=1_000, ge=10, le=600_000, description="How often the RSS watchdog samples."
+    )
+
     # --- operations ---------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level."
@@ -180,6 +280,34 @@ class CapgroupSettings(BaseSettings):
                 f"JoinGroup for up to the rebalance timeout (got {self.request_timeout_ms} and "
                 f"{self.rebalance_timeout_ms})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _runtime_consistent(self) -> Self:
+        problems = []
+        if self.flush_failure_policy == "dead_letter" and not self.dead_letter_topic:
+            problems.append(
+                f"dead_letter_topic ({ENV_PREFIX}DEAD_LETTER_TOPIC) is required when "
+                "flush_failure_policy is dead_letter"
+            )
+        if self.flush_retry_initial_ms > self.flush_retry_max_ms:
+            problems.append(
+                "flush_retry_initial_ms must be at most flush_retry_max_ms "
+                f"(got {self.flush_retry_initial_ms} and {self.flush_retry_max_ms})"
+            )
+        if self.revoke_safety_margin_ms >= self.rebalance_timeout_ms:
+            problems.append(
+                "revoke_safety_margin_ms must be below rebalance_timeout_ms, or no revoke flush "
+                f"could ever run (got {self.revoke_safety_margin_ms} and "
+                f"{self.rebalance_timeout_ms})"
+            )
+        if self.rss_soft_limit_fraction >= self.rss_hard_limit_fraction:
+            problems.append(
+                "rss_soft_limit_fraction must be below rss_hard_limit_fraction "
+                f"(got {self.rss_soft_limit_fraction} and {self.rss_hard_limit_fraction})"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @property
