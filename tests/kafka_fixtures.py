@@ -76,17 +76,22 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(scope="session")
-def kafka() -> Iterator[KafkaEndpoint]:
-    """A Kafka cluster for the whole session (env, else testcontainers, else local jars)."""
+def serve(acquire: Callable[[], KafkaEndpoint]) -> Iterator[KafkaEndpoint]:
+    """Yield the endpoint ``acquire`` returns and close it afterwards; no endpoint skips/fails."""
     try:
-        endpoint = acquire_kafka()
+        endpoint = acquire()
     except KafkaUnavailable as exc:
         unavailable(str(exc))
     try:
         yield endpoint
     finally:
         endpoint.close()
+
+
+@pytest.fixture(scope="session")
+def kafka() -> Iterator[KafkaEndpoint]:
+    """A Kafka cluster for the whole session (env, else testcontainers, else local jars)."""
+    yield from serve(acquire_kafka)
 
 
 @pytest.fixture(scope="session")
@@ -96,14 +101,7 @@ def kafka_cluster3() -> Iterator[KafkaEndpoint]:
     def size_of(endpoint: KafkaEndpoint) -> int:
         return int(run_in_thread(cluster_size, endpoint))
 
-    try:
-        endpoint = acquire_kafka_cluster3(size_of)
-    except KafkaUnavailable as exc:
-        unavailable(str(exc))
-    try:
-        yield endpoint
-    finally:
-        endpoint.close()
+    yield from serve(lambda: acquire_kafka_cluster3(size_of))
 
 
 @pytest.fixture
