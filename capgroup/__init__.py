@@ -1,5 +1,6 @@
 """capgroup: Kafka consumer groups that know their own limits."""
 
+from capgroup.assignor.adapter import CapacityAwareAssignor, GroupPlan, plan_group
 from capgroup.assignor.model import (
     CapacityAdvertisement,
     MemberSpec,
@@ -9,24 +10,51 @@ from capgroup.assignor.model import (
     Plan,
 )
 from capgroup.log import bind_member, configure_logging, get_logger
+from capgroup.protocol import (
+    AdvertisementEncodeError,
+    AdvertisementTooLargeError,
+    AssignmentInfo,
+    MetadataDecodeError,
+    decode_advertisement,
+    decode_assignment_info,
+    encode_advertisement,
+)
+from capgroup.runtime.batch import Batch, FlushReason, Record
+from capgroup.runtime.policy import RevokeAction
+from capgroup.runtime.retry import FailurePolicy
 from capgroup.settings import CapgroupSettings, SettingsError, load_settings
 from capgroup.types import TopicPartition
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AdvertisementEncodeError",
+    "AdvertisementTooLargeError",
+    "AssignmentInfo",
+    "Batch",
     "CapacityAdvertisement",
+    "CapacityAwareAssignor",
     "CapgroupSettings",
+    "FailurePolicy",
+    "FlushReason",
+    "GroupPlan",
     "MemberSpec",
+    "MetadataDecodeError",
     "OwnedPartition",
     "PartitionSpec",
     "PendingMove",
     "Plan",
+    "Record",
+    "RevokeAction",
     "SettingsError",
     "TopicPartition",
     "__version__",
     "bind_member",
     "configure_logging",
+    "decode_advertisement",
+    "decode_assignment_info",
+    "encode_advertisement",
     "get_logger",
     "load_settings",
+    "plan_group",
 ]
