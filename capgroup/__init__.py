@@ -1,6 +1,7 @@
 """capgroup: Kafka consumer groups that know their own limits."""
 
 from capgroup.assignor.adapter import CapacityAwareAssignor, GroupPlan, plan_group
+from capgroup.assignor.balance import assign, headroom
 from capgroup.assignor.model import (
     CapacityAdvertisement,
     MemberSpec,
@@ -49,12 +50,14 @@ __all__ = [
     "SettingsError",
     "TopicPartition",
     "__version__",
+    "assign",
     "bind_member",
     "configure_logging",
     "decode_advertisement",
     "decode_assignment_info",
     "encode_advertisement",
     "get_logger",
+    "headroom",
     "load_settings",
     "plan_group",
 ]

@@ -1,0 +1,108 @@
+"""Invariant helpers shared by every assignor test: each checks one property of a plan."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Sequence
+
+from capgroup.assignor.model import MemberSpec, OwnedPartition, PartitionSpec, Plan
+from capgroup.types import TopicPartition
+
+Assign = Callable[[Sequence[MemberSpec], Sequence[PartitionSpec], int], Plan]
+
+
+def phase2(plan: Plan) -> dict[str, list[TopicPartition]]:
+    """The assignment once pending moves have landed."""
+    out = {m: list(tps) for m, tps in plan.assignment.items()}
+    for move in plan.pending:
+        out.setdefault(move.to_member, []).append(move.tp)
+    return out
+
+
+def check_budgets(members: Sequence[MemberSpec], plan: Plan) -> None:
+    """Property 1: caps and byte budgets hold in both phases of every move."""
+    by_id = {m.member_id: m for m in members}
+    for phase in (dict(plan.assignment), phase2(plan)):
+        for mid, tps in phase.items():
+            adv = by_id[mid].capacity
+            assert len(tps) <= max(0, adv.max_partitions), (mid, len(tps), adv.max_partitions)
+            used = sum(adv.cost_of(tp.topic) for tp in tps)
+            assert used <= adv.memory_budget_bytes or not tps, (mid, used)
+
+
+def check_exclusive(
+    members: Sequence[MemberSpec], partitions: Sequence[PartitionSpec], plan: Plan
+) -> None:
+    """Property 2: every partition exactly once; every member present; subscriptions kept."""
+    wanted = {p.tp for p in partitions}
+    seen = Counter(tp for tps in plan.assignment.values() for tp in tps)
+    seen.update(move.tp for move in plan.pending)
+    seen.update(plan.unassigned)
+    assert set(seen) == wanted
+    assert all(n == 1 for n in seen.values()), [tp for tp, n in seen.items() if n > 1]
+    by_id = {m.member_id: m for m in members}
+    assert set(plan.assignment) == set(by_id)
+    for mid, tps in phase2(plan).items():
+        assert all(tp.topic in by_id[mid].topics for tp in tps), mid
+    for move in plan.pending:
+        assert move.from_member in by_id
+        assert move.from_member != move.to_member
+
+
+def top_claimants(members: Sequence[MemberSpec], generation: int) -> dict[TopicPartition, set[str]]:
+    """Per partition, the members claiming it at its highest non-future generation."""
+    result: dict[TopicPartition, tuple[int, set[str]]] = {}
+    for m in members:
+        for o in m.capacity.owned:
+            if o.generation > generation:
+                continue
+            cur = result.get(o.tp)
+            if cur is None or o.generation > cur[0]:
+                result[o.tp] = (o.generation, {m.member_id})
+            elif o.generation == cur[0]:
+                cur[1].add(m.member_id)
+    return {tp: who for tp, (_, who) in result.items()}
+
+
+def check_cooperative(members: Sequence[MemberSpec], plan: Plan, generation: int) -> None:
+    """Property 6: nothing passes straight from one live claimant to another member."""
+    tops = top_claimants(members, generation)
+    for mid, tps in plan.assignment.items():
+        for tp in tps:
+            who = tops.get(tp)
+            assert who is None or who == {mid}, (tp, mid, who)
+    for move in plan.pending:
+        who = tops.get(move.tp)
+        assert who is not None
+        assert move.from_member in who, move
+        # A partition with a single valid owner only pends when it changes hands.
+        assert len(who) > 1 or move.to_member not in who, move
+
+
+def check_draining(members: Sequence[MemberSpec], plan: Plan) -> None:
+    """Property 8: draining members get nothing, in either phase."""
+    p2 = phase2(plan)
+    for m in members:
+        if m.capacity.draining:
+            assert not p2[m.member_id], m.member_id
+
+
+def owned_from(plan: Plan, generation: int) -> dict[str, tuple[OwnedPartition, ...]]:
+    """Ownership claims members would send after the plan's phase 2 has landed."""
+    return {
+        mid: tuple(OwnedPartition(tp.topic, tp.partition, generation) for tp in tps)
+        for mid, tps in phase2(plan).items()
+    }
+
+
+def check_all(
+    members: Sequence[MemberSpec],
+    partitions: Sequence[PartitionSpec],
+    plan: Plan,
+    generation: int,
+) -> None:
+    """Every invariant that must hold for any input."""
+    check_exclusive(members, partitions, plan)
+    check_budgets(members, plan)
+    check_cooperative(members, plan, generation)
+    check_draining(members, plan)
