@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_SEED_BYTES_PER_SECOND",
     "FlushThroughput",
     "RevokeAction",
+    "Sized",
     "deadline_from_settings",
     "decide",
     "revoke_deadline",
