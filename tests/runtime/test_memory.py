@@ -268,32 +268,26 @@ def test_watchdog_levels_respect_limits_and_release_points(
         previous = level
 
 
-def test_shed_capacity() -> None:
-    # 250 bytes over the soft limit at 100 bytes a partition: shed 3 of 10.
-    assert (
-        shed_capacity(
-            10, rss_bytes=1250, soft_limit_bytes=1000, partition_cost=100, max_partitions=64
-        )
-        == 7
+@pytest.mark.parametrize(
+    ("owned", "rss", "max_partitions", "expected"),
+    [
+        (10, 1250, 64, 7),  # 250 bytes over at 100 a partition: shed 3
+        (10, 1000, 64, 9),  # at the limit: still shed one
+        (2, 9999, 64, 0),  # never below zero
+        (10, 1001, 5, 5),  # never above max_partitions
+    ],
+)
+def test_shed_capacity(owned: int, rss: int, max_partitions: int, expected: int) -> None:
+    reduced = shed_capacity(
+        owned,
+        rss_bytes=rss,
+        soft_limit_bytes=1000,
+        partition_cost=100,
+        max_partitions=max_partitions,
     )
-    # At least one partition goes, never below zero, never above max_partitions.
-    assert (
-        shed_capacity(
-            10, rss_bytes=1000, soft_limit_bytes=1000, partition_cost=100, max_partitions=64
-        )
-        == 9
-    )
-    assert (
-        shed_capacity(
-            2, rss_bytes=9999, soft_limit_bytes=1000, partition_cost=100, max_partitions=64
-        )
-        == 0
-    )
-    assert (
-        shed_capacity(
-            10, rss_bytes=1001, soft_limit_bytes=1000, partition_cost=100, max_partitions=5
-        )
-        == 5
-    )
+    assert reduced == expected
+
+
+def test_shed_capacity_needs_a_positive_cost() -> None:
     with pytest.raises(ValueError, match="positive"):
         shed_capacity(1, 1, 1, 0, 1)
