@@ -2,7 +2,11 @@
 
 The committable offset of a partition is the ``last_offset + 1`` of the newest batch such that
 it and every batch cut before it (in the same ownership) flushed or reached the dead-letter
-topic. Nothing past an unflushed record is ever committable: delivery is at least once.
+topic. Nothing past an unflushed record is ever committable, so delivery is at least once:
+every record is flushed (or dead-lettered) at least once by some owner. A record can be flushed
+more than once when its batch flushed but the commit covering it never reached the broker
+(crash, loss, fenced commit), or when it flushed behind a discarded batch of the same epoch
+(the commit stops at the discarded batch, so the next owner re-reads both).
 
 Every assignment of a partition starts a new *epoch*. Batch outcomes carry the epoch under which
 the batch was cut, so a flush that finishes after its partition was revoked or lost (and perhaps
