@@ -354,6 +354,37 @@ def _reap(procs: dict[int, subprocess.Popen[bytes]], workdir: Path | None) -> No
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+_WORKDIR_PREFIX = "capgroup-kafka-"
+_OWNER_FILE = "owner.pid"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale_workdirs() -> list[Path]:
+    """Remove temporary cluster directories whose owning process is gone; return them.
+
+    A SIGKILLed session has its JVMs killed by the kernel but cannot delete its data.
+    """
+    removed = []
+    for directory in Path(tempfile.gettempdir()).glob(_WORKDIR_PREFIX + "*"):
+        try:
+            owner = int((directory / _OWNER_FILE).read_text())
+        except (OSError, ValueError):
+            continue
+        if not _pid_alive(owner):
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory)
+    return removed
+
+
 def _tail(path: Path, lines: int = 30) -> str:
     try:
         text = path.read_text(errors="replace")
@@ -391,9 +422,11 @@ class LocalKafkaCluster:
         self._offsets_partitions = offsets_partitions
         self._extra = dict(extra_config or {})
         self._own_workdir = workdir is None
-        self.workdir = (
-            Path(tempfile.mkdtemp(prefix="capgroup-kafka-")) if workdir is None else workdir
-        )
+        if workdir is None:
+            sweep_stale_workdirs()
+            workdir = Path(tempfile.mkdtemp(prefix=_WORKDIR_PREFIX))
+            (workdir / _OWNER_FILE).write_text(str(os.getpid()))
+        self.workdir = workdir
         self.cluster_id = new_cluster_id()
         self.nodes: list[NodeSpec] = []
         self._procs: dict[int, subprocess.Popen[bytes]] = {}

@@ -151,3 +151,26 @@ def test_cli_kafka_start_prints_bootstrap_and_stops_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_sweep_removes_only_dirs_of_dead_owners(tmp_path: Path) -> None:
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    base = Path(kafka_local.tempfile.gettempdir())
+    stale = base / f"capgroup-kafka-test-stale-{uuid.uuid4().hex[:6]}"
+    live = base / f"capgroup-kafka-test-live-{uuid.uuid4().hex[:6]}"
+    for directory, pid in ((stale, dead.stdout.strip()), (live, str(os.getpid()))):
+        directory.mkdir()
+        (directory / "owner.pid").write_text(pid)
+    try:
+        removed = kafka_local.sweep_stale_workdirs()
+        assert stale in removed
+        assert not stale.exists()
+        assert live.exists()
+    finally:
+        for directory in (stale, live):
+            kafka_local.shutil.rmtree(directory, ignore_errors=True)
