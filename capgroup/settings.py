@@ -64,6 +64,10 @@ class CapgroupSettings(BaseSettings):
         default_factory=list, description="Topics to consume, comma-separated."
     )
     client_id: str = Field(default="capgroup", description="Kafka client id.")
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        default="earliest",
+        description="Where a partition with no committed offset starts. earliest loses nothing.",
+    )
 
     session_timeout_ms: int = Field(
         default=10_000,

@@ -18,7 +18,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import psutil  # type: ignore[import-untyped]  # no stubs in the dependency set
+import psutil
 
 from capgroup.log import get_logger
 from capgroup.types import TopicPartition

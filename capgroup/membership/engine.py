@@ -1,0 +1,799 @@
+"""The membership engine: capgroup runs the classic group protocol itself.
+
+aiokafka's own coordinator is eager (every rebalance revokes everything) and cannot commit
+under our generation, so this engine drives FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
+LeaveGroup and OffsetCommit/OffsetFetch over an :class:`aiokafka.AIOKafkaClient`.
+
+The manage loop reads like the protocol: join, sync, apply the assignment (revoke, then
+assign), then wait while heartbeats run in their own task until something asks for a rejoin.
+Listener callbacks run only from the manage loop, so they never overlap. Commits wait while a
+join or sync is in flight, because a generation that is being replaced cannot commit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import anyio
+from aiokafka import errors as kafka_errors
+from aiokafka.client import AIOKafkaClient, ConnectionGroup, CoordinationType
+from anyio.abc import TaskStatus
+
+from capgroup.assignor.adapter import plan_group
+from capgroup.assignor.model import CapacityAdvertisement, OwnedPartition, PartitionSpec
+from capgroup.errors import (
+    CommitFailedError,
+    CommitFencedError,
+    FencedInstanceError,
+    GroupFatalError,
+)
+from capgroup.log import bind_member, get_logger
+from capgroup.membership import wire
+from capgroup.membership.model import (
+    COMMITTABLE_STATES,
+    NO_GENERATION,
+    PROTOCOL_NAME,
+    PROTOCOL_TYPE,
+    AssignmentChange,
+    AssignmentListener,
+    CapacitySource,
+    Generation,
+    MembershipSnapshot,
+    MemberState,
+    RateSource,
+)
+from capgroup.protocol._wire import MetadataDecodeError
+from capgroup.protocol.capacity import encode_advertisement
+from capgroup.protocol.consumer import decode_member_metadata, encode_member_metadata
+from capgroup.settings import CapgroupSettings
+from capgroup.types import TopicPartition
+
+_log = get_logger("membership")
+
+# Kafka error codes the engine reacts to (see the protocol guide's error table).
+NONE = 0
+UNKNOWN_TOPIC_OR_PARTITION = 3
+REQUEST_TIMED_OUT = 7
+COORDINATOR_LOAD_IN_PROGRESS = 14
+COORDINATOR_NOT_AVAILABLE = 15
+NOT_COORDINATOR = 16
+ILLEGAL_GENERATION = 22
+INCONSISTENT_GROUP_PROTOCOL = 23
+INVALID_GROUP_ID = 24
+UNKNOWN_MEMBER_ID = 25
+INVALID_SESSION_TIMEOUT = 26
+REBALANCE_IN_PROGRESS = 27
+GROUP_AUTHORIZATION_FAILED = 30
+MEMBER_ID_REQUIRED = 79
+GROUP_MAX_SIZE_REACHED = 81
+FENCED_INSTANCE_ID = 82
+
+_COORDINATOR_MOVED = frozenset({COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR})
+_GENERATION_GONE = frozenset({ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID})
+_FATAL_JOIN = {
+    INCONSISTENT_GROUP_PROTOCOL: "another member of the group uses a different protocol "
+    "(all members must run the capgroup assignor)",
+    INVALID_GROUP_ID: "the group id is invalid (CAPGROUP_GROUP_ID)",
+    INVALID_SESSION_TIMEOUT: "the broker refuses the session timeout "
+    "(CAPGROUP_SESSION_TIMEOUT_MS is outside group.min/max.session.timeout.ms)",
+    GROUP_AUTHORIZATION_FAILED: "not authorized to join the group",
+    GROUP_MAX_SIZE_REACHED: "the group is at group.max.size",
+}
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    kafka_errors.KafkaConnectionError,
+    kafka_errors.NodeNotReadyError,
+    kafka_errors.RequestTimedOutError,
+    kafka_errors.StaleMetadata,
+    kafka_errors.CorrelationIdError,
+    ConnectionError,
+    TimeoutError,
+)
+
+_LEAVE_ERRORS: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, NotImplementedError)
+
+
+class _RetryableError(Exception):
+    """An attempt failed in a way the next attempt (after backoff) may fix."""
+
+    def __init__(self, reason: str, *, immediate: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.immediate = immediate
+
+
+class MembershipEngine:
+    """Runs one member of a capgroup consumer group.
+
+    Use :meth:`run` inside a task group (``await tg.start(engine.run)`` returns once the first
+    assignment is applied), :meth:`commit` to commit flushed offsets under the current
+    generation, :meth:`request_rejoin` when the member's capacity changes, and :meth:`stop`.
+    """
+
+    def __init__(
+        self,
+        settings: CapgroupSettings,
+        listener: AssignmentListener,
+        capacity: CapacitySource,
+        rates: RateSource | None = None,
+    ) -> None:
+        if not settings.group_id:
+            raise GroupFatalError("CAPGROUP_GROUP_ID (group_id) must be set to join a group")
+        if not settings.topics:
+            raise GroupFatalError("CAPGROUP_TOPICS (topics) must name at least one topic")
+        self._settings = settings
+        self._listener = listener
+        self._capacity = capacity
+        self._rates = rates or dict
+        self._group = settings.group_id
+        self._instance_id = settings.group_instance_id
+        self._topics = tuple(sorted(set(settings.topics)))
+
+        self._client: AIOKafkaClient | None = None
+        self._coordinator_id: int | None = None
+        self._member_id = ""
+        self._generation = NO_GENERATION
+        self._leader_id = ""
+        self._state = MemberState.UNJOINED
+        self._state_changed = anyio.Event()
+        self._rejoin = anyio.Event()
+        self._rejoin_reasons: list[str] = []
+        self._lost_reason: str | None = None
+        self._owned: frozenset[TopicPartition] = frozenset()
+        # During a revoke the partitions being given up may still be committed.
+        self._committable: frozenset[TopicPartition] = frozenset()
+        self._owned_generation: dict[TopicPartition, int] = {}
+        self._advertised: CapacityAdvertisement | None = None
+        self._last_heartbeat_ok = 0.0
+        self._stopping = False
+        self._leave_on_stop = settings.effective_leave_group_on_shutdown
+        self._stop_event = anyio.Event()
+        self._rebalances = 0
+        self._last_rebalance_seconds: float | None = None
+        self._known_partitions: dict[str, frozenset[int]] = {}
+        self._fatal: GroupFatalError | None = None
+
+    # ------------------------------------------------------------------ observation --
+    @property
+    def state(self) -> MemberState:
+        """Where the member is in the group protocol."""
+        return self._state
+
+    @property
+    def generation(self) -> Generation:
+        """The current generation (``NO_GENERATION`` when not in one)."""
+        return self._generation
+
+    @property
+    def assignment(self) -> frozenset[TopicPartition]:
+        """Partitions this member owns now."""
+        return self._owned
+
+    @property
+    def advertised(self) -> CapacityAdvertisement | None:
+        """The capacity advertisement sent with the latest JoinGroup."""
+        return self._advertised
+
+    def snapshot(self) -> MembershipSnapshot:
+        """A consistent view of the member for logs, metrics and health checks."""
+        return MembershipSnapshot(
+            group_id=self._group,
+            member_id=self._member_id,
+            instance_id=self._instance_id,
+            state=self._state,
+            generation_id=self._generation.generation_id,
+            is_leader=bool(self._member_id) and self._leader_id == self._member_id,
+            assigned=self._owned,
+            advertised=self._advertised,
+            rebalances=self._rebalances,
+            last_rebalance_seconds=self._last_rebalance_seconds,
+        )
+
+    # ------------------------------------------------------------------ control ------
+    def request_rejoin(self, reason: str) -> None:
+        """Ask for a rebalance, e.g. because the advertised capacity changed."""
+        self._rejoin_reasons.append(reason)
+        self._rejoin.set()
+
+    def stop(self, *, leave_group: bool | None = None) -> None:
+        """Ask :meth:`run` to finish: it leaves the group if ``leave_group`` (default: the
+        ``leave_group_on_shutdown`` setting), closes the client and returns."""
+        if leave_group is not None:
+            self._leave_on_stop = leave_group
+        self._stopping = True
+        self._stop_event.set()
+        self._rejoin.set()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Join the group and follow it until :meth:`stop`.
+
+        Signals ``task_status`` once the first assignment is applied. Raises
+        :class:`GroupFatalError` (e.g. :class:`FencedInstanceError`) when the member cannot
+        continue.
+        """
+        bind_member(group_id=self._group)
+        self._client = AIOKafkaClient(
+            bootstrap_servers=self._settings.bootstrap_servers,
+            client_id=self._settings.client_id,
+            request_timeout_ms=self._settings.effective_request_timeout_ms,
+            retry_backoff_ms=100,
+        )
+        try:
+            await self._client.bootstrap()
+            self._client.set_topics(self._topics)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._heartbeat_loop)
+                tg.start_soon(self._metadata_watch_loop)
+                try:
+                    await self._manage(task_status)
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._shutdown()
+
+    # ------------------------------------------------------------------ manage loop --
+    async def _manage(self, task_status: TaskStatus[None]) -> None:
+        started = False
+        failures = 0
+        while not self._stopping:
+            if self._lost_reason is not None:
+                await self._lose_all(self._lost_reason)
+            self._rejoin = anyio.Event()
+            reasons, self._rejoin_reasons = self._rejoin_reasons, []
+            began = anyio.current_time()
+            try:
+                await self._join_and_sync(reasons)
+            except _RetryableError as retry:
+                failures = 0 if retry.immediate else failures + 1
+                _log.warning(
+                    "rebalance_attempt_failed",
+                    reason=retry.reason,
+                    consecutive_failures=failures,
+                    generation=self._generation.generation_id,
+                )
+                if failures:
+                    await self._backoff(failures)
+                self._rejoin_reasons.extend(reasons)
+                continue
+            failures = 0
+            self._rebalances += 1
+            self._last_rebalance_seconds = anyio.current_time() - began
+            if not started:
+                started = True
+                task_status.started()
+            await self._rejoin.wait()
+
+    async def _backoff(self, failures: int) -> None:
+        delay = min(0.1 * 2 ** min(failures, 10), 5.0) * random.uniform(0.8, 1.2)
+        with anyio.move_on_after(delay):
+            await self._stop_event.wait()
+
+    def _set_state(self, state: MemberState) -> None:
+        self._state = state
+        changed, self._state_changed = self._state_changed, anyio.Event()
+        changed.set()
+
+    def _current_advertisement(self) -> CapacityAdvertisement:
+        base = self._capacity()
+        rates = self._rates()
+        gen = self._generation.generation_id
+        owned = tuple(
+            OwnedPartition(
+                tp.topic, tp.partition, self._owned_generation.get(tp, gen), rates.get(tp, 0.0)
+            )
+            for tp in sorted(self._owned)
+        )
+        advertised = CapacityAdvertisement(
+            max_partitions=base.max_partitions,
+            memory_budget_bytes=base.memory_budget_bytes,
+            partition_bytes=base.partition_bytes,
+            default_partition_bytes=base.default_partition_bytes,
+            weight=base.weight,
+            rack=base.rack,
+            draining=base.draining or self._stopping,
+            owned=owned,
+        )
+        self._advertised = advertised
+        return advertised
+
+    def _member_metadata(self) -> bytes:
+        """JoinGroup protocol metadata: our subscription and capacity advertisement."""
+        return encode_member_metadata(
+            self._topics, encode_advertisement(self._current_advertisement())
+        )
+
+    async def _join_and_sync(self, reasons: list[str]) -> None:
+        self._set_state(MemberState.JOINING)
+        metadata = self._member_metadata()
+        _log.info(
+            "group_join_started",
+            reasons=reasons or ["initial"],
+            owned=len(self._owned),
+            generation=self._generation.generation_id,
+        )
+        join = await self._coordinated(
+            wire.JoinGroupRequest(
+                self._group,
+                self._settings.session_timeout_ms,
+                self._settings.rebalance_timeout_ms,
+                self._member_id,
+                self._instance_id,
+                PROTOCOL_TYPE,
+                [(PROTOCOL_NAME, metadata)],
+            ),
+            ConnectionGroup.COORDINATION,
+        )
+        error = join.error_code
+        if error == MEMBER_ID_REQUIRED:
+            self._member_id = join.member_id
+            bind_member(member_id=self._member_id)
+            raise _RetryableError("member id assigned by the coordinator", immediate=True)
+        if error == UNKNOWN_MEMBER_ID:
+            self._forget_member("join: unknown member id")
+            raise _RetryableError("unknown member id", immediate=True)
+        if error == REBALANCE_IN_PROGRESS:
+            raise _RetryableError("rebalance in progress", immediate=True)
+        self._raise_for_fatal(error)
+        self._raise_for_coordinator(error, "join")
+
+        generation = Generation(join.generation_id, join.member_id)
+        self._member_id = join.member_id
+        self._leader_id = join.leader_id
+        bind_member(member_id=self._member_id)
+        assignments: list[tuple[str, bytes]] = []
+        if join.leader_id == join.member_id:
+            assignments = await self._lead(join.members, generation.generation_id)
+
+        self._set_state(MemberState.SYNCING)
+        sync = await self._coordinated(
+            wire.SyncGroupRequest(
+                self._group,
+                generation.generation_id,
+                generation.member_id,
+                self._instance_id,
+                assignments,
+            ),
+            ConnectionGroup.COORDINATION,
+        )
+        error = sync.error_code
+        if error == REBALANCE_IN_PROGRESS:
+            raise _RetryableError("rebalance in progress during sync", immediate=True)
+        if error in _GENERATION_GONE:
+            self._mark_lost(f"sync: error {error}")
+            if error == UNKNOWN_MEMBER_ID:
+                self._forget_member("sync: unknown member id")
+            raise _RetryableError(f"sync refused with error {error}", immediate=True)
+        self._raise_for_fatal(error)
+        self._raise_for_coordinator(error, "sync")
+        await self._apply(generation, _decode_assignment(sync.member_assignment))
+
+    async def _lead(self, members: list[Any], generation_id: int) -> list[tuple[str, bytes]]:
+        """Run the capgroup assignor as the group leader; every member gets an entry."""
+        entries = [(m[0], m[1], m[2]) for m in members]
+        topics: set[str] = set()
+        for _, _, raw in entries:
+            topics.update(_subscription(raw))
+        partitions = await self._partitions_of(sorted(topics))
+        group_plan = plan_group(entries, partitions, generation_id)
+        _log.info(
+            "group_plan_computed",
+            generation=generation_id,
+            members=len(entries),
+            partitions=len(partitions),
+            pending=len(group_plan.plan.pending),
+            unassigned=len(group_plan.plan.unassigned),
+            moved=group_plan.plan.moved,
+        )
+        return list(group_plan.assignments.items())
+
+    async def _partitions_of(self, topics: list[str]) -> list[PartitionSpec]:
+        assert self._client is not None
+        self._client.set_topics(sorted(set(self._topics) | set(topics)))
+        await self._client.force_metadata_update()
+        cluster = self._client.cluster
+        specs: list[PartitionSpec] = []
+        for topic in topics:
+            for partition in sorted(cluster.partitions_for_topic(topic) or ()):
+                specs.append(PartitionSpec(topic, partition))
+        return specs
+
+    async def _apply(self, generation: Generation, assigned: frozenset[TopicPartition]) -> None:
+        began = anyio.current_time()
+        previous = self._owned
+        revoked = previous - assigned
+        added = assigned - previous
+        self._generation = generation
+        self._committable = previous | assigned
+        self._last_heartbeat_ok = anyio.current_time()
+        self._set_state(MemberState.ASSIGNING)
+        if revoked:
+            # Two-phase hand-off: what we give up is flushed or discarded and committed
+            # under this generation before anybody else may get it (in the next round).
+            await self._listener.on_partitions_revoked(
+                AssignmentChange(generation, assigned, revoked, "revoked by the group leader")
+            )
+        self._owned = previous & assigned
+        if self._lost_reason is not None:
+            # The generation died while the revoke hook ran: what we kept is lost too, and
+            # nothing new is announced for a generation that no longer exists.
+            return
+        self._owned = assigned
+        self._committable = assigned
+        self._owned_generation = dict.fromkeys(assigned, generation.generation_id)
+        if added:
+            await self._listener.on_partitions_assigned(
+                AssignmentChange(generation, assigned, added, "assigned by the group leader")
+            )
+        self._set_state(MemberState.STABLE)
+        _log.info(
+            "assignment_applied",
+            generation=generation.generation_id,
+            leader=self._leader_id == generation.member_id,
+            assigned=_names(assigned),
+            added=_names(added),
+            revoked=_names(revoked),
+            duration_s=round(anyio.current_time() - began, 3),
+        )
+        if revoked:
+            self.request_rejoin("revoked partitions must be released to their new owners")
+
+    def _mark_lost(self, reason: str) -> None:
+        """The generation is gone: no commit may use it from now on. Listener callbacks run
+        later, from the manage loop, so they never overlap with other callbacks."""
+        if self._lost_reason is None:
+            self._lost_reason = reason
+        self._generation = NO_GENERATION
+        self._committable = frozenset()
+        self._set_state(MemberState.UNJOINED)
+        self._rejoin.set()
+
+    def _forget_member(self, reason: str) -> None:
+        _log.info("member_id_reset", reason=reason, static=self._instance_id is not None)
+        self._member_id = ""
+
+    async def _lose_all(self, reason: str) -> None:
+        self._lost_reason = None
+        lost = self._owned
+        self._owned = frozenset()
+        self._owned_generation = {}
+        _log.warning("partitions_lost", reason=reason, lost=_names(lost))
+        if lost:
+            await self._listener.on_partitions_lost(
+                AssignmentChange(NO_GENERATION, frozenset(), lost, reason)
+            )
+
+    # ------------------------------------------------------------------ heartbeats ----
+    async def _heartbeat_loop(self) -> None:
+        interval = self._settings.heartbeat_interval_ms / 1000
+        session = self._settings.session_timeout_ms / 1000
+        while True:
+            await anyio.sleep(interval)
+            if self._state not in COMMITTABLE_STATES:
+                continue
+            if anyio.current_time() - self._last_heartbeat_ok > session:
+                # We were frozen (SIGSTOP, GC) or cut off for a whole session: the broker
+                # has removed us, so nothing may be committed under this generation.
+                self._mark_lost("no successful heartbeat within the session timeout")
+                continue
+            generation = self._generation
+            try:
+                with anyio.fail_after(max(interval * 2, 1.0)):
+                    response = await self._coordinated(
+                        wire.Heartbeat(
+                            self._group,
+                            generation.generation_id,
+                            generation.member_id,
+                            self._instance_id,
+                        ),
+                        ConnectionGroup.DEFAULT,
+                    )
+            except (_RetryableError, TimeoutError) as exc:
+                _log.debug("heartbeat_failed", reason=str(exc))
+                continue
+            if generation != self._generation:
+                continue
+            error = response.error_code
+            if error == NONE:
+                self._last_heartbeat_ok = anyio.current_time()
+            elif error == REBALANCE_IN_PROGRESS:
+                self._last_heartbeat_ok = anyio.current_time()
+                if not self._rejoin.is_set():
+                    self.request_rejoin("the coordinator started a rebalance")
+            elif error in _GENERATION_GONE:
+                self._mark_lost(f"heartbeat: error {error}")
+                if error == UNKNOWN_MEMBER_ID:
+                    self._forget_member("heartbeat: unknown member id")
+            elif error == FENCED_INSTANCE_ID:
+                self._fence()
+            elif error in _COORDINATOR_MOVED:
+                self._coordinator_unknown(f"heartbeat: error {error}")
+
+    def _fence(self) -> FencedInstanceError:
+        self._mark_lost("fenced instance id")
+        self._fatal = fatal = FencedInstanceError(
+            f"another process joined group {self._group!r} with group_instance_id "
+            f"{self._instance_id!r} (CAPGROUP_GROUP_INSTANCE_ID); this member stops"
+        )
+        self._stopping = True
+        self._leave_on_stop = False
+        self._stop_event.set()
+        return fatal
+
+    async def _metadata_watch_loop(self) -> None:
+        """Rejoin when a subscribed topic gains partitions, so the leader places them."""
+        assert self._client is not None
+        while True:
+            await anyio.sleep(max(self._settings.heartbeat_interval_ms / 1000, 1.0) * 3)
+            if self._state is not MemberState.STABLE:
+                continue
+            try:
+                await self._client.force_metadata_update()
+            except _CONNECTION_ERRORS:
+                continue
+            current = {
+                t: frozenset(self._client.cluster.partitions_for_topic(t) or ())
+                for t in self._topics
+            }
+            if self._known_partitions and current != self._known_partitions:
+                self.request_rejoin("subscribed topics changed partitions")
+            self._known_partitions = current
+
+    # ------------------------------------------------------------------ commits -------
+    async def commit(self, offsets: Mapping[TopicPartition, int], metadata: str = "") -> None:
+        """Commit ``offsets`` (the next offset to read, per partition) under the current
+        generation.
+
+        Waits while a join or sync is in flight. Raises :class:`CommitFencedError` when a
+        partition is not owned in a live generation (nothing is committed then; never retry
+        it), and :class:`CommitFailedError` when the commit cannot complete within the
+        rebalance timeout.
+        """
+        if not offsets:
+            return
+        wanted = dict(offsets)
+        deadline = anyio.current_time() + self._settings.rebalance_timeout_ms / 1000
+        failures = 0
+        refused_generation: Generation | None = None
+        while True:
+            generation = await self._committable_generation(deadline, refused_generation)
+            not_owned = wanted.keys() - self._committable
+            if not_owned:
+                raise CommitFencedError("partitions not owned by this member", not_owned)
+            session = self._settings.session_timeout_ms / 1000
+            if anyio.current_time() - self._last_heartbeat_ok > session:
+                self._mark_lost("commit attempted after a whole session without heartbeat")
+                raise CommitFencedError("session expired locally", wanted)
+            try:
+                errors = await self._send_commit(generation, wanted, metadata)
+            except _RetryableError as retry:
+                failures += 1
+                if anyio.current_time() >= deadline:
+                    raise CommitFailedError(f"commit did not complete: {retry.reason}") from None
+                await self._backoff(failures)
+                continue
+            if not errors:
+                _log.debug(
+                    "offsets_committed",
+                    generation=generation.generation_id,
+                    offsets={f"{tp.topic}-{tp.partition}": o for tp, o in sorted(wanted.items())},
+                )
+                return
+            codes = set(errors.values())
+            if codes & _GENERATION_GONE or FENCED_INSTANCE_ID in codes:
+                if generation == self._generation:
+                    if FENCED_INSTANCE_ID in codes:
+                        self._fence()
+                    else:
+                        self._mark_lost(f"commit refused with errors {sorted(codes)}")
+                _log.warning(
+                    "commit_fenced", generation=generation.generation_id, errors=sorted(codes)
+                )
+                raise CommitFencedError(f"commit refused with errors {sorted(codes)}", errors)
+            if REBALANCE_IN_PROGRESS in codes:
+                # The group is between generations: retry under the next one, if we still own
+                # the partitions then; never under this one again.
+                refused_generation = generation
+                if not self._rejoin.is_set():
+                    self.request_rejoin("commit answered REBALANCE_IN_PROGRESS")
+                continue
+            if codes & (_COORDINATOR_MOVED | {COORDINATOR_LOAD_IN_PROGRESS, REQUEST_TIMED_OUT}):
+                failures += 1
+                if codes & _COORDINATOR_MOVED:
+                    self._coordinator_unknown("commit: coordinator moved")
+                if anyio.current_time() >= deadline:
+                    raise CommitFailedError(f"commit did not complete: errors {sorted(codes)}")
+                await self._backoff(failures)
+                continue
+            raise CommitFailedError(f"commit refused with errors {sorted(codes)}")
+
+    async def _committable_generation(
+        self, deadline: float, refused: Generation | None
+    ) -> Generation:
+        while True:
+            generation = self._generation
+            if self._state in COMMITTABLE_STATES and generation.valid and generation != refused:
+                return generation
+            if self._lost_reason is not None or (self._stopping and not generation.valid):
+                raise CommitFencedError("generation lost")
+            if refused is not None and self._state is MemberState.UNJOINED:
+                raise CommitFencedError("generation lost while the group rebalanced")
+            waiting = self._state_changed
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                raise CommitFailedError("no committable generation before the deadline")
+            with anyio.move_on_after(remaining):
+                await waiting.wait()
+
+    async def _send_commit(
+        self, generation: Generation, offsets: dict[TopicPartition, int], metadata: str
+    ) -> dict[TopicPartition, int]:
+        by_topic: dict[str, list[tuple[int, int, str]]] = {}
+        for tp, offset in sorted(offsets.items()):
+            by_topic.setdefault(tp.topic, []).append((tp.partition, offset, metadata))
+        response = await self._coordinated(
+            wire.OffsetCommit(
+                self._group,
+                generation.generation_id,
+                generation.member_id,
+                self._instance_id,
+                by_topic,
+            ),
+            ConnectionGroup.DEFAULT,
+        )
+        errors: dict[TopicPartition, int] = {}
+        for topic, partitions in response.topics:
+            for partition, error in partitions:
+                if error != NONE:
+                    errors[TopicPartition(topic, partition)] = error
+        return errors
+
+    async def committed(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int | None]:
+        """The group's committed offsets for ``partitions`` (``None`` where none exists)."""
+        wanted = sorted(set(partitions))
+        by_topic: dict[str, list[int]] = {}
+        for tp in wanted:
+            by_topic.setdefault(tp.topic, []).append(tp.partition)
+        failures = 0
+        while True:
+            try:
+                response = await self._coordinated(
+                    wire.OffsetFetchRequest(self._group, list(by_topic.items())),
+                    ConnectionGroup.DEFAULT,
+                )
+            except _RetryableError:
+                failures += 1
+                await self._backoff(failures)
+                continue
+            top_error = getattr(response, "error_code", NONE)
+            if top_error in _COORDINATOR_MOVED | {COORDINATOR_LOAD_IN_PROGRESS}:
+                self._coordinator_unknown("offset fetch: coordinator moved")
+                failures += 1
+                await self._backoff(failures)
+                continue
+            result: dict[TopicPartition, int | None] = dict.fromkeys(wanted)
+            retry = False
+            for topic, parts in response.topics:
+                for part in parts:
+                    partition, offset, error = part[0], part[1], part[-1]
+                    if error in (COORDINATOR_LOAD_IN_PROGRESS, *_COORDINATOR_MOVED):
+                        retry = True
+                    tp = TopicPartition(topic, partition)
+                    if tp in result:
+                        result[tp] = offset if offset >= 0 else None
+            if not retry:
+                return result
+            failures += 1
+            self._coordinator_unknown("offset fetch: partition error")
+            await self._backoff(failures)
+
+    # ------------------------------------------------------------------ transport -----
+    async def _coordinated(self, request: Any, connection: ConnectionGroup) -> Any:
+        """Send ``request`` to the group coordinator, finding it first if needed."""
+        assert self._client is not None
+        node = await self._find_coordinator()
+        try:
+            return await self._client.send(node, request, group=connection)
+        except _CONNECTION_ERRORS as exc:
+            self._coordinator_unknown(f"{type(exc).__name__}: {exc}")
+            raise _RetryableError(f"coordinator unreachable: {type(exc).__name__}") from exc
+
+    async def _find_coordinator(self) -> int:
+        assert self._client is not None
+        failures = 0
+        while self._coordinator_id is None:
+            try:
+                node = await self._client.coordinator_lookup(CoordinationType.GROUP, self._group)
+            except (*_CONNECTION_ERRORS, kafka_errors.KafkaError) as exc:
+                failures += 1
+                _log.info("coordinator_lookup_failed", error=type(exc).__name__)
+                if failures >= 3:
+                    raise _RetryableError(f"no coordinator: {type(exc).__name__}") from exc
+                await self._backoff(failures)
+                continue
+            self._coordinator_id = node
+            _log.info("coordinator_found", node_id=node)
+        return self._coordinator_id
+
+    def _coordinator_unknown(self, reason: str) -> None:
+        if self._coordinator_id is not None:
+            _log.info("coordinator_lost", node_id=self._coordinator_id, reason=reason)
+        self._coordinator_id = None
+        if self._client is not None:
+            self._client.force_metadata_update()
+
+    def _raise_for_coordinator(self, error: int, step: str) -> None:
+        if error == NONE:
+            return
+        if error in _COORDINATOR_MOVED:
+            self._coordinator_unknown(f"{step}: error {error}")
+        raise _RetryableError(f"{step} refused with error {error}")
+
+    def _raise_for_fatal(self, error: int) -> None:
+        if error == FENCED_INSTANCE_ID:
+            raise self._fence()
+        if error in _FATAL_JOIN:
+            raise GroupFatalError(f"cannot join group {self._group!r}: {_FATAL_JOIN[error]}")
+
+    # ------------------------------------------------------------------ shutdown ------
+    async def _shutdown(self) -> None:
+        self._set_state(MemberState.STOPPED)
+        generation = self._generation
+        self._generation = NO_GENERATION
+        self._committable = frozenset()
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            if self._leave_on_stop and self._member_id and self._coordinator_id is not None:
+                with anyio.move_on_after(5):
+                    response = await client.send(
+                        self._coordinator_id,
+                        wire.LeaveGroup(self._group, self._member_id, self._instance_id),
+                        group=ConnectionGroup.DEFAULT,
+                    )
+                    _log.info(
+                        "group_left",
+                        generation=generation.generation_id,
+                        error=getattr(response, "error_code", None),
+                    )
+        except _LEAVE_ERRORS as exc:
+            _log.warning("leave_group_failed", error=type(exc).__name__)
+        finally:
+            with contextlib.suppress(Exception):
+                await client.close()
+        if self._fatal is not None:
+            raise self._fatal
+
+
+def _decode_assignment(raw: bytes | None) -> frozenset[TopicPartition]:
+    if not raw:
+        return frozenset()
+    try:
+        assignment = wire.MemberAssignment.decode(raw)
+    except (ValueError, TypeError, EOFError) as exc:
+        # A leader running something else sent bytes we cannot read: own nothing rather than
+        # guess, and say so; the next rebalance may fix it.
+        _log.error("assignment_undecodable", error=str(exc), size=len(raw))
+        return frozenset()
+    return frozenset(
+        TopicPartition(topic, partition)
+        for topic, partitions in assignment.assignment
+        for partition in partitions
+    )
+
+
+def _subscription(raw: bytes) -> list[str]:
+    """Topics a member subscribes to, or none if its metadata does not decode."""
+    try:
+        return list(decode_member_metadata(raw).topics)
+    except MetadataDecodeError:  # another member's bytes: plan_group reports them
+        return []
+
+
+def _names(partitions: Iterable[TopicPartition]) -> list[str]:
+    return [f"{tp.topic}-{tp.partition}" for tp in sorted(partitions)]

@@ -1,0 +1,169 @@
+"""Fetching for a capgroup member: aiokafka's consumer in manual mode, steered by pause/resume.
+
+``AIOKafkaConsumer.assign()`` replaces the whole assignment and drops every position and fetch
+buffer, which would break the cooperative promise that retained partitions keep flowing. So
+the fetcher assigns every partition of the subscribed topics once and only pauses and resumes:
+
+- gained partitions are seeked to their committed offset, then resumed;
+- released partitions are paused (the consumer drops their buffered records);
+- backpressure pauses owned partitions without forgetting that they are owned.
+
+The pause state is recomputed from those sets after every change, so a rebalance never resumes
+a partition that backpressure holds (reactor-kafka#237 ran out of memory that way).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import anyio
+from aiokafka import AIOKafkaConsumer
+from aiokafka.structs import TopicPartition as KafkaTopicPartition
+
+from capgroup.log import get_logger
+from capgroup.settings import CapgroupSettings
+from capgroup.types import TopicPartition
+
+_log = get_logger("fetcher")
+
+
+def _kafka(tp: TopicPartition) -> KafkaTopicPartition:
+    # aiokafka checks isinstance against its own TopicPartition class.
+    return KafkaTopicPartition(tp.topic, tp.partition)
+
+
+class PartitionFetcher:
+    """Fetches records for the partitions a member owns, keeping retained partitions' fetch
+    positions and buffers across rebalances."""
+
+    def __init__(self, settings: CapgroupSettings, *, fetch_max_bytes: int | None = None) -> None:
+        self._settings = settings
+        self._topics = tuple(sorted(set(settings.topics)))
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.bootstrap_servers,
+            client_id=f"{settings.client_id}-fetch",
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset=settings.auto_offset_reset,
+            max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+            fetch_max_bytes=fetch_max_bytes or 50 * 1024 * 1024,
+            isolation_level="read_committed",
+        )
+        self._all: frozenset[TopicPartition] = frozenset()
+        self._owned: set[TopicPartition] = set()
+        self._held: set[TopicPartition] = set()
+        self._hold_all = False
+
+    @property
+    def owned(self) -> frozenset[TopicPartition]:
+        """Partitions the fetcher delivers records for (unless held)."""
+        return frozenset(self._owned)
+
+    async def start(self) -> None:
+        """Connect, assign every partition of the subscribed topics, and pause them all."""
+        await self._consumer.start()
+        await self.refresh_partitions()
+
+    async def refresh_partitions(self) -> None:
+        """Pick up partitions added to subscribed topics.
+
+        Re-assigning drops every position, so owned partitions are seeked back to where they
+        were; this happens only when a topic really gained partitions.
+        """
+        partitions: set[TopicPartition] = set()
+        deadline = anyio.current_time() + self._settings.effective_request_timeout_ms / 1000
+        for topic in self._topics:
+            while True:
+                found = self._consumer.partitions_for_topic(topic)
+                if found:
+                    partitions.update(TopicPartition(topic, p) for p in found)
+                    break
+                if anyio.current_time() > deadline:
+                    raise LookupError(f"topic {topic!r} (CAPGROUP_TOPICS) does not exist")
+                await self._consumer._client.force_metadata_update()
+                await anyio.sleep(0.1)
+        if partitions == self._all:
+            return
+        positions = {tp: await self._consumer.position(_kafka(tp)) for tp in self._owned}
+        self._all = frozenset(partitions)
+        self._consumer.assign([_kafka(tp) for tp in sorted(partitions)])
+        for tp, offset in positions.items():
+            self._consumer.seek(_kafka(tp), offset)
+        self._apply_pause_state()
+
+    async def gain(self, positions: Mapping[TopicPartition, int | None]) -> None:
+        """Start fetching ``positions`` (committed offset, or ``None`` for the reset policy)."""
+        missing = [tp for tp in positions if tp not in self._all]
+        if missing:
+            await self.refresh_partitions()
+        to_reset: list[KafkaTopicPartition] = []
+        for tp, offset in positions.items():
+            if offset is None:
+                to_reset.append(_kafka(tp))
+            else:
+                self._consumer.seek(_kafka(tp), offset)
+        if to_reset:
+            if self._settings.auto_offset_reset == "latest":
+                await self._consumer.seek_to_end(*to_reset)
+            else:
+                await self._consumer.seek_to_beginning(*to_reset)
+        self._owned.update(positions)
+        self._apply_pause_state()
+
+    def release(self, partitions: Iterable[TopicPartition]) -> None:
+        """Stop fetching ``partitions``; records already fetched for them are dropped."""
+        for tp in partitions:
+            self._owned.discard(tp)
+            self._held.discard(tp)
+        self._apply_pause_state()
+
+    def hold(self, partitions: Iterable[TopicPartition]) -> None:
+        """Pause owned partitions for backpressure (their buffers are full)."""
+        self._held.update(partitions)
+        self._apply_pause_state()
+
+    def unhold(self, partitions: Iterable[TopicPartition]) -> None:
+        """Resume partitions paused by :meth:`hold`."""
+        self._held.difference_update(partitions)
+        self._apply_pause_state()
+
+    def hold_all(self, held: bool) -> None:
+        """Pause (or stop pausing) every partition: the member's memory budget is reached."""
+        self._hold_all = held
+        self._apply_pause_state()
+
+    def _apply_pause_state(self) -> None:
+        flowing = set() if self._hold_all else self._owned - self._held
+        pause = [_kafka(tp) for tp in self._all if tp not in flowing]
+        resume = [_kafka(tp) for tp in flowing if tp in self._all]
+        if pause:
+            self._consumer.pause(*pause)
+        if resume:
+            self._consumer.resume(*resume)
+
+    async def fetch(
+        self, timeout_ms: int, max_records: int | None = None
+    ) -> dict[TopicPartition, list[Any]]:
+        """Records fetched for flowing partitions, at most ``timeout_ms`` of waiting.
+
+        Records of partitions released while the fetch was in flight are filtered out.
+        """
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        return {
+            TopicPartition(tp.topic, tp.partition): records
+            for tp, records in batches.items()
+            if records and tp in self._owned
+        }
+
+    async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """High watermarks of ``partitions``, asked from the brokers (out of band)."""
+        wanted = [_kafka(tp) for tp in partitions]
+        if not wanted:
+            return {}
+        offsets = await self._consumer.end_offsets(wanted)
+        return {TopicPartition(tp.topic, tp.partition): int(o) for tp, o in offsets.items()}
+
+    async def stop(self) -> None:
+        """Close the consumer."""
+        await self._consumer.stop()

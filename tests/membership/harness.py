@@ -1,0 +1,240 @@
+"""Helpers shared by the membership tests: members in-process or as OS processes, a steady
+producer, and readers of the probe members' sinks."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+from aiokafka import AIOKafkaProducer
+
+from capgroup.settings import CapgroupSettings, load_settings
+from tests.membership.probe_member import ProbeMember
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: Fast group timings for tests: a dead member is noticed within about 6 s.
+FAST = {
+    "session_timeout_ms": 6000,
+    "heartbeat_interval_ms": 500,
+    "rebalance_timeout_ms": 15000,
+}
+
+
+def process_settings(bootstrap: str, group: str, topic: str, **overrides: Any) -> dict[str, Any]:
+    """Setting values for a test member; ``overrides`` win over the fast defaults."""
+    return {
+        "bootstrap_servers": bootstrap,
+        "group_id": group,
+        "topics": [topic],
+        **FAST,
+        **overrides,
+    }
+
+
+def member_settings(bootstrap: str, group: str, topic: str, **overrides: Any) -> CapgroupSettings:
+    """Validated settings for an in-process test member."""
+    return load_settings(**process_settings(bootstrap, group, topic, **overrides))
+
+
+@dataclass
+class EventLog:
+    """Events of in-process probe members, in arrival order."""
+
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def sink(self, event: dict[str, Any]) -> None:
+        """The probe member's sink."""
+        self.events.append(event)
+
+    def of(self, kind: str, member: str | None = None) -> list[dict[str, Any]]:
+        """Events of one kind (and member)."""
+        return [
+            e
+            for e in self.events
+            if e["event"] == kind and (member is None or e["member"] == member)
+        ]
+
+
+def read_sink(path: Path) -> list[dict[str, Any]]:
+    """Events a probe member process wrote (a torn last line from SIGKILL is skipped)."""
+    events = []
+    if not path.exists():
+        return events
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events
+
+
+def current_assignment(events: list[dict[str, Any]]) -> tuple[int, set[tuple[str, int]]]:
+    """The member's generation and partitions after replaying its assigned/revoked/lost events."""
+    owned: set[tuple[str, int]] = set()
+    generation = -1
+    for e in events:
+        if e["event"] in ("assigned", "revoked"):
+            owned = {(t, p) for t, p in e["assigned"]}
+            generation = e["generation"]
+        elif e["event"] == "lost":
+            owned = set()
+    return generation, owned
+
+
+async def wait_until(predicate: Callable[[], bool], within: float, what: str) -> None:
+    """Poll ``predicate`` until true, failing with ``what`` after ``within`` seconds."""
+    deadline = anyio.current_time() + within
+    while not predicate():
+        if anyio.current_time() > deadline:
+            raise AssertionError(f"timed out after {within:.0f} s waiting for {what}")
+        await anyio.sleep(0.1)
+
+
+class MemberProcess:
+    """A probe member running as its own OS process (so it can be SIGKILLed/SIGSTOPped)."""
+
+    def __init__(self, name: str, sink: Path, settings: dict[str, Any]) -> None:
+        self.name = name
+        self.sink = sink
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CAPGROUP_")}
+        for key, value in settings.items():
+            if isinstance(value, list):
+                value = ",".join(value)
+            env[f"CAPGROUP_{key.upper()}"] = str(value)
+        env["PROBE_NAME"] = name
+        env["PYTHONPATH"] = str(ROOT)
+        self._env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._stderr = sink.with_suffix(".stderr")
+
+    def start(self) -> MemberProcess:
+        """Start the process."""
+        with open(self._stderr, "ab") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.membership.probe_member", str(self.sink)],
+                env=self._env,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        return self
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the process."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def events(self) -> list[dict[str, Any]]:
+        """What the member wrote to its sink so far."""
+        return read_sink(self.sink)
+
+    def stderr_tail(self) -> str:
+        """The end of the member's stderr, for assertion messages."""
+        if not self._stderr.exists():
+            return ""
+        return self._stderr.read_text(errors="replace")[-3000:]
+
+    def close(self) -> None:
+        """Make sure the process is gone."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGCONT)
+        self.proc.kill()
+        self.proc.wait(10)
+
+
+@asynccontextmanager
+async def processes(*members: MemberProcess) -> Any:
+    """Start member processes and always reap them."""
+    try:
+        for member in members:
+            member.start()
+        yield members
+    finally:
+        for member in members:
+            member.close()
+
+
+@asynccontextmanager
+async def steady_producer(bootstrap: str, topic: str, partitions: int, per_second: float) -> Any:
+    """Produce numbered records round-robin over ``partitions`` at ``per_second`` until exit.
+
+    Yields a dict with ``sent``: {partition: [offsets]} filled as the broker acknowledges.
+    """
+    sent: dict[int, list[int]] = {p: [] for p in range(partitions)}
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
+    await producer.start()
+    stop = anyio.Event()
+
+    async def run() -> None:
+        i = 0
+        period = 1.0 / per_second
+        next_at = anyio.current_time()
+        while not stop.is_set():
+            partition = i % partitions
+            meta = await producer.send_and_wait(
+                topic, value=f"record-{i}".encode(), partition=partition
+            )
+            sent[partition].append(meta.offset)
+            i += 1
+            next_at += period
+            await anyio.sleep(max(0.0, next_at - anyio.current_time()))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            try:
+                yield sent
+            finally:
+                stop.set()
+    finally:
+        await producer.stop()
+
+
+class InProcessGroup:
+    """Probe members running in this event loop."""
+
+    def __init__(self, log: EventLog, tg: Any) -> None:
+        self.log = log
+        self.members: dict[str, ProbeMember] = {}
+        self._tg = tg
+
+    async def add(self, name: str, settings: CapgroupSettings) -> ProbeMember:
+        """Start a member and return once it has its first assignment."""
+        member = ProbeMember(settings, self.log.sink, name)
+        await self._tg.start(member.run)
+        self.members[name] = member
+        return member
+
+
+@asynccontextmanager
+async def in_process_group(log: EventLog) -> Any:
+    """A task group of in-process members, all stopped (leaving the group) on exit."""
+    async with anyio.create_task_group() as tg:
+        group = InProcessGroup(log, tg)
+        try:
+            yield group
+        finally:
+            for member in group.members.values():
+                member.stop(leave_group=True)
+
+
+def iter_records(events: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Record events only."""
+    return (e for e in events if e["event"] == "record")
+
+
+def now() -> float:
+    """Wall-clock time, comparable with the probe members' ``t`` field."""
+    return time.time()
