@@ -39,3 +39,14 @@ class CommitFencedError(CapgroupError):
 class CommitFailedError(CapgroupError):
     """A commit failed for a reason other than fencing (e.g. offset metadata too large,
     authorization) or did not complete before its deadline."""
+
+
+def leaf_exceptions(error: BaseException) -> list[BaseException]:
+    """The exceptions inside (possibly nested) exception groups, in order.
+
+    anyio task groups wrap a child's failure in an ``ExceptionGroup`` per nesting level;
+    callers that report a fatal error want the error itself.
+    """
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in leaf_exceptions(inner)]
+    return [error]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import random
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -226,6 +227,7 @@ class MembershipEngine:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._heartbeat_loop)
                 tg.start_soon(self._metadata_watch_loop)
+                tg.start_soon(self._capacity_watch_loop)
                 try:
                     await self._manage(task_status)
                 finally:
@@ -541,6 +543,29 @@ class MembershipEngine:
                 self.request_rejoin("subscribed topics changed partitions")
             self._known_partitions = current
 
+    async def _capacity_watch_loop(self) -> None:
+        """Rejoin when the member's own capacity changes (budget lowered, memory pressure,
+        draining): the leader then sheds partitions cooperatively, which is how a member says
+        "I cannot take more, find someone else"."""
+        while True:
+            await anyio.sleep(self._settings.heartbeat_interval_ms / 1000)
+            advertised = self._advertised
+            if self._state is not MemberState.STABLE or advertised is None:
+                continue
+            current = self._capacity()
+            if _limits(current) != _limits(advertised):
+                _log.info(
+                    "capacity_changed",
+                    max_partitions=current.max_partitions,
+                    memory_budget_bytes=current.memory_budget_bytes,
+                    draining=current.draining,
+                    previous_max_partitions=advertised.max_partitions,
+                    previous_memory_budget_bytes=advertised.memory_budget_bytes,
+                )
+                self.request_rejoin("advertised capacity changed")
+                # The next join re-reads the capacity; until then don't ask again.
+                self._advertised = replace(current, owned=advertised.owned)
+
     # ------------------------------------------------------------------ commits -------
     async def commit(self, offsets: Mapping[TopicPartition, int], metadata: str = "") -> None:
         """Commit ``offsets`` (the next offset to read, per partition) under the current
@@ -793,6 +818,19 @@ def _subscription(raw: bytes) -> list[str]:
         return list(decode_member_metadata(raw).topics)
     except MetadataDecodeError:  # another member's bytes: plan_group reports them
         return []
+
+
+def _limits(adv: CapacityAdvertisement) -> tuple[Any, ...]:
+    """The parts of an advertisement that change what the member can take."""
+    return (
+        adv.max_partitions,
+        adv.memory_budget_bytes,
+        tuple(sorted(adv.partition_bytes.items())),
+        adv.default_partition_bytes,
+        adv.weight,
+        adv.rack,
+        adv.draining,
+    )
 
 
 def _names(partitions: Iterable[TopicPartition]) -> list[str]:

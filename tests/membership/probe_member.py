@@ -20,7 +20,12 @@ from typing import Any, TextIO
 import anyio
 
 from capgroup.assignor.model import CapacityAdvertisement
-from capgroup.errors import CommitFailedError, CommitFencedError
+from capgroup.errors import (
+    CommitFailedError,
+    CommitFencedError,
+    GroupFatalError,
+    leaf_exceptions,
+)
 from capgroup.membership.engine import MembershipEngine
 from capgroup.membership.model import AssignmentChange
 from capgroup.runtime.fetcher import PartitionFetcher
@@ -51,12 +56,14 @@ class ProbeMember:
         self.fetcher = PartitionFetcher(settings)
         self.engine = MembershipEngine(settings, self, self._capacity)
         self._positions: dict[TopicPartition, int] = {}
+        #: Tests lower this to make the member shed partitions.
+        self.max_partitions = settings.max_partitions
 
     def _capacity(self) -> CapacityAdvertisement:
         cost = self.settings.partition_cost_bytes
         budget = self.settings.memory_budget_bytes or cost * self.settings.max_partitions
         return CapacityAdvertisement(
-            max_partitions=self.settings.max_partitions,
+            max_partitions=self.max_partitions,
             memory_budget_bytes=budget,
             partition_bytes={},
             default_partition_bytes=cost,
@@ -162,6 +169,15 @@ class ProbeMember:
 
 
 async def _main(sink_path: str) -> None:
+    try:
+        await _serve(sink_path)
+    except* GroupFatalError as group:
+        for exc in leaf_exceptions(group):
+            print(f"probe_member: {exc}", file=sys.stderr)
+        raise SystemExit(3) from None
+
+
+async def _serve(sink_path: str) -> None:
     settings = load_settings()
     with open(sink_path, "a", encoding="utf-8") as stream:  # noqa: ASYNC230 - opened once
         member = ProbeMember(settings, file_sink(stream), os.environ.get("PROBE_NAME", "probe"))

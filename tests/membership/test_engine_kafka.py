@@ -332,3 +332,72 @@ async def test_member_with_undecodable_metadata_gets_nothing(
             rogue.stop(leave_group=True)
     records = log.of("record", "good")
     assert records, "the group stopped consuming"
+
+
+async def test_member_lowering_its_budget_sheds_partitions_cooperatively(
+    kafka: Any, topic_factory: Any, unique_id: Any
+) -> None:
+    topic = await topic_factory(partitions=8)
+    group = unique_id("g")
+    log = EventLog()
+    settings = member_settings(kafka.bootstrap_servers, group, topic, max_partitions=6)
+    async with in_process_group(log) as members:
+        a = await members.add("a", settings)
+        b = await members.add("b", settings)
+        await wait_until(
+            lambda: len(a.engine.assignment) == 4 and len(b.engine.assignment) == 4,
+            30,
+            "a 4/4 split",
+        )
+        changed_at = len(log.events)
+        a.max_partitions = 1
+        await wait_until(
+            lambda: (
+                len(a.engine.assignment) == 1
+                and len(b.engine.assignment) == 6
+                and b.engine.state.value == "stable"
+            ),
+            30,
+            "a to shed down to 1 partition and b to fill up to its budget of 6",
+        )
+        await anyio.sleep(1)
+        final_a, final_b = set(a.engine.assignment), set(b.engine.assignment)
+    assert not final_a & final_b
+    owners_by_generation(log.events)
+    for e in log.events:
+        if e["event"] in ("assigned", "revoked") and e["member"] == "b":
+            assert len(e["assigned"]) <= 6, e
+    shed = [e for e in log.events[changed_at:] if e["event"] == "revoked" and e["member"] == "a"]
+    assert sum(len(e["partitions"]) for e in shed) == 3, shed
+    kept_by_b = [
+        e for e in log.events[changed_at:] if e["event"] == "revoked" and e["member"] == "b"
+    ]
+    assert not kept_by_b, "b lost partitions although only a lowered its budget"
+
+
+async def test_second_process_with_same_instance_id_fences_the_first(
+    kafka: Any, topic_factory: Any, unique_id: Any, tmp_path: Path
+) -> None:
+    topic = await topic_factory(partitions=2)
+    group = unique_id("g")
+    base = process_settings(
+        kafka.bootstrap_servers, group, topic, group_instance_id="twin-0", max_partitions=2
+    )
+    first = MemberProcess("first", tmp_path / "first.jsonl", base)
+    second = MemberProcess("second", tmp_path / "second.jsonl", base)
+    async with processes(first):
+        await wait_until(
+            lambda: len(current_assignment(first.events())[1]) == 2, 60, "first owns both"
+        )
+        async with processes(second):
+            await wait_until(
+                lambda: len(current_assignment(second.events())[1]) == 2, 60, "second owns both"
+            )
+            assert first.proc is not None
+            await wait_until(
+                lambda: first.proc.poll() is not None, 20, "the fenced process to stop"
+            )
+    assert first.proc.returncode == 3, first.stderr_tail()
+    message = first.stderr_tail()
+    assert "group_instance_id 'twin-0'" in message, message
+    assert "Traceback" not in message, message
