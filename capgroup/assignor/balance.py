@@ -3,32 +3,64 @@
 The body of :func:`assign` is a fixed pipeline of small named steps::
 
     normalize -> resolve claims -> load units -> capacities -> keep owned
-    -> place free -> augment -> balance -> cooperative adjustment -> output
+    -> place free -> augment -> balance -> cooperative adjustment (output)
 
 Every step works on integer indexes into two sorted tables (members by id, partitions by
-topic and number), so the result does not depend on input order. See ``docs/assignor.md``
-for the algorithm, the load notion and the claim rules.
+topic and number), so the result does not depend on input order, and on flat lists rather
+than per-partition objects, so a million partitions stay affordable in CPython. See
+``docs/assignor.md`` for the algorithm, the load notion and the claim rules.
 """
 
 from __future__ import annotations
 
+import bisect
+import collections
+import gc
 import heapq
 import itertools
 import math
+import operator
 from collections import deque
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 
-from capgroup.assignor.model import MemberSpec, PartitionSpec, PendingMove, Plan
+from capgroup.assignor.model import MemberSpec, OwnedPartition, PartitionSpec, PendingMove, Plan
 from capgroup.types import TopicPartition
 
-__all__ = ["assign", "headroom"]
+__all__ = ["LOAD_BASE", "MIN_WEIGHT", "assign", "headroom"]
 
 #: Load of a partition with no measured rate. Rates add on top of it, scaled so that a
 #: partition at the group's mean rate weighs twice a silent one.
 LOAD_BASE = 1000
 #: Weights that are not positive finite numbers are treated as this (a last-resort member).
 MIN_WEIGHT = 1e-6
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    # Building a million small tuples otherwise triggers repeated full collections over
+    # the caller's whole heap; nothing here creates reference cycles.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+_TP_OF = operator.attrgetter("topic", "partition")
+_RATE_OF = operator.attrgetter("rate")
+_GEN_OF = operator.attrgetter("generation")
+
+
+def _clean_rate(rate: float) -> float:
+    return rate if math.isfinite(rate) and rate > 0 else 0.0
+
+
+def _clean_weight(weight: float) -> float:
+    return weight if math.isfinite(weight) and weight > 0 else MIN_WEIGHT
 
 
 # --------------------------------------------------------------------------- normalize
@@ -40,18 +72,10 @@ class _Group:
 
     member_ids: list[str]
     specs: list[MemberSpec]
-    tps: list[TopicPartition]
+    keys: list[tuple[str, int]]
     spec_rate: list[float]
     topic_names: list[str]
     ptopic: list[int]
-
-
-def _clean_rate(rate: float) -> float:
-    return rate if math.isfinite(rate) and rate > 0 else 0.0
-
-
-def _clean_weight(weight: float) -> float:
-    return weight if math.isfinite(weight) and weight > 0 else MIN_WEIGHT
 
 
 def _normalize(members: Sequence[MemberSpec], partitions: Sequence[PartitionSpec]) -> _Group:
@@ -59,21 +83,36 @@ def _normalize(members: Sequence[MemberSpec], partitions: Sequence[PartitionSpec
     for left, right in itertools.pairwise(specs):
         if left.member_id == right.member_id:
             raise ValueError(f"duplicate member id {left.member_id!r}")
-    # Duplicate partition specs collapse; the highest rate wins so order cannot matter.
-    rates: dict[tuple[str, int], float] = {}
-    for p in partitions:
-        key = (p.topic, p.partition)
-        rates[key] = max(rates.get(key, 0.0), _clean_rate(p.rate))
-    keys = sorted(rates)
-    topic_names = sorted({t for t, _ in keys})
-    tindex = {t: k for k, t in enumerate(topic_names)}
+    keys = list(map(_TP_OF, partitions))
+    rates = list(map(_RATE_OF, partitions))
+    if not all(map(operator.lt, keys, itertools.islice(keys, 1, None))):
+        order = sorted(range(len(keys)), key=keys.__getitem__)
+        keys = list(map(keys.__getitem__, order))
+        rates = list(map(rates.__getitem__, order))
+    if any(rates):
+        rates = list(map(_clean_rate, rates))
+    if any(itertools.starmap(tuple.__eq__, itertools.pairwise(keys))):
+        # Duplicate specs collapse; the highest rate wins so input order cannot matter.
+        merged: dict[tuple[str, int], float] = {}
+        for key, rate in zip(keys, rates, strict=True):
+            merged[key] = max(merged.get(key, 0.0), rate)
+        keys = list(merged)
+        rates = list(merged.values())
+    names = list(map(operator.itemgetter(0), keys))
+    topic_names = sorted(set(names))
+    ptopic: list[int] = []
+    start = 0
+    for t, name in enumerate(topic_names):
+        end = bisect.bisect_right(names, name, lo=start)
+        ptopic.extend(itertools.repeat(t, end - start))
+        start = end
     return _Group(
         member_ids=[m.member_id for m in specs],
         specs=specs,
-        tps=[TopicPartition(t, n) for t, n in keys],
-        spec_rate=[rates[k] for k in keys],
+        keys=keys,
+        spec_rate=rates,
         topic_names=topic_names,
-        ptopic=[tindex[t] for t, _ in keys],
+        ptopic=ptopic,
     )
 
 
@@ -88,6 +127,8 @@ class _Claims:
     owner: list[int]
     #: Partitions claimed by several members at the same highest generation.
     conflicts: dict[int, list[int]]
+    #: Per member, the partitions it validly owns (ascending).
+    mine: dict[int, list[int]]
     #: Rate reported by the valid owner, used when the partition spec carries none.
     owner_rate: dict[int, float]
     stale: int = 0
@@ -95,40 +136,69 @@ class _Claims:
 
 
 def _resolve_claims(grp: _Group, generation: int) -> _Claims:
-    index = {tp: j for j, tp in enumerate(grp.tps)}
-    best_gen: dict[int, int] = {}
-    claimants: dict[int, list[int]] = {}
-    rate: dict[int, float] = {}
-    stale = bogus = 0
+    """Per partition the highest generation claim wins; a tie there revokes from all.
+
+    Claims above ``generation`` are bogus and ignored. Most partitions have exactly one
+    claim, so those are settled in bulk and only contested ones are looked at one by one.
+    """
+    n_parts = len(grp.keys)
+    get = dict(zip(grp.keys, range(n_parts), strict=True)).get
+    claimed: list[tuple[int, list[int], list[int], tuple[OwnedPartition, ...]]] = []
+    seen: set[int] = set()
+    contested: set[int] = set()
     for i, spec in enumerate(grp.specs):
-        for claim in spec.capacity.owned:
-            j = index.get(TopicPartition(claim.topic, claim.partition))
-            if j is None:
+        owned = spec.capacity.owned
+        if owned:
+            js = list(map(get, map(_TP_OF, owned), itertools.repeat(-1)))
+            unique = set(js)
+            contested.update(seen.intersection(unique))
+            if len(unique) != len(js):
+                contested.update(j for j, k in collections.Counter(js).items() if k > 1)
+            seen |= unique
+            claimed.append((i, js, list(map(_GEN_OF, owned)), owned))
+    contested.discard(-1)
+    owner = [-1] * n_parts
+    mine: dict[int, list[int]] = {}
+    rate: dict[int, float] = {}
+    bids: dict[int, list[tuple[int, int, float]]] = {}
+    bogus = 0
+    for i, js, gens, owned in claimed:
+        simple = -1 not in js and max(gens) <= generation and contested.isdisjoint(js)
+        if simple:
+            for j in js:
+                owner[j] = i
+            mine[i] = sorted(js)
+            if any(map(_RATE_OF, owned)):
+                rate.update(zip(js, map(_clean_rate, map(_RATE_OF, owned)), strict=True))
+            continue
+        for j, gen, claim in zip(js, gens, owned, strict=True):
+            if j < 0:
                 continue
-            if claim.generation > generation:
+            if gen > generation:
                 bogus += 1
-                continue
-            prev = best_gen.get(j)
-            if prev is None or claim.generation > prev:
-                if prev is not None:
-                    stale += len(claimants[j])
-                best_gen[j] = claim.generation
-                claimants[j] = [i]
-                rate[j] = _clean_rate(claim.rate)
-            elif claim.generation == prev:
-                if i not in claimants[j]:
-                    claimants[j].append(i)
+            elif j in contested:
+                bids.setdefault(j, []).append((gen, i, _clean_rate(claim.rate)))
             else:
-                stale += 1
-    owner = [-1] * len(grp.tps)
+                owner[j] = i
+                mine.setdefault(i, []).append(j)
+                rate[j] = _clean_rate(claim.rate)
     conflicts: dict[int, list[int]] = {}
-    for j, who in claimants.items():
-        if len(who) == 1:
-            owner[j] = who[0]
+    stale = 0
+    for j, offers in bids.items():
+        top = max(gen for gen, _, _ in offers)
+        who = sorted({i for gen, i, _ in offers if gen == top})
+        stale += sum(1 for gen, _, _ in offers if gen < top)
+        if len(who) > 1:
+            conflicts[j] = who
         else:
-            conflicts[j] = sorted(who)
-            rate.pop(j, None)
-    return _Claims(owner=owner, conflicts=conflicts, owner_rate=rate, stale=stale, bogus=bogus)
+            owner[j] = who[0]
+            mine.setdefault(who[0], []).append(j)
+            rate[j] = max(r for gen, _, r in offers if gen == top)
+    for held in mine.values():
+        held.sort()
+    return _Claims(
+        owner=owner, conflicts=conflicts, mine=mine, owner_rate=rate, stale=stale, bogus=bogus
+    )
 
 
 # --------------------------------------------------------------------------- load units
@@ -139,7 +209,9 @@ def _load_units(grp: _Group, claims: _Claims) -> list[int]:
 
     The same number drives placement, shedding and balancing, so no step can undo another.
     """
-    rates = [r if r > 0 else claims.owner_rate.get(j, 0.0) for j, r in enumerate(grp.spec_rate)]
+    rates = grp.spec_rate
+    if claims.owner_rate:
+        rates = [r or claims.owner_rate.get(j, 0.0) for j, r in enumerate(rates)]
     total = math.fsum(rates)
     if total <= 0 or not math.isfinite(total):
         return [LOAD_BASE] * len(rates)
@@ -152,41 +224,76 @@ def _load_units(grp: _Group, claims: _Claims) -> list[int]:
 
 @dataclass(slots=True)
 class _State:
-    """Mutable placement state shared by the placement steps."""
+    """Limits and mutable placement state shared by the placement steps.
+
+    Members with the same subscription and costs form a class; topics whose eligible
+    members and costs coincide form a group, and receivers are looked up per group.
+    """
 
     cap: list[int]
     budget: list[int]
     weight: list[float]
-    #: Per eligible member: topic index -> bytes one partition of it costs (subscribed only).
-    cost: list[dict[int, int]]
-    #: Topic index -> group index; topics in one group share eligible members and costs.
+    mcls: list[int]
+    #: Per member class: topic index -> bytes one partition costs (eligible + subscribed).
+    ccost: list[dict[int, int]]
     tgroup: list[int]
     gmembers: list[list[int]]
+    #: Per group: member class -> cost of one partition of the group's topics.
     gcost: list[dict[int, int]]
     mgroups: list[list[int]]
     ptopic: list[int]
     unit: list[int]
     ubar: int
+    uniform: bool
     target: list[int]
-    count: list[int] = field(default_factory=list)
-    used: list[int] = field(default_factory=list)
-    load: list[int] = field(default_factory=list)
-    ver: list[int] = field(default_factory=list)
+    count: list[int]
+    used: list[int]
+    load: list[int]
+    ver: list[int]
+
+    def cost(self, i: int, j: int) -> int:
+        return self.ccost[self.mcls[i]][self.ptopic[j]]
+
+    def room(self, i: int, g: int) -> int:
+        """How many more partitions of group ``g`` member ``i`` can take."""
+        by_count = self.cap[i] - self.count[i]
+        c = self.gcost[g][self.mcls[i]]
+        if c == 0:
+            return by_count if self.budget[i] >= 0 else 0
+        return max(0, min(by_count, (self.budget[i] - self.used[i]) // c))
 
     def fits(self, i: int, g: int) -> bool:
-        return self.count[i] < self.cap[i] and self.used[i] + self.gcost[g][i] <= self.budget[i]
+        return (
+            self.count[i] < self.cap[i]
+            and self.used[i] + self.gcost[g][self.mcls[i]] <= self.budget[i]
+        )
 
     def add(self, i: int, j: int) -> None:
         self.target[j] = i
         self.count[i] += 1
-        self.used[i] += self.cost[i][self.ptopic[j]]
+        self.used[i] += self.ccost[self.mcls[i]][self.ptopic[j]]
         self.load[i] += self.unit[j]
+        self.ver[i] += 1
+
+    def add_many(self, i: int, js: Sequence[int], cost: int) -> None:
+        """Give ``js`` to ``i``; ``cost`` is their total bytes for ``i``."""
+        if js[-1] - js[0] == len(js) - 1:  # a contiguous range: one slice assignment
+            self.target[js[0] : js[-1] + 1] = [i] * len(js)
+        else:
+            target = self.target
+            for j in js:
+                target[j] = i
+        self.count[i] += len(js)
+        self.used[i] += cost
+        self.load[i] += (
+            len(js) * self.unit[js[0]] if self.uniform else sum(self.unit[j] for j in js)
+        )
         self.ver[i] += 1
 
     def remove(self, i: int, j: int) -> None:
         self.target[j] = -1
         self.count[i] -= 1
-        self.used[i] -= self.cost[i][self.ptopic[j]]
+        self.used[i] -= self.ccost[self.mcls[i]][self.ptopic[j]]
         self.load[i] -= self.unit[j]
         self.ver[i] += 1
 
@@ -194,51 +301,66 @@ class _State:
 def _capacities(grp: _Group, unit: list[int]) -> _State:
     n = len(grp.specs)
     tindex = {t: k for k, t in enumerate(grp.topic_names)}
-    cap, budget, weight, cost = [], [], [], []
-    for spec in grp.specs:
+    cap, budget, weight, mcls = [], [], [], []
+    classes: dict[tuple[object, ...], int] = {}
+    ccost: list[dict[int, int]] = []
+    cmembers: list[list[int]] = []
+    for i, spec in enumerate(grp.specs):
         adv = spec.capacity
         eligible = not adv.draining
         cap.append(max(0, adv.max_partitions) if eligible else 0)
         budget.append(adv.memory_budget_bytes if eligible else -1)
         weight.append(_clean_weight(adv.weight))
-        # Negative costs are clamped to zero: the clamped sum bounds the real one from above.
-        cost.append(
-            {tindex[t]: max(0, adv.cost_of(t)) for t in spec.topics if t in tindex}
-            if eligible
-            else {}
+        key = (
+            spec.topics if eligible else None,
+            tuple(sorted(adv.partition_bytes.items())),
+            adv.default_partition_bytes,
         )
-    groups: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+        c = classes.get(key)
+        if c is None:
+            c = classes[key] = len(ccost)
+            # Negative costs are clamped to zero: the clamped sum bounds the real one.
+            ccost.append(
+                {tindex[t]: max(0, adv.cost_of(t)) for t in spec.topics if t in tindex}
+                if eligible
+                else {}
+            )
+            cmembers.append([])
+        cmembers[c].append(i)
+        mcls.append(c)
+    groups: dict[tuple[tuple[int, int], ...], int] = {}
     tgroup: list[int] = []
     gmembers: list[list[int]] = []
     gcost: list[dict[int, int]] = []
-    mgroups: list[list[int]] = [[] for _ in range(n)]
+    cgroups: list[list[int]] = [[] for _ in ccost]
     for t in range(len(grp.topic_names)):
-        subs = tuple(i for i in range(n) if t in cost[i])
-        if not subs:
+        key2 = tuple((c, costs[t]) for c, costs in enumerate(ccost) if t in costs)
+        if not key2:
             tgroup.append(-1)
             continue
-        costs = tuple(cost[i][t] for i in subs)
-        g = groups.get((subs, costs))
+        g = groups.get(key2)
         if g is None:
-            g = groups[(subs, costs)] = len(gmembers)
-            gmembers.append(list(subs))
-            gcost.append(dict(zip(subs, costs, strict=True)))
-            for i in subs:
-                mgroups[i].append(g)
+            g = groups[key2] = len(gmembers)
+            gmembers.append(sorted(i for c, _ in key2 for i in cmembers[c]))
+            gcost.append(dict(key2))
+            for c, _ in key2:
+                cgroups[c].append(g)
         tgroup.append(g)
     p = len(unit)
     return _State(
         cap=cap,
         budget=budget,
         weight=weight,
-        cost=cost,
+        mcls=mcls,
+        ccost=ccost,
         tgroup=tgroup,
         gmembers=gmembers,
         gcost=gcost,
-        mgroups=mgroups,
+        mgroups=[cgroups[c] for c in mcls],
         ptopic=grp.ptopic,
         unit=unit,
         ubar=sum(unit) // p if p else LOAD_BASE,
+        uniform=not unit or min(unit) == max(unit),
         target=[-1] * p,
         count=[0] * n,
         used=[0] * n,
@@ -260,20 +382,26 @@ class _Receivers:
 
     def __init__(self, st: _State) -> None:
         self.st = st
-        self.heaps: list[list[tuple[float, int, int]]] = []
-        self.pushed: list[dict[int, int]] = []
-        for g, subs in enumerate(st.gmembers):
-            heap = [(self.key(i), i, st.ver[i]) for i in subs if st.fits(i, g)]
-            heapq.heapify(heap)
-            self.heaps.append(heap)
-            self.pushed.append({i: v for _, i, v in heap})
+        self.heaps: dict[int, list[tuple[float, int, int]]] = {}
+        self.pushed: dict[int, dict[int, int]] = {}
 
     def key(self, i: int) -> float:
         return (self.st.load[i] + self.st.ubar) / self.st.weight[i]
 
+    def _heap(self, g: int) -> list[tuple[float, int, int]]:
+        heap = self.heaps.get(g)
+        if heap is None:
+            st = self.st
+            heap = [(self.key(i), i, st.ver[i]) for i in st.gmembers[g] if st.fits(i, g)]
+            heapq.heapify(heap)
+            self.heaps[g] = heap
+            self.pushed[g] = {i: v for _, i, v in heap}
+        return heap
+
     def best(self, g: int, exclude: int = -1) -> int:
         """The least-loaded member of group ``g`` with room, other than ``exclude``; or -1."""
-        st, heap, pushed = self.st, self.heaps[g], self.pushed[g]
+        st, heap = self.st, self._heap(g)
+        pushed = self.pushed[g]
         held: tuple[float, int, int] | None = None
         found = -1
         while heap:
@@ -300,7 +428,7 @@ class _Receivers:
     def rose(self, i: int, g: int) -> None:
         """Member ``i`` took a partition of group ``g``."""
         st = self.st
-        if st.fits(i, g):
+        if g in self.heaps and st.fits(i, g):
             heapq.heappush(self.heaps[g], (self.key(i), i, st.ver[i]))
             self.pushed[g][i] = st.ver[i]
 
@@ -308,7 +436,7 @@ class _Receivers:
         """Member ``i`` gave a partition away: it may fit again anywhere."""
         st = self.st
         for g in st.mgroups[i]:
-            if st.fits(i, g):
+            if g in self.heaps and st.fits(i, g):
                 heapq.heappush(self.heaps[g], (self.key(i), i, st.ver[i]))
                 self.pushed[g][i] = st.ver[i]
 
@@ -321,15 +449,18 @@ def _keep_owned(st: _State, claims: _Claims) -> list[int]:
 
     Returns the partitions a live owner had to give up (budget, subscription or draining).
     """
-    mine: dict[int, list[int]] = {}
-    for j, i in enumerate(claims.owner):
-        if i >= 0:
-            mine.setdefault(i, []).append(j)
     shed: list[int] = []
     unit, ptopic = st.unit, st.ptopic
-    for i in sorted(mine):
-        costs = st.cost[i]
-        for j in sorted(mine[i], key=lambda j: (-unit[j], j)):
+    for i, js in sorted(claims.mine.items()):
+        costs = st.ccost[st.mcls[i]]
+        try:
+            total = sum(map(costs.__getitem__, map(ptopic.__getitem__, js)))
+        except KeyError:  # owns a topic it no longer subscribes to (or is draining)
+            total = -1
+        if 0 <= total <= st.budget[i] and len(js) <= st.cap[i]:
+            st.add_many(i, js, total)
+            continue
+        for j in sorted(js, key=lambda j: (-unit[j], j)):
             c = costs.get(ptopic[j])
             if c is not None and st.count[i] < st.cap[i] and st.used[i] + c <= st.budget[i]:
                 st.add(i, j)
@@ -341,19 +472,120 @@ def _keep_owned(st: _State, claims: _Claims) -> list[int]:
 # --------------------------------------------------------------------------- place free
 
 
-def _place_free(st: _State, order: list[int]) -> list[int]:
-    """Greedy: each free partition, hottest first, to the least-loaded member with room."""
+def _runs(st: _State, free: list[int]) -> Iterator[list[int]]:
+    """Free partitions in placement order, cut into runs of one group and one load.
+
+    Order: heaviest load first (hot partitions are at greatest risk), then topic and
+    partition number.
+    """
+    if st.uniform:
+        # ``free`` is already in (topic, partition) order: cut it at topic boundaries.
+        topics = list(map(st.ptopic.__getitem__, free))
+        start = 0
+        while start < len(free):
+            t = topics[start]
+            end = bisect.bisect_right(topics, t, lo=start)
+            g = st.tgroup[t]
+            # Consecutive topics of one group form one run.
+            while end < len(free) and st.tgroup[topics[end]] == g:
+                end = bisect.bisect_right(topics, topics[end], lo=end)
+            yield free[start:end]
+            start = end
+        return
+    unit, ptopic, tgroup = st.unit, st.ptopic, st.tgroup
+    order = sorted(free, key=lambda j: (-unit[j], j))
+    for _, run in itertools.groupby(order, key=lambda j: (unit[j], tgroup[ptopic[j]])):
+        yield list(run)
+
+
+def _water_fill(st: _State, g: int, run: list[int]) -> list[int]:
+    """Place a run of equal-load partitions of group ``g`` in one go.
+
+    Greedy placement would give each partition to the member whose key ``(load + ubar)
+    / weight`` is lowest; over a run of equal loads that selects the run's length of
+    smallest keys among every member's arithmetic sequence of next keys. A bisection on
+    the key level finds most of them, a small heap picks the rest exactly.
+    Returns what did not fit.
+    """
+    u = st.unit[run[0]]
+    ubar = st.ubar
+    rooms = [(i, r) for i in st.gmembers[g] if (r := st.room(i, g)) > 0]
+    want = len(run)
+    if sum(r for _, r in rooms) <= want:
+        take = dict(rooms)
+    else:
+        load, weight = st.load, st.weight
+        first = [(load[i] + ubar) / weight[i] for i, _ in rooms]
+        step = [u / weight[i] for i, _ in rooms]
+        caps = [r for _, r in rooms]
+
+        def taken(level: float) -> list[int]:
+            return [
+                min(r, max(0, math.floor((level - a) / d) + 1))
+                for a, d, r in zip(first, step, caps, strict=True)
+            ]
+
+        lo = min(first) - 1.0
+        hi = max(a + d * r for a, d, r in zip(first, step, caps, strict=True))
+        # Start near the level an unconstrained fill would reach; widen if that misses.
+        inv = sum(1 / d for d in step)
+        guess = (want + sum(a / d for a, d in zip(first, step, strict=True))) / inv
+        near = 2 * max(step)
+        if sum(taken(guess - near)) <= want < sum(taken(guess + near)):
+            lo, hi = guess - near, guess + near
+        finest = min(step)
+        # Stop once the bracket is finer than one step: the heap below picks the rest.
+        while hi - lo > finest:
+            mid = (lo + hi) / 2
+            if mid in (lo, hi):
+                break
+            if sum(taken(mid)) <= want:
+                lo = mid
+            else:
+                hi = mid
+        counts = taken(lo)
+        take = {i: k for (i, _), k in zip(rooms, counts, strict=True)}
+        heap = [
+            ((load[i] + k * u + ubar) / weight[i], i)
+            for (i, r), k in zip(rooms, counts, strict=True)
+            if k < r
+        ]
+        heapq.heapify(heap)
+        room_of = dict(rooms)
+        for _ in range(want - sum(counts)):
+            _, i = heapq.heappop(heap)
+            take[i] += 1
+            if take[i] < room_of[i]:
+                heapq.heappush(heap, ((load[i] + take[i] * u + ubar) / weight[i], i))
+    pos = 0
+    for i, _ in rooms:
+        k = take.get(i, 0)
+        if k:
+            chunk = run[pos : pos + k]
+            pos += k
+            st.add_many(i, chunk, k * st.gcost[g][st.mcls[i]])
+    return run[pos:]
+
+
+def _place_free(st: _State, free: list[int]) -> list[int]:
+    """Each free partition, hottest first, to the least-loaded member with room."""
     recv = _Receivers(st)
     unplaced: list[int] = []
     tgroup, ptopic = st.tgroup, st.ptopic
-    for j in order:
-        g = tgroup[ptopic[j]]
-        i = recv.best(g) if g >= 0 else -1
-        if i < 0:
-            unplaced.append(j)
-            continue
-        st.add(i, j)
-        recv.rose(i, g)
+    for run in _runs(st, free):
+        g = tgroup[ptopic[run[0]]]
+        if g < 0:
+            unplaced.extend(run)
+        elif len(run) > 1:
+            unplaced.extend(_water_fill(st, g, run))
+        else:
+            j = run[0]
+            i = recv.best(g)
+            if i < 0:
+                unplaced.append(j)
+            else:
+                st.add(i, j)
+                recv.rose(i, g)
     return unplaced
 
 
@@ -414,13 +646,13 @@ def _find_chain(
         queue.append(m)
     while end < 0 and queue:
         m = queue.popleft()
-        cin = st.cost[m][st.ptopic[incoming[m]]]
+        cin = st.cost(m, incoming[m])
         for t2 in sorted(hold[m]):
             held = hold[m][t2]
             g2 = st.tgroup[t2]
             if not held or g2 in expanded:
                 continue
-            if st.used[m] - st.cost[m][t2] + cin > st.budget[m]:
+            if st.used[m] - st.cost(m, held[-1]) + cin > st.budget[m]:
                 continue
             expanded.add(g2)
             q = held[-1]
@@ -449,16 +681,49 @@ def _find_chain(
 # --------------------------------------------------------------------------- balance
 
 
-def _balance(st: _State, owner: list[int]) -> None:
+def _improves(st: _State, a: int, b: int, u: int) -> bool:
+    """Moving a partition of load ``u`` from ``a`` to ``b`` lowers the busier side."""
+    return b >= 0 and (st.load[b] + u) * st.weight[a] < st.load[a] * st.weight[b]
+
+
+def _lightest(st: _State, owner: list[int]) -> list[dict[int, int]]:
+    """Per member and group: the smallest load unit it holds there."""
+    lightest: list[dict[int, int]] = [{} for _ in st.cap]
+    if len(st.gmembers) == 1 and st.uniform and st.unit:
+        u = st.unit[0]
+        for per, n in zip(lightest, st.count, strict=True):
+            if n:
+                per[0] = u
+        return lightest
+    unit, tgroup, ptopic = st.unit, st.tgroup, st.ptopic
+    for j, i in enumerate(st.target):
+        if i >= 0:
+            per = lightest[i]
+            g = tgroup[ptopic[j]]
+            if unit[j] < per.get(g, 1 << 62):
+                per[g] = unit[j]
+    return lightest
+
+
+def _balance(st: _State, owner: list[int]) -> int:
     """Move partitions from the most loaded members while a move strictly helps.
 
     A move of ``p`` from ``a`` to ``b`` happens only if ``(load_b + u_p) / w_b <
     load_a / w_a``, where ``b`` is the receiver placement would pick. Each move lowers the
     sorted vector of normalized loads, so the loop ends, and its stopping condition depends
     on the state alone: a balanced plan fed back as ownership is left exactly as it is.
+    Returns the number of moves.
     """
+    recv = _Receivers(st)
+    lightest = _lightest(st, owner)
+    if not any(
+        _improves(st, a, recv.best(g, exclude=a), u)
+        for a, per in enumerate(lightest)
+        for g, u in per.items()
+    ):
+        return 0
     n = len(st.cap)
-    unit, ptopic, tgroup = st.unit, st.ptopic, st.tgroup
+    unit, ptopic, tgroup, load, weight = st.unit, st.ptopic, st.tgroup, st.load, st.weight
     # Per member and group: a heap of (load unit, owned-by-holder, partition). The lightest
     # partition is the easiest to move; among equals, one the member did not own before.
     hold: list[dict[int, list[tuple[int, int, int]]]] = [{} for _ in range(n)]
@@ -467,11 +732,10 @@ def _balance(st: _State, owner: list[int]) -> None:
             hold[i].setdefault(tgroup[ptopic[j]], []).append(
                 (unit[j], 1 if owner[j] == i else 0, j)
             )
-    for per in hold:
-        for h in per.values():
+    for per_member in hold:
+        for h in per_member.values():
             heapq.heapify(h)
-    recv = _Receivers(st)
-    load, weight = st.load, st.weight
+    moves = 0
     progress = True
     while progress:
         progress = False
@@ -487,7 +751,7 @@ def _balance(st: _State, owner: list[int]) -> None:
                     continue
                 u, _, j = h[0]
                 b = recv.best(g, exclude=a)
-                if b < 0 or (load[b] + u) * weight[a] >= load[a] * weight[b]:
+                if not _improves(st, a, b, u):
                     continue
                 heapq.heappop(h)
                 st.remove(a, j)
@@ -498,57 +762,64 @@ def _balance(st: _State, owner: list[int]) -> None:
                 heapq.heappush(donors, (-load[a] / weight[a], a, st.ver[a]))
                 heapq.heappush(donors, (-load[b] / weight[b], b, st.ver[b]))
                 progress = True
+                moves += 1
                 break
+    return moves
 
 
 # --------------------------------------------------------------------------- output
 
 
 def _output(grp: _Group, st: _State, claims: _Claims, notes: list[str]) -> Plan:
-    """Cooperative adjustment and output: withhold every move away from a live claimant."""
-    ids, tps = grp.member_ids, grp.tps
-    phase1: list[list[TopicPartition]] = [[] for _ in ids]
-    pending: list[PendingMove] = []
-    unassigned: list[TopicPartition] = []
-    moved = 0
-    for j, i in enumerate(st.target):
-        tp = tps[j]
-        if i < 0:
-            unassigned.append(tp)
-            continue
-        o = claims.owner[j]
-        tied = claims.conflicts.get(j)
-        if tied is not None:
-            # Both claimants may still be consuming it: nobody gets it before they revoke.
-            giver = tied[0] if tied[0] != i else tied[1]
-            pending.append(PendingMove(tp, ids[giver], ids[i]))
-            moved += 1
-        elif o >= 0 and o != i:
-            pending.append(PendingMove(tp, ids[o], ids[i]))
-            moved += 1
-        else:
-            phase1[i].append(tp)
-            if o < 0:
-                moved += 1
+    """Cooperative adjustment and output: withhold every move away from a live claimant.
+
+    A partition leaving its valid owner for another member is pending (the owner revokes
+    it this round, the new owner gets it next round); so is one whose claimants tied, even
+    if it goes to one of them. Partitions nobody validly claims are assigned at once.
+    """
+    ids, target = grp.member_ids, st.target
+    tps = list(map(tuple.__new__, itertools.repeat(TopicPartition), grp.keys))
+    # Stable sort by holder keeps each member's partitions in (topic, partition) order.
+    order = sorted(range(len(target)), key=target.__getitem__)
+    n_out = target.count(-1)
+    unassigned = tuple(map(tps.__getitem__, order[:n_out]))
+    moves: list[tuple[int, int, int]] = []  # (partition, from, to)
+    kept = 0
+    for i, js in claims.mine.items():
+        away = [j for j in js if target[j] != i]
+        kept += len(js) - len(away)
+        moves.extend((j, i, target[j]) for j in away if target[j] >= 0)
+    for j, tied in claims.conflicts.items():
+        to = target[j]
+        if to >= 0:
+            # Every claimant may still be consuming it: nobody gets it before they revoke.
+            moves.append((j, tied[0] if tied[0] != to else tied[1], to))
+    moves.sort()
+    incoming: dict[int, set[int]] = {}
+    for j, _, to in moves:
+        incoming.setdefault(to, set()).add(j)
+    assignment: dict[str, tuple[TopicPartition, ...]] = {}
+    pos = n_out
+    for i, mid in enumerate(ids):
+        mine = order[pos : pos + st.count[i]]
+        pos += st.count[i]
+        if i in incoming:
+            mine = [j for j in mine if j not in incoming[i]]
+        assignment[mid] = tuple(map(tps.__getitem__, mine))
     if unassigned:
         notes.append(
             f"{len(unassigned)} partition(s) unassigned: members' budgets cannot hold them"
         )
     return Plan(
-        assignment={ids[i]: tuple(phase1[i]) for i in range(len(ids))},
-        pending=tuple(pending),
-        unassigned=tuple(unassigned),
-        moved=moved,
+        assignment=assignment,
+        pending=tuple(PendingMove(tps[j], ids[a], ids[b]) for j, a, b in moves),
+        unassigned=unassigned,
+        moved=len(target) - n_out - kept,
         notes=tuple(notes),
     )
 
 
 # --------------------------------------------------------------------------- pipeline
-
-
-def _placement_order(st: _State, free: list[int]) -> list[int]:
-    unit = st.unit
-    return sorted(free, key=lambda j: (-unit[j], j))
 
 
 def assign(
@@ -562,19 +833,24 @@ def assign(
     moving between two live members is withheld for one round (``Plan.pending``).
     Ownership claims above ``generation`` are ignored as bogus; per partition the highest
     generation claim wins and a tie at that generation revokes from every claimant.
+    The cyclic garbage collector is paused while it runs (and restored afterwards).
 
     Raises:
         ValueError: if two members share a member id.
     """
-    grp = _normalize(members, partitions)
-    claims = _resolve_claims(grp, generation)
-    unit = _load_units(grp, claims)
-    st = _capacities(grp, unit)
-    shed = _keep_owned(st, claims)
-    free = [j for j in range(len(grp.tps)) if st.target[j] < 0]
-    unplaced = _place_free(st, _placement_order(st, free))
-    left = _augment(st, unplaced)
-    _balance(st, claims.owner)
+    with _no_gc():
+        grp = _normalize(members, partitions)
+        claims = _resolve_claims(grp, generation)
+        st = _capacities(grp, _load_units(grp, claims))
+        shed = _keep_owned(st, claims)
+        free = list(itertools.compress(range(len(st.target)), map((-1).__eq__, st.target)))
+        unplaced = _place_free(st, free)
+        _augment(st, unplaced)
+        _balance(st, claims.owner)
+        return _output(grp, st, claims, _notes(claims, shed))
+
+
+def _notes(claims: _Claims, shed: list[int]) -> list[str]:
     notes: list[str] = []
     if claims.conflicts:
         notes.append(
@@ -587,23 +863,20 @@ def assign(
         notes.append(f"{claims.bogus} ownership claim(s) from a future generation ignored")
     if shed:
         notes.append(f"{len(shed)} owned partition(s) released by owners that cannot keep them")
-    del left
-    return _output(grp, st, claims, notes)
+    return notes
 
 
 def _all_placeable(grp: _Group, drop: set[int]) -> bool:
-    unit = [LOAD_BASE] * len(grp.tps)
     sub = _Group(
         member_ids=[m for i, m in enumerate(grp.member_ids) if i not in drop],
         specs=[s for i, s in enumerate(grp.specs) if i not in drop],
-        tps=grp.tps,
+        keys=grp.keys,
         spec_rate=grp.spec_rate,
         topic_names=grp.topic_names,
         ptopic=grp.ptopic,
     )
-    st = _capacities(sub, unit)
-    unplaced = _place_free(st, list(range(len(grp.tps))))
-    return not _augment(st, unplaced)
+    st = _capacities(sub, [LOAD_BASE] * len(grp.keys))
+    return not _augment(st, _place_free(st, list(range(len(grp.keys)))))
 
 
 def headroom(members: Sequence[MemberSpec], partitions: Sequence[PartitionSpec]) -> int:
@@ -613,35 +886,34 @@ def headroom(members: Sequence[MemberSpec], partitions: Sequence[PartitionSpec])
     ``max_partitions`` and the budget over their dearest subscribed topic), then weight,
     then id. Returns 0 when the group is already short. Ownership is ignored.
     """
-    grp = _normalize(members, partitions)
-    present = set(grp.topic_names)
+    with _no_gc():
+        grp = _normalize(members, partitions)
+        present = set(grp.topic_names)
 
-    def slots(spec: MemberSpec) -> int:
-        adv = spec.capacity
-        if adv.draining:
-            return 0
-        costs = [max(0, adv.cost_of(t)) for t in spec.topics if t in present]
-        if not costs:
-            return 0
-        dearest = max(costs)
-        by_bytes = adv.memory_budget_bytes // dearest if dearest else adv.max_partitions
-        return max(0, min(adv.max_partitions, by_bytes))
+        def slots(spec: MemberSpec) -> int:
+            adv = spec.capacity
+            costs = [max(0, adv.cost_of(t)) for t in spec.topics if t in present]
+            if adv.draining or not costs:
+                return 0
+            dearest = max(costs)
+            by_bytes = adv.memory_budget_bytes // dearest if dearest else adv.max_partitions
+            return max(0, min(adv.max_partitions, by_bytes))
 
-    rank = sorted(
-        range(len(grp.specs)),
-        key=lambda i: (
-            -slots(grp.specs[i]),
-            -_clean_weight(grp.specs[i].capacity.weight),
-            grp.member_ids[i],
-        ),
-    )
-    if not _all_placeable(grp, set()):
-        return 0
-    lo, hi = 0, len(rank)  # lo is known to survive; find the largest k that does
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if _all_placeable(grp, set(rank[:mid])):
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+        rank = sorted(
+            range(len(grp.specs)),
+            key=lambda i: (
+                -slots(grp.specs[i]),
+                -_clean_weight(grp.specs[i].capacity.weight),
+                grp.member_ids[i],
+            ),
+        )
+        if not _all_placeable(grp, set()):
+            return 0
+        lo, hi = 0, len(rank)  # lo members are known to be survivable
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if _all_placeable(grp, set(rank[:mid])):
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
