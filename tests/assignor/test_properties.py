@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from capgroup.assignor.balance import assign
 from capgroup.assignor.model import MemberSpec, PartitionSpec, Plan
+from capgroup.types import TopicPartition
 from tests.assignor.invariants import (
     Assign,
     check_budgets,
@@ -180,9 +181,10 @@ def test_4_sticky(case: Case, victim: int) -> None:
 # ----------------------------------------------------------------------------- 5 balanced
 
 
-def room(m: MemberSpec, tps: list[object], topic: str) -> bool:
+def room(m: MemberSpec, tps: list[TopicPartition], topic: str) -> bool:
+    """Whether ``m``, holding ``tps``, could take one more partition of ``topic``."""
     adv = m.capacity
-    used = sum(max(0, adv.cost_of(tp.topic)) for tp in tps)  # type: ignore[attr-defined]
+    used = sum(max(0, adv.cost_of(tp.topic)) for tp in tps)
     return (
         not adv.draining
         and topic in m.topics

@@ -1,0 +1,43 @@
+"""A seeded large group (the benchmark's generator) through the shared invariants."""
+
+from __future__ import annotations
+
+from capgroup.assignor.balance import assign
+from capgroup.assignor.workloads import after_rebalance, synthetic_group, without_member
+from tests.assignor.invariants import check_all, phase2
+
+
+def test_large_group_fresh_then_one_member_removed() -> None:
+    members, partitions = synthetic_group(100_000, 1_000, seed=7)
+    plan = assign(members, partitions, 1)
+    check_all(members, partitions, plan, 1)
+    sizes = [len(tps) for tps in phase2(plan).values()]
+    assert max(sizes) - min(sizes) <= 1
+    assert not plan.unassigned
+
+    stable = after_rebalance(members, plan, 1)
+    again = assign(stable, partitions, 2)
+    assert again.moved == 0
+    assert again == assign(list(reversed(stable)), list(reversed(partitions)), 2)
+
+    dead = stable[500].member_id
+    survivors = without_member(stable, 500)
+    after = assign(survivors, partitions, 2)
+    check_all(survivors, partitions, after, 2)
+    before = {tp: m for m, tps in plan.assignment.items() for tp in tps}
+    now = {tp: m for m, tps in phase2(after).items() for tp in tps}
+    changed = {tp for tp, m in now.items() if before[tp] != m}
+    assert changed == {tp for tp, m in before.items() if m == dead}
+    assert after.moved == len(changed)
+    assert not after.pending  # orphans of a dead member are placed at once
+
+
+def test_large_group_with_rates_converges() -> None:
+    members, partitions = synthetic_group(20_000, 200, seed=11, rates=True)
+    plan = assign(members, partitions, 1)
+    check_all(members, partitions, plan, 1)
+    stable = after_rebalance(members, plan, 1)
+    again = assign(stable, partitions, 2)
+    check_all(stable, partitions, again, 2)
+    assert again.moved == 0
+    assert not again.pending

@@ -1,0 +1,219 @@
+"""Each property test must be able to fail: run it against a deliberately broken assignor.
+
+Every mutant patches one step of the real pipeline (so the rest stays genuine) and the
+matching ``check_property_*`` body from ``test_properties`` must find a counterexample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
+
+from capgroup.assignor import balance
+from capgroup.assignor.balance import assign
+from capgroup.assignor.model import PendingMove, Plan
+from tests.assignor.strategies import cases
+from tests.assignor.test_properties import (
+    check_property_balanced,
+    check_property_budgets,
+    check_property_complete,
+    check_property_converges,
+    check_property_cooperative,
+    check_property_counts,
+    check_property_deterministic,
+    check_property_draining,
+    check_property_exclusive,
+    check_property_sticky,
+)
+
+Patch = Callable[[pytest.MonkeyPatch], None]
+
+
+def wrap(mp: pytest.MonkeyPatch, name: str, after: Callable[..., Any]) -> None:
+    original = getattr(balance, name)
+    mp.setattr(balance, name, lambda *a: after(original(*a), *a))
+
+
+def ignore_max_partitions(mp: pytest.MonkeyPatch) -> None:
+    wrap(mp, "_capacities", lambda s, *_: dataclasses.replace(s, cap=[1 << 30] * len(s.cap)))
+
+
+def ignore_draining(mp: pytest.MonkeyPatch) -> None:
+    original = balance._capacities
+
+    def capacities(grp: Any, unit: list[int]) -> Any:
+        specs = [
+            dataclasses.replace(m, capacity=dataclasses.replace(m.capacity, draining=False))
+            for m in grp.specs
+        ]
+        return original(dataclasses.replace(grp, specs=specs), unit)
+
+    mp.setattr(balance, "_capacities", capacities)
+
+
+def ignore_weights(mp: pytest.MonkeyPatch) -> None:
+    wrap(mp, "_capacities", lambda s, *_: dataclasses.replace(s, weight=[1.0] * len(s.weight)))
+
+
+def give_one_partition_twice(mp: pytest.MonkeyPatch) -> None:
+    def after(plan: Plan, *_: Any) -> Plan:
+        holders = [m for m, tps in plan.assignment.items() if tps]
+        others = [m for m in plan.assignment if m not in holders[:1]]
+        if not holders or not others:
+            return plan
+        extra = plan.assignment[holders[0]][0]
+        assignment = dict(plan.assignment)
+        assignment[others[0]] = (*assignment[others[0]], extra)
+        return dataclasses.replace(plan, assignment=assignment)
+
+    wrap(mp, "_output", after)
+
+
+def drop_withholding(mp: pytest.MonkeyPatch) -> None:
+    def after(plan: Plan, *_: Any) -> Plan:
+        assignment = {m: list(tps) for m, tps in plan.assignment.items()}
+        for move in plan.pending:
+            assignment[move.to_member].append(move.tp)
+        pending: tuple[PendingMove, ...] = ()
+        return dataclasses.replace(
+            plan, assignment={m: tuple(t) for m, t in assignment.items()}, pending=pending
+        )
+
+    wrap(mp, "_output", after)
+
+
+def skip_augmenting_paths(mp: pytest.MonkeyPatch) -> None:
+    mp.setattr(balance, "_augment", lambda st, unplaced: unplaced)
+
+
+def coldest_first(mp: pytest.MonkeyPatch) -> None:
+    def runs(st: Any, free: list[int]) -> Iterator[list[int]]:
+        for j in sorted(free, key=lambda j: (st.unit[j], j)):
+            yield [j]
+
+    mp.setattr(balance, "_runs", runs)
+
+
+def forget_ownership(mp: pytest.MonkeyPatch) -> None:
+    mp.setattr(balance, "_keep_owned", lambda st, claims: [])
+
+
+def first_fit_without_balance(mp: pytest.MonkeyPatch) -> None:
+    def fill(st: Any, g: int, run: list[int]) -> list[int]:
+        left = list(run)
+        for i in st.gmembers[g]:
+            k = min(st.room(i, g), len(left))
+            if k:
+                st.add_many(i, left[:k], k * st.gcost[g][st.mcls[i]])
+                left = left[k:]
+        return left
+
+    mp.setattr(balance, "_water_fill", fill)
+    mp.setattr(balance, "_balance", lambda st, owner: 0)
+
+
+def rebalance_on_ties(mp: pytest.MonkeyPatch) -> None:
+    """KAFKA-15106: an "is balanced" test that also moves on ties, one move per round."""
+    original = balance._balance
+
+    def bal(st: Any, owner: list[int]) -> int:
+        moves: int = original(st, owner)
+        recv = balance._Receivers(st)
+        for a in sorted(range(len(st.cap)), key=lambda i: (-st.load[i], i)):
+            for j in (j for j, i in enumerate(st.target) if i == a):
+                b = recv.best(st.tgroup[st.ptopic[j]], exclude=a)
+                if b >= 0 and st.load[b] <= st.load[a]:
+                    st.remove(a, j)
+                    st.add(b, j)
+                    return moves + 1
+        return moves
+
+    mp.setattr(balance, "_balance", bal)
+
+
+def keep_input_member_order(mp: pytest.MonkeyPatch) -> None:
+    original = balance._normalize
+
+    def normalize(members: Any, partitions: Any) -> Any:
+        grp = original(members, partitions)
+        specs = list(members)
+        return dataclasses.replace(grp, specs=specs, member_ids=[m.member_id for m in specs])
+
+    mp.setattr(balance, "_normalize", normalize)
+
+
+MUTANTS: list[tuple[str, Patch, Callable[..., None], Any]] = [
+    ("1 budgets", ignore_max_partitions, check_property_budgets, cases()),
+    ("2 exclusive", give_one_partition_twice, check_property_exclusive, cases()),
+    (
+        "3 complete: no augmenting paths",
+        skip_augmenting_paths,
+        check_property_complete,
+        cases(uniform_cost=True),
+    ),
+    ("3 complete: coldest first", coldest_first, check_property_complete, cases(uniform_cost=True)),
+    (
+        "4 sticky",
+        forget_ownership,
+        check_property_sticky,
+        st.tuples(
+            cases(uniform_cost=True, uniform_rate=True, all_topics=True), st.integers(0, 100)
+        ),
+    ),
+    (
+        "5 balanced: weights ignored",
+        ignore_weights,
+        check_property_balanced,
+        cases(uniform_rate=True, owned=False),
+    ),
+    (
+        "5 balanced: first fit",
+        first_fit_without_balance,
+        check_property_counts,
+        cases(uniform_cost=True, uniform_rate=True, equal=True, all_topics=True),
+    ),
+    ("5 balanced: loops on ties", rebalance_on_ties, check_property_converges, cases()),
+    ("6 cooperative", drop_withholding, check_property_cooperative, cases()),
+    (
+        "7 deterministic",
+        keep_input_member_order,
+        check_property_deterministic,
+        st.tuples(cases(), st.integers(0, 2**32)),
+    ),
+    ("8 draining", ignore_draining, check_property_draining, cases()),
+]
+
+
+@pytest.mark.parametrize(
+    ("patch", "check", "strategy"),
+    [pytest.param(p, c, s, id=name) for name, p, c, s in MUTANTS],
+)
+def test_property_catches_mutant(
+    monkeypatch: pytest.MonkeyPatch, patch: Patch, check: Callable[..., None], strategy: Any
+) -> None:
+    @settings(
+        max_examples=300,
+        deadline=None,
+        phases=[Phase.generate],
+        database=None,
+        report_multiple_bugs=False,
+        derandomize=True,
+    )
+    @given(strategy)
+    def probe(drawn: Any) -> None:
+        args = drawn if isinstance(drawn, tuple) else (drawn,)
+        check(assign_through_module, *args)
+
+    patch(monkeypatch)
+    with pytest.raises(AssertionError):
+        probe()
+
+
+def assign_through_module(*args: Any) -> Plan:
+    """Calls the (possibly patched) pipeline; ``assign`` itself looks its steps up by name."""
+    return assign(*args)
