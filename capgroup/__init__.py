@@ -21,8 +21,10 @@ from capgroup.protocol import (
     encode_advertisement,
 )
 from capgroup.runtime.batch import Batch, FlushReason, Record
+from capgroup.runtime.consumer import BatchingConsumer, ShutdownForcedError
 from capgroup.runtime.policy import RevokeAction
 from capgroup.runtime.retry import FailurePolicy
+from capgroup.runtime.stats import ConsumerStats, Counters
 from capgroup.settings import CapgroupSettings, SettingsError, load_settings
 from capgroup.types import TopicPartition
 
@@ -33,9 +35,12 @@ __all__ = [
     "AdvertisementTooLargeError",
     "AssignmentInfo",
     "Batch",
+    "BatchingConsumer",
     "CapacityAdvertisement",
     "CapacityAwareAssignor",
     "CapgroupSettings",
+    "ConsumerStats",
+    "Counters",
     "FailurePolicy",
     "FlushReason",
     "GroupPlan",
@@ -48,6 +53,7 @@ __all__ = [
     "Record",
     "RevokeAction",
     "SettingsError",
+    "ShutdownForcedError",
     "TopicPartition",
     "__version__",
     "assign",

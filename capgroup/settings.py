@@ -244,6 +244,21 @@ class CapgroupSettings(BaseSettings):
         default=1_000, ge=10, le=600_000, description="How often the RSS watchdog samples."
     )
 
+    # --- runtime: flushing and ingress rates (issue 5) -----------------------------------
+    flush_concurrency: int = Field(
+        default=4,
+        ge=1,
+        le=10_000,
+        description="Partitions flushing at once (each partition flushes one batch at a time).",
+    )
+    ingress_rate_interval_ms: int = Field(
+        default=5_000,
+        ge=100,
+        le=3_600_000,
+        description="How often partition high watermarks are sampled for the ingress rates "
+        "advertised to the assignor.",
+    )
+
     # --- operations ---------------------------------------------------------------------
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level."

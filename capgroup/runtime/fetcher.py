@@ -156,6 +156,11 @@ class PartitionFetcher:
             if records and tp in self._owned
         }
 
+    async def positions(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """Next offset the fetcher will read for each of ``partitions`` (after :meth:`gain`);
+        waits for a pending offset reset to resolve."""
+        return {tp: int(await self._consumer.position(_kafka(tp))) for tp in partitions}
+
     async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """High watermarks of ``partitions``, asked from the brokers (out of band)."""
         wanted = [_kafka(tp) for tp in partitions]

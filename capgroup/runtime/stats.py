@@ -1,0 +1,131 @@
+"""Counters and gauges of a :class:`~capgroup.BatchingConsumer`, kept in one place.
+
+The runtime increments :class:`Counters` as things happen; :class:`ConsumerStats` is the
+immutable snapshot readers get (a metrics exporter, a health endpoint, tests), with gauges
+filled in at the moment it is taken. :class:`IngressRates` turns samples of partition high
+watermarks into the per-partition records/s the member advertises to the assignor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from capgroup.types import TopicPartition
+
+__all__ = ["ConsumerStats", "Counters", "IngressRates"]
+
+
+@dataclass(slots=True)
+class Counters:
+    """Monotonic counters since the consumer started. Mutated only by the runtime."""
+
+    #: Records accepted into partition buffers (duplicates after a seek are not counted).
+    records_in: int = 0
+    #: Bytes (key + value + headers) accepted into partition buffers.
+    bytes_in: int = 0
+    #: Batches whose ``flush`` returned.
+    batches_flushed: int = 0
+    records_flushed: int = 0
+    bytes_flushed: int = 0
+    #: Failed ``flush`` calls that were retried.
+    flush_retries: int = 0
+    #: Batches whose flush failed after every retry.
+    flush_failures: int = 0
+    #: Records produced to the dead-letter topic.
+    records_dead_lettered: int = 0
+    #: Batches dropped unflushed (revoke DISCARD, overrun deadline, loss, stopped partition).
+    batches_discarded: int = 0
+    records_discarded: int = 0
+    #: Successful offset commits (one request may cover several partitions).
+    commits: int = 0
+    #: Commits refused because the generation was lost or the member fenced.
+    commits_fenced: int = 0
+    #: Commits that failed otherwise (retried with the next flush).
+    commit_failures: int = 0
+    #: Assignment changes applied by this member (revoke, assign and lost callbacks).
+    rebalances: int = 0
+    partitions_assigned: int = 0
+    partitions_revoked: int = 0
+    partitions_lost: int = 0
+    #: Revoke decisions: FLUSH, DISCARD, and FLUSHes cancelled at the deadline.
+    revoke_flush: int = 0
+    revoke_discard: int = 0
+    revoke_overrun: int = 0
+    #: Times one partition was paused because it held a whole batch.
+    partition_pauses: int = 0
+    #: Times all fetching paused because the buffers reached the memory budget or RSS the
+    #: hard limit.
+    budget_pauses: int = 0
+    #: Times the RSS watchdog raised its level.
+    memory_pressure_events: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerStats:
+    """A consistent snapshot of a consumer's counters and gauges."""
+
+    counters: Counters
+    #: Partitions owned now.
+    owned_partitions: int
+    #: ``max_partitions`` advertised now (lower than configured under RSS pressure).
+    advertised_max_partitions: int
+    #: The member's buffer budget in bytes.
+    budget_bytes: int
+    #: Bytes held by buffers and in-flight flushes, in total and per partition.
+    buffered_bytes: int
+    buffered_bytes_by_partition: Mapping[TopicPartition, int]
+    #: ``buffered_bytes / budget_bytes``.
+    utilisation: float
+    #: Latest and highest RSS sample of the process, in bytes.
+    rss_bytes: int
+    peak_rss_bytes: int
+    #: RSS watchdog level ("normal", "soft", "hard"; "off" without a memory limit).
+    memory_pressure: str
+    #: Whether all fetching is paused (budget reached, hard RSS limit or shutdown).
+    fetch_paused: bool
+    #: Partitions stopped after a flush failure (the member is unhealthy).
+    stopped_partitions: frozenset[TopicPartition]
+    #: Measured flush throughput (EWMA), used by the default revoke decision.
+    flush_bytes_per_second: float
+    #: Ingress rates advertised to the assignor, records/s.
+    ingress_rates: Mapping[TopicPartition, float]
+
+
+class IngressRates:
+    """Per-partition ingress rates (records/s) from successive high-watermark samples.
+
+    Each sample's rate is ``Δ end offset / Δ t``; rates are smoothed with an exponentially
+    weighted moving average. Partitions missing from a sample are forgotten, so a partition
+    given up and later regained starts afresh.
+    """
+
+    __slots__ = ("_last", "_rates", "alpha")
+
+    def __init__(self, alpha: float = 0.5) -> None:
+        """``alpha`` is the weight of each new sample, in (0, 1]."""
+        if not 0.0 < alpha <= 1.0:
+            raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+        self.alpha = alpha
+        self._last: dict[TopicPartition, tuple[float, int]] = {}
+        self._rates: dict[TopicPartition, float] = {}
+
+    def observe(self, now: float, end_offsets: Mapping[TopicPartition, int]) -> None:
+        """Fold in the high watermarks sampled at clock value ``now``."""
+        for tp in list(self._last):
+            if tp not in end_offsets:
+                del self._last[tp]
+                self._rates.pop(tp, None)
+        for tp, end in end_offsets.items():
+            previous = self._last.get(tp)
+            self._last[tp] = (now, end)
+            if previous is None or now <= previous[0]:
+                continue
+            # A truncated or recreated partition can move its end backwards: count as idle.
+            rate = max(end - previous[1], 0) / (now - previous[0])
+            old = self._rates.get(tp)
+            self._rates[tp] = rate if old is None else old + self.alpha * (rate - old)
+
+    def rates(self) -> dict[TopicPartition, float]:
+        """Current smoothed rates (partitions with fewer than two samples are absent)."""
+        return dict(self._rates)
