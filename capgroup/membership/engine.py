@@ -571,7 +571,8 @@ class MembershipEngine:
         """Commit ``offsets`` (the next offset to read, per partition) under the current
         generation.
 
-        Waits while a join or sync is in flight. Raises :class:`CommitFencedError` when a
+        Waits while a join or sync is in flight, so call it from a task of its own: a fetch
+        loop that awaited it would stall retained partitions for the whole rebalance. Raises :class:`CommitFencedError` when a
         partition is not owned in a live generation (nothing is committed then; never retry
         it), and :class:`CommitFailedError` when the commit cannot complete within the
         rebalance timeout.

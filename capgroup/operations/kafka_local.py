@@ -475,7 +475,18 @@ class LocalKafkaCluster:
         started = time.monotonic()
         for attempt in range(1, 4):
             self._layout()
-            self._format(java)
+            try:
+                self._format(java)
+            except KafkaLocalError as exc:
+                # Seen once while several test sessions started brokers at the same time; the
+                # cause was not kept, so log the output and try again with a fresh layout.
+                if attempt == 3:
+                    raise
+                _log.warning(
+                    "kafka_format_failed_retrying", attempt=attempt, error=str(exc)[-2000:]
+                )
+                time.sleep(1)
+                continue
             for spec in self.nodes:
                 self.start_node(spec.node_id)
             try:

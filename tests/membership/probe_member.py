@@ -58,6 +58,9 @@ class ProbeMember:
         self._positions: dict[TopicPartition, int] = {}
         #: Tests lower this to make the member shed partitions.
         self.max_partitions = settings.max_partitions
+        #: Seconds a revoke takes, standing in for flushing buffered records.
+        self.revoke_seconds = 0.0
+        self.commit_interval = float(os.environ.get("PROBE_COMMIT_INTERVAL_S", "0.2"))
 
     def _capacity(self) -> CapacityAdvertisement:
         cost = self.settings.partition_cost_bytes
@@ -86,6 +89,7 @@ class ProbeMember:
     async def on_partitions_revoked(self, change: AssignmentChange) -> None:
         """Commit what was processed of the revoked partitions, then stop fetching them."""
         self._change("revoked", change)
+        await anyio.sleep(self.revoke_seconds)
         offsets = {tp: self._positions[tp] for tp in change.partitions if tp in self._positions}
         self.fetcher.release(change.partitions)
         await self._commit(offsets)
@@ -128,7 +132,6 @@ class ProbeMember:
     async def _consume(self) -> None:
         while True:
             batches = await self.fetcher.fetch(timeout_ms=200)
-            processed: dict[TopicPartition, int] = {}
             for tp, records in batches.items():
                 if tp not in self.engine.assignment:
                     continue
@@ -141,9 +144,17 @@ class ProbeMember:
                         produced_ms=record.timestamp,
                         generation=self.engine.generation.generation_id,
                     )
-                processed[tp] = records[-1].offset + 1
-            self._positions.update(processed)
-            await self._commit(processed)
+                self._positions[tp] = records[-1].offset + 1
+
+    async def _commit_loop(self) -> None:
+        """Commit processed positions in the background: a commit waits while the group
+        rebalances, and consumption of retained partitions must not wait with it."""
+        committed: dict[TopicPartition, int] = {}
+        while True:
+            await anyio.sleep(self.commit_interval)
+            due = {tp: o for tp, o in self._positions.items() if committed.get(tp) != o}
+            await self._commit(due)
+            committed.update(due)
 
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until cancelled or until :meth:`stop`."""
@@ -159,6 +170,7 @@ class ProbeMember:
                 self._emit("joined", member_id=self.engine.generation.member_id)
                 task_status.started()
                 tg.start_soon(self._consume)
+                tg.start_soon(self._commit_loop)
         finally:
             with anyio.CancelScope(shield=True):
                 await self.fetcher.stop()
