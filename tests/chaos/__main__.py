@@ -1,0 +1,58 @@
+"""``python -m tests.chaos --seed N --duration S [--soak] [--nodes 1|3] --report out.json``.
+
+Starts a local Kafka (or uses ``--bootstrap``), runs the chaos schedule, writes the JSON report
+and prints the summary; exits 1 when an invariant fails or was not checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import anyio
+
+from tests.chaos.driver import FAULT_KINDS, ChaosConfig, run_chaos, write_report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, run, report."""
+    parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--duration", type=float, default=180.0, help="fault phase, seconds")
+    parser.add_argument("--soak", action="store_true", help="long randomised schedule")
+    parser.add_argument("--nodes", type=int, choices=(1, 3), default=1)
+    parser.add_argument("--member", choices=("service", "engine"), default="service")
+    parser.add_argument("--plant", default="", help="planted fault (tests only)")
+    parser.add_argument("--faults", default="", help="comma-separated fault kinds, in order")
+    parser.add_argument("--rate", type=float, default=150.0, help="records per second")
+    parser.add_argument("--report", type=Path, default=Path("chaos-report.json"))
+    parser.add_argument("--run-dir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    faults = [f for f in args.faults.split(",") if f] or None
+    if faults and not set(faults) <= set(FAULT_KINDS):
+        parser.error(f"unknown fault kinds {sorted(set(faults) - set(FAULT_KINDS))}")
+    if faults is None and not args.soak:
+        cluster = "broker_restart" if args.nodes == 1 else "node_loss"
+        faults = ["sigkill", "zombie", "join", "sigterm", "lower_budget", cluster, "sigkill"]
+    run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"chaos-{args.seed}-"))
+    config = ChaosConfig(
+        seed=args.seed,
+        duration_s=args.duration,
+        run_dir=run_dir,
+        nodes=args.nodes,
+        soak=args.soak,
+        member_kind=args.member,
+        plant=args.plant,
+        faults=faults,
+        rate=args.rate,
+    )
+    report = anyio.run(run_chaos, config)
+    report["run_dir"] = str(run_dir)
+    write_report(report, args.report)
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""What a chaos member records about itself: the sink of flushed records and the audit log.
+
+Both chaos members (the BatchingConsumer service and the engine-only member) use this, so the
+invariants read one format. Configuration comes from the environment the driver sets:
+
+* ``CHAOS_DIR``: the run directory; ``CHAOS_MEMBER``: the member's name; ``CHAOS_INC``: which
+  incarnation (restart) of it this process is;
+* ``CHAOS_PLANT``: a planted fault for showing that an invariant catches it (tests only):
+  ``commit_before_flush`` or ``no_fencing``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psutil
+
+from capgroup.types import TopicPartition
+from tests.chaos.logs import JsonLines
+
+PLANTS = frozenset({"", "commit_before_flush", "no_fencing"})
+
+
+def _tps(partitions: Iterable[TopicPartition]) -> list[list[Any]]:
+    return sorted([tp.topic, tp.partition] for tp in partitions)
+
+
+class ChaosAudit:
+    """Sink and audit writers of one member process, fsynced on every write."""
+
+    def __init__(self, directory: Path, member: str, inc: int) -> None:
+        self.member = member
+        self.inc = inc
+        self.sink = JsonLines(directory / f"sink-{member}.jsonl")
+        self.audit = JsonLines(directory / f"audit-{member}.jsonl")
+        self.max_partitions = 0
+        self.budget = 0
+        self.partition_cost = 0
+        self._process = psutil.Process()
+
+    @classmethod
+    def from_env(cls) -> ChaosAudit:
+        """The audit of the member the driver started (``CHAOS_*`` environment)."""
+        return cls(
+            Path(os.environ["CHAOS_DIR"]),
+            os.environ["CHAOS_MEMBER"],
+            int(os.environ.get("CHAOS_INC", "0")),
+        )
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """Append one audit event."""
+        self.audit.write(
+            {"kind": kind, "t": time.time(), "member": self.member, "inc": self.inc, **fields}
+        )
+
+    def start(self, *, max_partitions: int, budget: int, partition_cost: int, **extra: Any) -> None:
+        """Record the member's limits as it starts."""
+        self.max_partitions, self.budget, self.partition_cost = (
+            max_partitions,
+            budget,
+            partition_cost,
+        )
+        self.event(
+            "start",
+            pid=os.getpid(),
+            max_partitions=max_partitions,
+            budget=budget,
+            partition_cost=partition_cost,
+            **extra,
+        )
+
+    def _limits(self) -> dict[str, int]:
+        return {
+            "max_partitions": self.max_partitions,
+            "budget": self.budget,
+            "partition_cost": self.partition_cost,
+        }
+
+    def assignment(
+        self,
+        kind: str,
+        generation: int,
+        partitions: Iterable[TopicPartition],
+        changed: Iterable[TopicPartition],
+        buffered_bytes: int,
+    ) -> None:
+        """An applied assignment step: ``kind`` is ``assign``, ``revoke`` or ``lost``;
+        ``partitions`` is what the member owns afterwards."""
+        key = {"assign": "added", "revoke": "revoked", "lost": "lost"}[kind]
+        self.event(
+            kind,
+            gen=generation,
+            partitions=_tps(partitions),
+            **{key: _tps(changed)},
+            buffered_bytes=buffered_bytes,
+            **self._limits(),
+        )
+
+    def flushed(self, tp: TopicPartition, offsets: Iterable[int], generation: int) -> None:
+        """Records of one flush reached the sink (one fsync for the whole batch)."""
+        now = time.time()
+        self.sink.write(
+            *(
+                {
+                    "t": now,
+                    "member": self.member,
+                    "inc": self.inc,
+                    "gen": generation,
+                    "topic": tp.topic,
+                    "p": tp.partition,
+                    "o": o,
+                }
+                for o in offsets
+            )
+        )
+
+    def discarded(self, tp: TopicPartition, first: int, last: int, reason: str) -> None:
+        """A buffer was dropped unflushed (its records will be read again by the next owner)."""
+        self.event("discard", p=tp.partition, first=first, last=last, reason=reason)
+
+    def rss(self, buffered_bytes: int, partitions: int) -> None:
+        """One RSS sample."""
+        self.event(
+            "rss",
+            rss=self._process.memory_info().rss,
+            buffered_bytes=buffered_bytes,
+            partitions=partitions,
+            **self._limits(),
+        )
+
+    async def sample_rss(
+        self, buffered: Callable[[], int], owned: Callable[[], int], period: float = 1.0
+    ) -> None:
+        """Sample RSS every ``period`` seconds until cancelled."""
+        while True:
+            self.rss(buffered(), owned())
+            await anyio.sleep(period)
+
+    def wrap_send_commit(self, engine: Any) -> None:
+        """Audit every OffsetCommit the engine puts on the wire.
+
+        The engine's ``_send_commit`` is the single place a commit leaves the process, so
+        wrapping it records exactly what the broker was asked (and answered), including
+        commits the runtime makes internally. Private API, on purpose: this is a test probe.
+        """
+        original: Callable[..., Awaitable[Mapping[TopicPartition, int]]] = engine._send_commit
+
+        async def send_commit(
+            generation: Any, offsets: dict[TopicPartition, int], meta: str
+        ) -> Any:
+            sent = time.time()
+            rows = sorted([tp.topic, tp.partition, o] for tp, o in offsets.items())
+            try:
+                errors = await original(generation, offsets, meta)
+            except BaseException as exc:
+                self.event(
+                    "commit",
+                    t_sent=sent,
+                    gen=generation.generation_id,
+                    offsets=rows,
+                    ok=False,
+                    error=type(exc).__name__,
+                )
+                raise
+            self.event(
+                "commit",
+                t_sent=sent,
+                gen=generation.generation_id,
+                offsets=rows,
+                ok=not errors,
+                error=sorted(set(errors.values())) if errors else None,
+            )
+            return errors
+
+        engine._send_commit = send_commit
+
+    def stop(self) -> None:
+        """The member is exiting normally."""
+        self.event("stop")
+        self.sink.close()
+        self.audit.close()

@@ -1,0 +1,692 @@
+"""The chaos suite's invariants: pure functions over what a run left behind.
+
+Every function takes a :class:`RunData` (parsed sink rows, audit events, producer acks, final
+committed offsets, the driver's fault and process logs) and returns a :class:`Verdict` with the
+smallest evidence that explains a failure. Nothing here touches Kafka, files or the clock, so
+``test_invariants.py`` can feed each one a small synthetic run with a planted violation.
+
+Log shapes (JSON lines; see ``service.py`` and ``driver.py`` for the writers):
+
+* sink row: ``{"t", "member", "inc", "gen", "topic", "p", "o"}`` -- one per flushed record;
+* audit event: ``{"kind", "t", "member", "inc", ...}`` with kinds ``start``, ``assign``,
+  ``revoke``, ``lost``, ``commit``, ``discard``, ``rss`` and ``stop``;
+* producer ack: ``{"seq", "p", "o", "t"}``;
+* fault: ``{"kind", "t", "t_end", "member", ...}``; zombies carry ``t_stop`` and ``t_cont``;
+* incarnation: ``{"member", "inc", "pid", "start_t", "end_t", "max_partitions", "budget"}``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+Event = dict[str, Any]
+
+#: Faults that may, by design, cost the records a member had flushed but not yet committed.
+HARD_FAULTS = frozenset({"sigkill", "zombie", "broker_restart", "node_loss"})
+#: Faults that hit every member at once (the cluster, not one process).
+CLUSTER_FAULTS = frozenset({"broker_restart", "node_loss"})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds the invariants hold a run to; the report prints them next to the verdicts."""
+
+    session_timeout_s: float
+    #: Added to the session timeout for invariant 6 (the issue's "+ 5 s").
+    recovery_slack_s: float = 5.0
+    #: A record reaches the sink only when its batch flushes, so consumption is seen up to
+    #: one batch age late.
+    batch_age_s: float = 1.0
+    #: RSS a member may use beyond its budget: interpreter, aiokafka, sockets, fetch buffers
+    #: in flight (measured idle RSS of the service is about 60-70 MB; see docs/reliability.md).
+    rss_overhead_bytes: int = 160 * 1024 * 1024
+    #: Clock and logging slack when comparing timestamps written by different processes.
+    clock_slack_s: float = 0.5
+    #: How long partitions may stay unassigned while capacity suffices: a two-phase hand-off
+    #: takes two rebalances, each of which may wait up to the rebalance timeout for members.
+    unassigned_grace_s: float = 20.0
+
+
+@dataclass
+class RunData:
+    """Everything a run left behind, parsed; the invariants' only input."""
+
+    topic: str
+    partitions: int
+    limits: Limits
+    sinks: list[Event] = field(default_factory=list)
+    audits: list[Event] = field(default_factory=list)
+    produced: list[Event] = field(default_factory=list)
+    committed: dict[int, int | None] = field(default_factory=dict)
+    faults: list[Event] = field(default_factory=list)
+    incarnations: list[Event] = field(default_factory=list)
+    end_t: float = 0.0
+
+
+@dataclass
+class Verdict:
+    """The outcome of one invariant: passed or not, how much was checked, and evidence."""
+
+    number: int
+    name: str
+    passed: bool
+    checked: int
+    summary: str
+    evidence: list[Any] = field(default_factory=list)
+    figures: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def skipped(self) -> bool:
+        """Nothing was there to check (e.g. no zombie in the schedule): not a pass."""
+        return self.checked == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "number": self.number,
+            "name": self.name,
+            "passed": self.passed,
+            "skipped": self.skipped,
+            "checked": self.checked,
+            "summary": self.summary,
+            "evidence": self.evidence,
+            "figures": self.figures,
+        }
+
+
+# ------------------------------------------------------------------ helpers ---------
+
+
+def ranges(offsets: Iterable[int], limit: int = 10) -> list[str]:
+    """Compress offsets into ``"a-b"`` ranges (at most ``limit`` of them) for evidence."""
+    out: list[str] = []
+    run: list[int] = []
+    for o in sorted(set(offsets)):
+        if run and o == run[-1] + 1:
+            run.append(o)
+            continue
+        if run:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+        run = [o]
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return out[:limit] + ([f"... {len(out) - limit} more ranges"] if len(out) > limit else [])
+
+
+def _of(audits: Iterable[Event], kind: str) -> list[Event]:
+    return [e for e in audits if e["kind"] == kind]
+
+
+def _key(e: Event) -> tuple[str, int]:
+    return (e["member"], e["inc"])
+
+
+def incarnation_ends(data: RunData) -> dict[tuple[str, int], float]:
+    """When each member process ended: the driver's reaping time, else the run's end."""
+    ends: dict[tuple[str, int], float] = {}
+    for inc in data.incarnations:
+        end = inc.get("end_t")
+        ends[(inc["member"], inc["inc"])] = float(end) if end is not None else data.end_t
+    return ends
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """A member incarnation's claim on one partition from ``start`` to ``end``."""
+
+    member: str
+    inc: int
+    partition: int
+    gen: int
+    start: float
+    end: float
+
+
+def ownerships(data: RunData) -> list[Ownership]:
+    """Intervals during which each incarnation believed it owned each partition."""
+    ends = incarnation_ends(data)
+    by_inc: dict[tuple[str, int], list[Event]] = defaultdict(list)
+    for e in data.audits:
+        if e["kind"] in ("assign", "revoke", "lost"):
+            by_inc[_key(e)].append(e)
+    out: list[Ownership] = []
+    for key, events in by_inc.items():
+        held: dict[int, tuple[float, int]] = {}
+        for e in sorted(events, key=lambda e: e["t"]):
+            now = {p for _, p in e.get("partitions", [])}
+            for p in list(held):
+                if p not in now:
+                    start, gen = held.pop(p)
+                    out.append(Ownership(key[0], key[1], p, gen, start, e["t"]))
+            for p in now:
+                if p not in held:
+                    held[p] = (e["t"], e.get("gen", -1))
+        end = ends.get(key, data.end_t)
+        for p, (start, gen) in held.items():
+            out.append(Ownership(key[0], key[1], p, gen, start, end))
+    return out
+
+
+def _zombie_windows(data: RunData) -> dict[str, list[tuple[float, float]]]:
+    out: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for f in data.faults:
+        if f["kind"] == "zombie":
+            out[f["member"]].append((f["t_stop"], f["t_cont"]))
+    return out
+
+
+def cap_of(e: Event) -> int:
+    """Partitions a member can take according to an audit event: the tighter of its
+    ``max_partitions`` and what its budget buys at its per-partition cost."""
+    cap = int(e["max_partitions"])
+    cost = e.get("partition_cost")
+    if cost:
+        cap = min(cap, int(e["budget"]) // int(cost))
+    return cap
+
+
+# ------------------------------------------------------------------ 1 ---------------
+
+
+def no_overload(data: RunData) -> Verdict:
+    """1. No assignment above ``max_partitions``; buffered bytes never above the budget; RSS
+    never above the budget plus the fixed overhead."""
+    evidence: list[Any] = []
+    checked = 0
+    worst: dict[str, dict[str, float]] = defaultdict(lambda: {"partitions": 0.0, "bytes": 0.0})
+    for e in data.audits:
+        if e["kind"] not in ("assign", "revoke", "rss"):
+            continue
+        checked += 1
+        budget = int(e["budget"])
+        if e["kind"] in ("assign", "revoke"):
+            n = len(e["partitions"])
+            cap = int(e["max_partitions"])
+            w = worst[e["member"]]
+            w["partitions"] = max(w["partitions"], n / cap if cap else float(n > 0))
+            if n > cap:
+                evidence.append(
+                    {
+                        "member": e["member"],
+                        "inc": e["inc"],
+                        "gen": e.get("gen"),
+                        "partitions": n,
+                        "max_partitions": cap,
+                    }
+                )
+        buffered = int(e.get("buffered_bytes", 0))
+        worst[e["member"]]["bytes"] = max(worst[e["member"]]["bytes"], buffered / budget)
+        if buffered > budget:
+            evidence.append(
+                {
+                    "member": e["member"],
+                    "inc": e["inc"],
+                    "buffered_bytes": buffered,
+                    "budget": budget,
+                }
+            )
+        if e["kind"] == "rss":
+            limit = budget + data.limits.rss_overhead_bytes
+            w = worst[e["member"]]
+            w["rss"] = max(w.get("rss", 0.0), int(e["rss"]) / limit)
+            if int(e["rss"]) > limit:
+                evidence.append(
+                    {"member": e["member"], "inc": e["inc"], "rss": e["rss"], "limit": limit}
+                )
+    return Verdict(
+        1,
+        "no overload",
+        not evidence,
+        checked,
+        f"{checked} assignment/RSS observations, {len(evidence)} over a limit",
+        evidence[:20],
+        {"utilisation": {m: {k: round(v, 3) for k, v in w.items()} for m, w in worst.items()}},
+    )
+
+
+# ------------------------------------------------------------------ 2 ---------------
+
+
+def no_double_ownership(data: RunData) -> Verdict:
+    """2. No partition held by two members in one generation, and no two live owners of a
+    partition overlap in time, except with a frozen zombie (which may do nothing meanwhile)."""
+    evidence: list[Any] = []
+    owners: dict[tuple[int, int], set[str]] = defaultdict(set)
+    checked = 0
+    for e in data.audits:
+        if e["kind"] in ("assign", "revoke"):
+            checked += 1
+            for _, p in e["partitions"]:
+                owners[(e["gen"], p)].add(e["member"])
+    for (gen, p), members in sorted(owners.items()):
+        if len(members) > 1:
+            evidence.append({"generation": gen, "partition": p, "members": sorted(members)})
+    zombies = _zombie_windows(data)
+    slack = data.limits.clock_slack_s
+
+    def frozen(member: str, start: float, end: float) -> bool:
+        # The overlap is the zombie's doing if it began before the zombie woke up: the zombie
+        # still believes it owns the partition until it notices its lost session.
+        return any(s - slack <= end and start <= c + slack for s, c in zombies.get(member, ()))
+
+    by_partition: dict[int, list[Ownership]] = defaultdict(list)
+    for o in ownerships(data):
+        by_partition[o.partition].append(o)
+    for p, items in sorted(by_partition.items()):
+        items.sort(key=lambda o: o.start)
+        for i, a in enumerate(items):
+            for b in items[i + 1 :]:
+                if b.start >= a.end - slack:
+                    continue
+                if a.member == b.member:
+                    continue  # a static restart's old incarnation is gone (end_t) or frozen
+                lo, hi = max(a.start, b.start), min(a.end, b.end)
+                if frozen(a.member, lo, hi) or frozen(b.member, lo, hi):
+                    continue
+                evidence.append(
+                    {
+                        "partition": p,
+                        "overlap_s": round(hi - lo, 3),
+                        "from": round(lo, 3),
+                        "owners": [[a.member, a.inc, a.gen], [b.member, b.inc, b.gen]],
+                    }
+                )
+    return Verdict(
+        2,
+        "no double ownership",
+        not evidence,
+        checked,
+        f"{len(owners)} (generation, partition) claims; {len(evidence)} conflicts",
+        evidence[:20],
+    )
+
+
+# ------------------------------------------------------------------ 3 ---------------
+
+
+def flushed_offsets(data: RunData) -> dict[int, set[int]]:
+    """Partition -> offsets present in some sink."""
+    out: dict[int, set[int]] = defaultdict(set)
+    for r in data.sinks:
+        out[r["p"]].add(r["o"])
+    return out
+
+
+def no_loss(data: RunData) -> Verdict:
+    """3. Every acknowledged record appears in some sink file."""
+    flushed = flushed_offsets(data)
+    missing: dict[int, list[int]] = {}
+    for p, offs in _acked(data).items():
+        gone = offs - flushed.get(p, set())
+        if gone:
+            missing[p] = sorted(gone)
+    total = sum(len(v) for v in missing.values())
+    return Verdict(
+        3,
+        "no loss",
+        not missing,
+        len(data.produced),
+        f"{len(data.produced)} acknowledged records, {total} in no sink",
+        [{"partition": p, "missing": ranges(offs)} for p, offs in sorted(missing.items())],
+        {"missing": total},
+    )
+
+
+def _acked(data: RunData) -> dict[int, set[int]]:
+    out: dict[int, set[int]] = defaultdict(set)
+    for a in data.produced:
+        out[a["p"]].add(a["o"])
+    return out
+
+
+# ------------------------------------------------------------------ 4 ---------------
+
+
+def honest_commits(data: RunData) -> Verdict:
+    """4. Final committed offsets are at most 1 + the highest flushed offset with everything
+    below flushed, and every accepted commit during the run covered only records some sink had
+    already received when the commit was sent."""
+    evidence: list[Any] = []
+    first_flush: dict[tuple[int, int], float] = {}
+    for r in data.sinks:
+        key = (r["p"], r["o"])
+        if key not in first_flush or r["t"] < first_flush[key]:
+            first_flush[key] = r["t"]
+    flushed = flushed_offsets(data)
+    checked = 0
+    for p, committed in sorted(data.committed.items()):
+        if committed is None:
+            continue
+        checked += 1
+        offs = flushed.get(p, set())
+        high = max(offs) if offs else -1
+        unflushed = set(range(committed)) - offs
+        if committed > high + 1 or unflushed:
+            evidence.append(
+                {
+                    "partition": p,
+                    "committed": committed,
+                    "highest_flushed": high,
+                    "unflushed_below": ranges(unflushed, 5),
+                }
+            )
+    # Commits during the run: ``o < offset`` must have reached a sink before the commit left.
+    # Offsets ever committed for a partition only grow within one owner, so checking the
+    # newly covered range per commit is enough, but checking from 0 is simpler and still cheap
+    # thanks to the per-partition high-water mark below.
+    verified: dict[int, int] = defaultdict(int)
+    slack = data.limits.clock_slack_s
+    for c in sorted(_of(data.audits, "commit"), key=lambda c: c["t_sent"]):
+        if not c.get("ok"):
+            continue
+        for _, p, offset in c["offsets"]:
+            checked += 1
+            late = [
+                o
+                for o in range(verified[p], offset)
+                if first_flush.get((p, o), float("inf")) > c["t_sent"] + slack
+            ]
+            if late:
+                evidence.append(
+                    {
+                        "partition": p,
+                        "commit": offset,
+                        "member": c["member"],
+                        "inc": c["inc"],
+                        "gen": c["gen"],
+                        "not_flushed_before_commit": ranges(late, 5),
+                    }
+                )
+            else:
+                verified[p] = max(verified[p], offset)
+    return Verdict(
+        4,
+        "honest commits",
+        not evidence,
+        checked,
+        f"{len(data.committed)} final offsets and the accepted commits checked; "
+        f"{len(evidence)} dishonest",
+        evidence[:20],
+    )
+
+
+# ------------------------------------------------------------------ 5 ---------------
+
+
+def duplicates(data: RunData) -> list[tuple[Event, Event]]:
+    """(first flush, later flush) pairs of every record flushed more than once."""
+    first: dict[tuple[int, int], Event] = {}
+    out: list[tuple[Event, Event]] = []
+    for r in sorted(data.sinks, key=lambda r: r["t"]):
+        key = (r["p"], r["o"])
+        if key in first:
+            out.append((first[key], r))
+        else:
+            first[key] = r
+    return out
+
+
+def attribute_duplicate(data: RunData, first: Event, again: Event) -> str | None:
+    """The fault or audit event that explains why ``first``'s record was flushed again.
+
+    A hard fault of the first flusher (or of the cluster) between the two flushes explains it,
+    as does the first flusher losing the partition, discarding a buffer of it, or failing to
+    commit it. A graceful fault alone does not: SIGTERM must flush and commit.
+    """
+    lo, hi = first["t"] - data.limits.clock_slack_s, again["t"] + data.limits.clock_slack_s
+    for f in data.faults:
+        if f["kind"] not in HARD_FAULTS or not lo <= f["t"] <= hi:
+            continue
+        if f["kind"] in CLUSTER_FAULTS or f.get("member") == first["member"]:
+            return f"{f['kind']}@{f['t']:.1f}" + (f":{f['member']}" if f.get("member") else "")
+    # The second flush came from a zombie's batch, buffered before the freeze and flushed on
+    # waking before the member noticed its session was gone (its commit is then fenced).
+    session = data.limits.session_timeout_s
+    for f in data.faults:
+        if (
+            f["kind"] == "zombie"
+            and f["member"] == again["member"]
+            and f["t_stop"] - data.limits.clock_slack_s <= again["t"] <= f["t_cont"] + session
+        ):
+            return f"zombie@{f['t']:.1f}:{f['member']}"
+    for e in data.audits:
+        if e["member"] != first["member"] or not lo <= e["t"] <= hi:
+            continue
+        p = first["p"]
+        if e["kind"] == "lost" and any(q == p for _, q in e.get("lost", [])):
+            return f"lost@{e['t']:.1f}:{e['member']}"
+        if e["kind"] == "discard" and e["p"] == p:
+            return f"discard@{e['t']:.1f}:{e['member']}"
+        if e["kind"] == "commit" and not e.get("ok") and any(q == p for _, q, _ in e["offsets"]):
+            return f"commit_failed@{e['t']:.1f}:{e['member']}"
+    return None
+
+
+def bounded_duplicates(data: RunData) -> Verdict:
+    """5. Every duplicate is explained by a fault or a discarded/lost/fenced batch."""
+    by_cause: dict[str, int] = defaultdict(int)
+    unexplained: list[tuple[Event, Event]] = []
+    pairs = duplicates(data)
+    for first, again in pairs:
+        cause = attribute_duplicate(data, first, again)
+        if cause is None:
+            unexplained.append((first, again))
+        else:
+            by_cause[cause] += 1
+    evidence = [
+        {
+            "partition": a["p"],
+            "offset": a["o"],
+            "first": [a["member"], a["inc"], a["gen"], round(a["t"], 3)],
+            "again": [b["member"], b["inc"], b["gen"], round(b["t"], 3)],
+        }
+        for a, b in unexplained[:20]
+    ]
+    return Verdict(
+        5,
+        "bounded duplicates",
+        not unexplained,
+        len(data.sinks),
+        f"{len(pairs)} duplicate flushes, {len(unexplained)} unexplained",
+        evidence,
+        {"duplicates": len(pairs), "by_cause": dict(sorted(by_cause.items()))},
+    )
+
+
+# ------------------------------------------------------------------ 6 ---------------
+
+
+def generations(data: RunData) -> dict[int, dict[str, Event]]:
+    """Generation -> member -> the member's assignment event in it (the last one)."""
+    out: dict[int, dict[str, Event]] = defaultdict(dict)
+    for e in sorted(_of(data.audits, "assign"), key=lambda e: e["t"]):
+        out[e["gen"]][e["member"]] = e
+    return dict(out)
+
+
+def recovery_times(data: RunData) -> list[dict[str, Any]]:
+    """For every SIGKILL, per partition the victim owned: seconds until a record of it was
+    flushed by someone else (or by the victim's next incarnation)."""
+    out: list[dict[str, Any]] = []
+    by_partition: dict[int, list[Event]] = defaultdict(list)
+    for r in sorted(data.sinks, key=lambda r: r["t"]):
+        by_partition[r["p"]].append(r)
+    owned_at = ownerships(data)
+    for f in data.faults:
+        if f["kind"] != "sigkill":
+            continue
+        victim, t = f["member"], f["t"]
+        held = {
+            o.partition
+            for o in owned_at
+            if o.member == victim and o.inc == f.get("inc", o.inc) and o.start <= t <= o.end + 0.01
+        }
+        for p in sorted(held):
+            after = next(
+                (
+                    r
+                    for r in by_partition.get(p, [])
+                    if r["t"] > t and (r["member"], r["inc"]) != (victim, f.get("inc"))
+                ),
+                None,
+            )
+            out.append(
+                {
+                    "fault_t": t,
+                    "member": victim,
+                    "partition": p,
+                    "seconds": None if after is None else round(after["t"] - t, 3),
+                    "by": None if after is None else after["member"],
+                }
+            )
+    return out
+
+
+def _capacity_at(data: RunData, t: float) -> int:
+    """Sum of the partition caps of member incarnations alive (and not frozen) at ``t``."""
+    zombies = _zombie_windows(data)
+    starts = {_key(e): e for e in _of(data.audits, "start")}
+    total = 0
+    for inc in data.incarnations:
+        start = inc["start_t"]
+        end = inc.get("end_t") or data.end_t
+        if not start <= t <= end:
+            continue
+        if any(s <= t <= c for s, c in zombies.get(inc["member"], ())):
+            continue
+        e = starts.get((inc["member"], inc["inc"]))
+        total += cap_of(e) if e else int(inc.get("max_partitions", 0))
+    return total
+
+
+def recovery(data: RunData) -> Verdict:
+    """6. Partitions are unassigned only while capacity is short (or for a hand-off's length),
+    and a killed member's partitions are consumed again within session timeout + 5 s (plus one
+    batch age) whenever the survivors had room for them."""
+    limits = data.limits
+    evidence: list[Any] = []
+    gens = generations(data)
+    ordered = sorted(gens.items(), key=lambda kv: min(e["t"] for e in kv[1].values()))
+    short_stretches: list[dict[str, Any]] = []
+    stretch: tuple[float, int] | None = None
+    for i, (gen, members) in enumerate(ordered):
+        start = min(e["t"] for e in members.values())
+        end = (
+            min(e["t"] for e in ordered[i + 1][1].values()) if i + 1 < len(ordered) else data.end_t
+        )
+        assigned = {p for e in members.values() for _, p in e["partitions"]}
+        capacity = sum(cap_of(e) for e in members.values())
+        unassigned = data.partitions - len(assigned)
+        if unassigned and capacity < data.partitions:
+            short_stretches.append(
+                {"gen": gen, "unassigned": unassigned, "capacity": capacity, "s": end - start}
+            )
+        if unassigned and capacity >= data.partitions:
+            stretch = stretch or (start, gen)
+            if end - stretch[0] > limits.unassigned_grace_s:
+                evidence.append(
+                    {
+                        "generations": [stretch[1], gen],
+                        "unassigned": unassigned,
+                        "capacity": capacity,
+                        "lasted_s": round(end - stretch[0], 1),
+                    }
+                )
+                stretch = None
+        else:
+            stretch = None
+    bound = limits.session_timeout_s + limits.recovery_slack_s + limits.batch_age_s
+    times = recovery_times(data)
+    excused = 0
+    for r in times:
+        if r["seconds"] is not None and r["seconds"] <= bound:
+            continue
+        if _capacity_at(data, r["fault_t"] + bound) < data.partitions:
+            excused += 1
+            continue
+        evidence.append({**r, "bound_s": bound})
+    seconds = [r["seconds"] for r in times if r["seconds"] is not None]
+    figures: dict[str, Any] = {
+        "bound_s": bound,
+        "recoveries": len(times),
+        "excused_capacity_short": excused,
+        "capacity_short_generations": short_stretches,
+    }
+    if seconds:
+        figures |= {
+            "min_s": min(seconds),
+            "median_s": statistics.median(seconds),
+            "p90_s": sorted(seconds)[int(0.9 * (len(seconds) - 1))],
+            "max_s": max(seconds),
+        }
+    return Verdict(
+        6,
+        "recovery",
+        not evidence,
+        len(times) + len(ordered),
+        f"{len(ordered)} generations, {len(times)} killed partitions re-consumed "
+        f"(bound {bound:.1f} s, {excused} excused by short capacity); {len(evidence)} violations",
+        evidence[:20],
+        figures,
+    )
+
+
+# ------------------------------------------------------------------ 7 ---------------
+
+
+def zombies_never_commit(data: RunData) -> Verdict:
+    """7. A SIGSTOPped member sends no commit under its pre-freeze generation after SIGCONT."""
+    evidence: list[Any] = []
+    checked = 0
+    commits = _of(data.audits, "commit")
+    assigns = _of(data.audits, "assign")
+    for f in data.faults:
+        if f["kind"] != "zombie":
+            continue
+        checked += 1
+        before = [e for e in assigns if e["member"] == f["member"] and e["t"] <= f["t_stop"]]
+        stale_gen = max((e["gen"] for e in before), default=-1)
+        for c in commits:
+            if c["member"] != f["member"] or c["t_sent"] <= f["t_cont"]:
+                continue
+            # Generations only grow, so anything at or below the frozen one is stale.
+            if c["gen"] <= stale_gen:
+                evidence.append(
+                    {
+                        "member": c["member"],
+                        "inc": c["inc"],
+                        "gen": c["gen"],
+                        "frozen_gen": stale_gen,
+                        "sent_after_wake_s": round(c["t_sent"] - f["t_cont"], 3),
+                        "accepted": bool(c.get("ok")),
+                        "offsets": c["offsets"][:5],
+                    }
+                )
+    return Verdict(
+        7,
+        "zombies never commit",
+        not evidence,
+        checked,
+        f"{checked} zombies; {len(evidence)} commits sent after waking under a stale generation",
+        evidence[:20],
+    )
+
+
+ALL: Sequence[Callable[[RunData], Verdict]] = (
+    no_overload,
+    no_double_ownership,
+    no_loss,
+    honest_commits,
+    bounded_duplicates,
+    recovery,
+    zombies_never_commit,
+)
+
+
+def check_all(data: RunData) -> list[Verdict]:
+    """Every invariant's verdict, in order."""
+    return [check(data) for check in ALL]

@@ -1,0 +1,340 @@
+"""Each chaos invariant on a small synthetic run: it passes the clean run and catches a
+planted violation. No broker needed."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from tests.chaos import invariants as inv
+from tests.chaos.invariants import Limits, RunData
+
+T0 = 1000.0
+TOPIC = "t"
+
+
+def _assign(member: str, gen: int, t: float, parts: list[int], **extra: Any) -> dict[str, Any]:
+    return {
+        "kind": "assign",
+        "t": t,
+        "member": member,
+        "inc": 0,
+        "gen": gen,
+        "partitions": [[TOPIC, p] for p in parts],
+        "buffered_bytes": 100,
+        "max_partitions": 2,
+        "budget": 10_000,
+        **extra,
+    }
+
+
+def _sink(member: str, gen: int, t: float, p: int, offsets: range) -> list[dict[str, Any]]:
+    return [
+        {"t": t, "member": member, "inc": 0, "gen": gen, "topic": TOPIC, "p": p, "o": o}
+        for o in offsets
+    ]
+
+
+def _commit(member: str, gen: int, t: float, offsets: dict[int, int], ok: bool = True) -> Any:
+    return {
+        "kind": "commit",
+        "t": t + 0.01,
+        "t_sent": t,
+        "member": member,
+        "inc": 0,
+        "gen": gen,
+        "offsets": [[TOPIC, p, o] for p, o in offsets.items()],
+        "ok": ok,
+    }
+
+
+def clean_run() -> RunData:
+    """Two members of capacity 2 share 4 partitions; b is killed at T0+20 and restarted,
+    a zombie freeze of a happens at T0+40; every record is flushed and committed."""
+    audits = [
+        {"kind": "start", "t": T0, "member": m, "inc": 0, "max_partitions": 2, "budget": 10_000}
+        for m in ("a", "b")
+    ]
+    audits += [
+        _assign("a", 1, T0 + 1, [0, 1]),
+        _assign("b", 1, T0 + 1, [2, 3]),
+        {
+            "kind": "rss",
+            "t": T0 + 5,
+            "member": "a",
+            "inc": 0,
+            "rss": 50_000_000,
+            "buffered_bytes": 500,
+            "budget": 10_000,
+            "max_partitions": 2,
+        },
+    ]
+    sinks = []
+    for p, m in ((0, "a"), (1, "a"), (2, "b"), (3, "b")):
+        sinks += _sink(m, 1, T0 + 10, p, range(10))
+    audits += [_commit("a", 1, T0 + 11, {0: 10, 1: 10}), _commit("b", 1, T0 + 11, {2: 10, 3: 10})]
+    # b is killed at T0+20; its incarnation 1 comes back with the same partitions in gen 2.
+    audits += [
+        {
+            "kind": "start",
+            "t": T0 + 22,
+            "member": "b",
+            "inc": 1,
+            "max_partitions": 2,
+            "budget": 10_000,
+        },
+        {**_assign("b", 2, T0 + 27, [2, 3]), "inc": 1},
+        _assign("a", 2, T0 + 27, [0, 1]),
+    ]
+    # b's incarnation 0 flushed 10-11 of partition 2 but died before committing: incarnation 1
+    # flushes them again (duplicates explained by the kill).
+    sinks += _sink("b", 1, T0 + 19, 2, range(10, 12))
+    sinks += [{**r, "inc": 1} for r in _sink("b", 2, T0 + 28, 2, range(10, 20))]
+    sinks += [{**r, "inc": 1} for r in _sink("b", 2, T0 + 28, 3, range(10, 20))]
+    sinks += _sink("a", 2, T0 + 28, 0, range(10, 20)) + _sink("a", 2, T0 + 28, 1, range(10, 20))
+    audits += [
+        {**_commit("b", 2, T0 + 29, {2: 20, 3: 20}), "inc": 1},
+        _commit("a", 2, T0 + 29, {0: 20, 1: 20}),
+    ]
+    # a is frozen at T0+40 and woken at T0+50; its commit attempt after waking is refused
+    # locally (never sent), so nothing is audited; it rejoins in gen 3.
+    audits += [_assign("a", 3, T0 + 52, [0, 1]), {**_assign("b", 3, T0 + 52, [2, 3]), "inc": 1}]
+    produced = [
+        {"seq": i, "p": p, "o": o, "t": T0}
+        for i, (p, o) in enumerate((p, o) for p in range(4) for o in range(20))
+    ]
+    return RunData(
+        topic=TOPIC,
+        partitions=4,
+        limits=Limits(session_timeout_s=6.0),
+        sinks=sinks,
+        audits=audits,
+        produced=produced,
+        committed={0: 20, 1: 20, 2: 20, 3: 20},
+        faults=[
+            {"kind": "sigkill", "t": T0 + 20, "t_end": T0 + 22, "member": "b", "inc": 0},
+            {
+                "kind": "zombie",
+                "t": T0 + 40,
+                "t_stop": T0 + 40,
+                "t_cont": T0 + 50,
+                "t_end": T0 + 50,
+                "member": "a",
+                "inc": 0,
+            },
+        ],
+        incarnations=[
+            {"member": "a", "inc": 0, "start_t": T0, "end_t": None, "max_partitions": 2},
+            {"member": "b", "inc": 0, "start_t": T0, "end_t": T0 + 20, "max_partitions": 2},
+            {"member": "b", "inc": 1, "start_t": T0 + 22, "end_t": None, "max_partitions": 2},
+        ],
+        end_t=T0 + 60,
+    )
+
+
+def test_clean_run_passes_every_invariant() -> None:
+    verdicts = inv.check_all(clean_run())
+    failed = [(v.name, v.evidence) for v in verdicts if not v.passed]
+    assert not failed
+    assert [v.number for v in verdicts] == [1, 2, 3, 4, 5, 6, 7]
+    assert not any(v.skipped for v in verdicts)
+    dup = verdicts[4]
+    assert dup.figures["duplicates"] == 2
+    assert list(dup.figures["by_cause"]) == ["sigkill@1020.0:b"]
+
+
+def test_ranges_compresses_offsets() -> None:
+    assert inv.ranges([5, 1, 2, 3, 7]) == ["1-3", "5", "7"]
+    assert inv.ranges(range(0, 100, 2), limit=2) == ["0", "2", "... 48 more ranges"]
+
+
+# ------------------------------------------------------------------ planted faults ---
+
+
+def test_overload_partitions_caught() -> None:
+    run = clean_run()
+    run.audits.append(_assign("a", 4, T0 + 55, [0, 1, 2]))
+    v = inv.no_overload(run)
+    assert not v.passed
+    assert v.evidence == [{"member": "a", "inc": 0, "gen": 4, "partitions": 3, "max_partitions": 2}]
+
+
+def test_overload_bytes_and_rss_caught() -> None:
+    run = clean_run()
+    run.audits.append(
+        {
+            "kind": "rss",
+            "t": T0 + 30,
+            "member": "b",
+            "inc": 1,
+            "rss": 10_000 + 200 * 2**20,
+            "buffered_bytes": 10_001,
+            "budget": 10_000,
+            "max_partitions": 2,
+        }
+    )
+    v = inv.no_overload(run)
+    assert not v.passed
+    assert {"member": "b", "inc": 1, "buffered_bytes": 10_001, "budget": 10_000} in v.evidence
+    assert any("rss" in e for e in v.evidence)
+
+
+def test_same_generation_double_owner_caught() -> None:
+    run = clean_run()
+    run.audits.append(_assign("b", 3, T0 + 53, [2, 3, 0]))
+    v = inv.no_double_ownership(run)
+    assert not v.passed
+    assert {"generation": 3, "partition": 0, "members": ["a", "b"]} in v.evidence
+
+
+def test_overlap_in_time_caught_but_zombie_overlap_allowed() -> None:
+    run = clean_run()
+    # c takes partition 0 in a generation of its own while a still holds it, a not frozen.
+    run.audits.append({**_assign("c", 9, T0 + 30, [0]), "member": "c"})
+    run.incarnations.append({"member": "c", "inc": 0, "start_t": T0 + 29, "end_t": T0 + 35})
+    v = inv.no_double_ownership(run)
+    assert not v.passed
+    assert v.evidence[0]["partition"] == 0
+    assert sorted(o[0] for o in v.evidence[0]["owners"]) == ["a", "c"]
+    # The same overlap while a is frozen (SIGSTOP) is the hand-off away from a zombie.
+    zombie = copy.deepcopy(run)
+    zombie.faults.append(
+        {"kind": "zombie", "t": T0 + 29, "t_stop": T0 + 29, "t_cont": T0 + 36, "member": "a"}
+    )
+    assert inv.no_double_ownership(zombie).passed
+
+
+def test_loss_caught() -> None:
+    run = clean_run()
+    run.sinks = [r for r in run.sinks if not (r["p"] == 1 and 12 <= r["o"] <= 14)]
+    v = inv.no_loss(run)
+    assert not v.passed
+    assert v.evidence == [{"partition": 1, "missing": ["12-14"]}]
+
+
+def test_commit_past_flush_caught_at_the_end() -> None:
+    run = clean_run()
+    run.committed[3] = 25
+    v = inv.honest_commits(run)
+    assert not v.passed
+    assert v.evidence[0]["partition"] == 3
+    assert v.evidence[0]["highest_flushed"] == 19
+
+
+def test_commit_before_flush_caught_during_the_run() -> None:
+    run = clean_run()
+    # a commits 0..29 of partition 0 before flushing 20..29 (they reach the sink later):
+    # the final offsets look honest, the commit was not.
+    run.audits.append(_commit("a", 3, T0 + 53, {0: 30}))
+    run.sinks += _sink("a", 3, T0 + 58, 0, range(20, 30))
+    run.committed[0] = 30
+    v = inv.honest_commits(run)
+    assert not v.passed
+    assert v.evidence == [
+        {
+            "partition": 0,
+            "commit": 30,
+            "member": "a",
+            "inc": 0,
+            "gen": 3,
+            "not_flushed_before_commit": ["20-29"],
+        }
+    ]
+
+
+def test_unexplained_duplicate_caught() -> None:
+    run = clean_run()
+    # a flushes partition 0's 5..6 again in gen 2 with no fault, loss or discard to explain it.
+    run.sinks += _sink("a", 2, T0 + 30, 0, range(5, 7))
+    v = inv.bounded_duplicates(run)
+    assert not v.passed
+    assert [e["offset"] for e in v.evidence] == [5, 6]
+    # A discard audited by the first flusher explains them.
+    run.audits.append(
+        {
+            "kind": "discard",
+            "t": T0 + 15,
+            "member": "a",
+            "inc": 0,
+            "p": 0,
+            "first": 5,
+            "last": 6,
+            "reason": "revoke",
+        }
+    )
+    assert inv.bounded_duplicates(run).passed
+
+
+def test_graceful_stop_does_not_excuse_duplicates() -> None:
+    run = clean_run()
+    run.sinks += _sink("a", 2, T0 + 30, 0, range(5, 7))
+    run.faults.append({"kind": "sigterm", "t": T0 + 25, "t_end": T0 + 26, "member": "a"})
+    assert not inv.bounded_duplicates(run).passed
+
+
+def test_slow_recovery_caught() -> None:
+    run = clean_run()
+    # Nobody flushes partition 3 again until 40 s after b's kill though capacity was there.
+    run.sinks = [r for r in run.sinks if not (r["p"] == 3 and r["t"] > T0 + 20)]
+    run.sinks += [{**r, "inc": 1} for r in _sink("b", 2, T0 + 60, 3, range(10, 20))]
+    v = inv.recovery(run)
+    assert not v.passed
+    assert v.evidence[0]["partition"] == 3
+    assert v.evidence[0]["seconds"] == 40.0
+
+
+def test_slow_recovery_excused_when_capacity_is_short() -> None:
+    run = clean_run()
+    run.sinks = [r for r in run.sinks if not (r["p"] == 3 and r["t"] > T0 + 20)]
+    run.sinks += [{**r, "inc": 1} for r in _sink("b", 2, T0 + 60, 3, range(10, 20))]
+    # b's restart came late: until then a alone (capacity 2) cannot hold 4 partitions.
+    run.incarnations[2]["start_t"] = T0 + 55
+    v = inv.recovery(run)
+    assert v.passed, v.evidence
+    assert v.figures["excused_capacity_short"] >= 1
+
+
+def test_unassigned_with_spare_capacity_caught() -> None:
+    run = clean_run()
+    # Generations 4..6 leave partition 3 unassigned for 30 s though a and b have room.
+    for gen, t in ((4, T0 + 60), (5, T0 + 75), (6, T0 + 90)):
+        run.audits += [_assign("a", gen, t, [0, 1]), {**_assign("b", gen, t, [2]), "inc": 1}]
+    run.end_t = T0 + 100
+    v = inv.recovery(run)
+    assert not v.passed
+    assert v.evidence[0]["unassigned"] == 1
+
+
+def test_unassigned_while_capacity_short_is_allowed_and_reported() -> None:
+    run = clean_run()
+    for gen, t in ((4, T0 + 60), (5, T0 + 75), (6, T0 + 90)):
+        run.audits += [_assign("a", gen, t, [0, 1])]
+    run.end_t = T0 + 100
+    v = inv.recovery(run)
+    assert v.passed, v.evidence
+    assert len(v.figures["capacity_short_generations"]) == 3
+
+
+def test_zombie_commit_after_wake_caught() -> None:
+    run = clean_run()
+    run.audits.append({**_commit("a", 2, T0 + 50.3, {0: 20}, ok=False), "error": "25"})
+    v = inv.zombies_never_commit(run)
+    assert not v.passed
+    assert v.evidence[0]["gen"] == 2
+    assert v.evidence[0]["frozen_gen"] == 2
+    assert v.evidence[0]["accepted"] is False
+
+
+def test_zombie_commit_under_new_generation_is_fine() -> None:
+    run = clean_run()
+    run.audits.append(_commit("a", 3, T0 + 53, {0: 20}))
+    assert inv.zombies_never_commit(run).passed
+
+
+@pytest.mark.parametrize("check", inv.ALL, ids=lambda c: c.__name__)
+def test_empty_run_is_skipped_not_passed(check: Any) -> None:
+    empty = RunData(topic=TOPIC, partitions=4, limits=Limits(session_timeout_s=6.0))
+    verdict = check(empty)
+    assert verdict.skipped
