@@ -441,6 +441,16 @@ class MembershipEngine:
         )
         if revoked:
             self.request_rejoin("revoked partitions must be released to their new owners")
+        if self._advertised is not None and _exceeds(assigned, self._advertised):
+            # A static member restarting with a lower budget is answered from the broker's
+            # cache, without the leader seeing the new budget: ask for a real rebalance.
+            _log.warning(
+                "assignment_exceeds_capacity",
+                generation=generation.generation_id,
+                assigned=len(assigned),
+                max_partitions=self._advertised.max_partitions,
+            )
+            self.request_rejoin("assignment exceeds the advertised capacity")
 
     def _mark_lost(self, reason: str) -> None:
         """The generation is gone: no commit may use it from now on. Listener callbacks run
@@ -572,9 +582,9 @@ class MembershipEngine:
         generation.
 
         Waits while a join or sync is in flight, so call it from a task of its own: a fetch
-        loop that awaited it would stall retained partitions for the whole rebalance. Raises :class:`CommitFencedError` when a
-        partition is not owned in a live generation (nothing is committed then; never retry
-        it), and :class:`CommitFailedError` when the commit cannot complete within the
+        loop that awaited it would stall retained partitions for the whole rebalance. Raises
+        :class:`CommitFencedError` when a partition is not owned in a live generation (nothing
+        is committed then; never retry it), and :class:`CommitFailedError` when the commit cannot complete within the
         rebalance timeout.
         """
         if not offsets:
@@ -819,6 +829,13 @@ def _subscription(raw: bytes) -> list[str]:
         return list(decode_member_metadata(raw).topics)
     except MetadataDecodeError:  # another member's bytes: plan_group reports them
         return []
+
+
+def _exceeds(assigned: frozenset[TopicPartition], adv: CapacityAdvertisement) -> bool:
+    """Whether ``assigned`` breaks the member's own advertised budget."""
+    if len(assigned) > adv.max_partitions:
+        return True
+    return sum(adv.cost_of(tp.topic) for tp in assigned) > adv.memory_budget_bytes
 
 
 def _limits(adv: CapacityAdvertisement) -> tuple[Any, ...]:

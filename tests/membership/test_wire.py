@@ -9,7 +9,7 @@ from structlog.testing import capture_logs
 
 from capgroup.assignor.model import CapacityAdvertisement, OwnedPartition
 from capgroup.membership import wire
-from capgroup.membership.engine import _decode_assignment, _limits
+from capgroup.membership.engine import _decode_assignment, _exceeds, _limits
 from capgroup.membership.model import NO_GENERATION, Generation
 from capgroup.protocol.consumer import encode_member_assignment
 from capgroup.types import TopicPartition
@@ -89,3 +89,16 @@ def test_capacity_change_ignores_ownership() -> None:
     )
     assert _limits(lowered) != _limits(base)
     assert _limits(draining) != _limits(base)
+
+
+def test_assignment_over_own_budget_is_detected() -> None:
+    adv = CapacityAdvertisement(
+        max_partitions=2,
+        memory_budget_bytes=250,
+        partition_bytes={"big": 200},
+        default_partition_bytes=100,
+    )
+    two = frozenset({TopicPartition("t", 0), TopicPartition("t", 1)})
+    assert not _exceeds(two, adv)
+    assert _exceeds(two | {TopicPartition("t", 2)}, adv)
+    assert _exceeds(frozenset({TopicPartition("big", 0), TopicPartition("t", 0)}), adv)
