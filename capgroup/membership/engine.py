@@ -584,8 +584,8 @@ class MembershipEngine:
         Waits while a join or sync is in flight, so call it from a task of its own: a fetch
         loop that awaited it would stall retained partitions for the whole rebalance. Raises
         :class:`CommitFencedError` when a partition is not owned in a live generation (nothing
-        is committed then; never retry it), and :class:`CommitFailedError` when the commit cannot complete within the
-        rebalance timeout.
+        is committed then; never retry it), and :class:`CommitFailedError` when the commit
+        cannot complete within the rebalance timeout.
         """
         if not offsets:
             return
