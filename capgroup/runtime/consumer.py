@@ -377,8 +377,10 @@ class BatchingConsumer(ABC):
         self._ran = True
         settings = self._settings
         bind_member(group_id=settings.group_id)
+        # One fetch response never carries more than the partitions we may own can hold.
         fetch_bytes = max(
-            settings.max_partition_fetch_bytes, min(self._budget_bytes, MAX_FETCH_BYTES)
+            settings.max_partition_fetch_bytes,
+            min(self._max_partitions * settings.max_partition_fetch_bytes, MAX_FETCH_BYTES),
         )
         fetcher = PartitionFetcher(settings, fetch_max_bytes=fetch_bytes)
         engine = self._engine = MembershipEngine(

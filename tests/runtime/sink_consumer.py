@@ -1,7 +1,9 @@
 """A BatchingConsumer for process tests, run with ``capgroup run``.
 
 Each flush appends one JSON line per batch to ``SINK_PATH`` and fsyncs it, so a SIGKILL loses
-nothing that was flushed. Knobs (environment): ``SINK_FLUSH_DELAY_S`` sleeps in every flush.
+nothing that was flushed. Knobs (environment): ``SINK_FLUSH_DELAY_S`` sleeps in every flush;
+``SINK_SEEN_PATH`` names a file the deserializer appends every fetched offset to, so a test can
+tell records are buffered (not fsynced: it is a progress hint, not evidence).
 """
 
 from __future__ import annotations
@@ -12,11 +14,19 @@ import time
 
 import anyio
 
-from capgroup import Batch, BatchingConsumer
+from capgroup import Batch, BatchingConsumer, Record
 
 
 class SinkConsumer(BatchingConsumer):
     """Writes ``{"partition", "first", "last", "offsets", "bytes", "buffered", ...}`` per batch."""
+
+    def deserialize(self, record: Record) -> Record:
+        """Note the offset as seen, when asked to."""
+        seen = os.environ.get("SINK_SEEN_PATH")
+        if seen:
+            with open(seen, "a", encoding="utf-8") as out:
+                out.write(f"{record.partition} {record.offset}\n")
+        return record
 
     async def flush(self, batch: Batch) -> None:
         """Append the batch to the sink file (fsynced)."""
