@@ -165,9 +165,15 @@ def _resolve_claims(grp: _Group, generation: int) -> _Claims:
     for i, js, gens, owned in claimed:
         simple = -1 not in js and max(gens) <= generation and contested.isdisjoint(js)
         if simple:
-            for j in js:
-                owner[j] = i
-            mine[i] = sorted(js)
+            lo, hi = min(js), max(js)
+            if hi - lo + 1 == len(js) == len(set(js)):
+                # Exactly a range of partitions (what water-filling hands out): slice it.
+                owner[lo : hi + 1] = [i] * len(js)
+                mine[i] = list(range(lo, hi + 1))
+            else:
+                for j in js:
+                    owner[j] = i
+                mine[i] = sorted(js)
             if any(map(_RATE_OF, owned)):
                 rate.update(zip(js, map(_clean_rate, map(_RATE_OF, owned)), strict=True))
             continue
@@ -786,6 +792,9 @@ def _output(grp: _Group, st: _State, claims: _Claims, notes: list[str]) -> Plan:
     moves: list[tuple[int, int, int]] = []  # (partition, from, to)
     kept = 0
     for i, js in claims.mine.items():
+        if js[-1] - js[0] + 1 == len(js) and target[js[0] : js[-1] + 1].count(i) == len(js):
+            kept += len(js)  # a range kept whole, checked in one C-level pass
+            continue
         away = [j for j in js if target[j] != i]
         kept += len(js) - len(away)
         moves.extend((j, i, target[j]) for j in away if target[j] >= 0)
