@@ -72,7 +72,7 @@ from capgroup.runtime.stats import ConsumerStats, Counters, IngressRates
 from capgroup.settings import CapgroupSettings, SettingsError, load_settings
 from capgroup.types import TopicPartition
 
-__all__ = ["BatchingConsumer", "ShutdownForcedError"]
+__all__ = ["RSS_SLACK_BYTES", "BatchingConsumer", "ShutdownForcedError", "rss_overhead_bytes"]
 
 _log = get_logger("consumer")
 
@@ -84,6 +84,8 @@ MAX_FETCH_BYTES = 50 * 1024 * 1024
 SHUTDOWN_COMMIT_SHARE = 0.2
 #: Upper bound of that reserve, seconds.
 SHUTDOWN_COMMIT_RESERVE_MAX = 3.0
+#: Allocator slack and per-record objects on top of the buffers and fetch responses.
+RSS_SLACK_BYTES = 4 * 1024 * 1024
 #: Wait before a commit that failed (not fenced) is attempted again.
 COMMIT_RETRY_SECONDS = 1.0
 
@@ -138,6 +140,18 @@ class _Listener:
 
     async def on_partitions_lost(self, change: AssignmentChange) -> None:
         await self._consumer._on_lost(change)
+
+
+def rss_overhead_bytes(partitions: int, max_partition_fetch_bytes: int) -> int:
+    """How far a member's RSS may grow beyond its buffer budget under a sustained burst.
+
+    The ledger counts buffered and in-flight records against the budget. On top of it come the
+    fetch responses aiokafka holds, up to one per owned partition, each once as raw bytes and
+    once as decoded records (part of the advertised per-partition cost, not of the ledger), and
+    :data:`RSS_SLACK_BYTES`. RSS grows from the idle member's baseline (interpreter, clients,
+    group session) by at most ``budget + rss_overhead_bytes(...)``; the burst test checks it.
+    """
+    return 2 * partitions * max_partition_fetch_bytes + RSS_SLACK_BYTES
 
 
 def _names(partitions: Iterable[TopicPartition]) -> list[str]:
@@ -720,12 +734,20 @@ class BatchingConsumer(ABC):
                         with anyio.move_on_at(math.inf if due_at is None else due_at):
                             await wake.wait()
                         continue
-                    batch = state.buffer.take(now)
-                    self._tracker.batch_cut(state.tp, state.epoch, batch)
                     async with self._rt.flush_limiter:
-                        await self._flush_and_settle(state, batch, reason)
+                        await self._cut_and_flush(state, reason)
         finally:
             state.worker_done.set()
+
+    async def _cut_and_flush(self, state: PartitionState, reason: FlushReason) -> None:
+        # Cut only once a flush slot is ours, so the batch holds what arrived meanwhile. The
+        # batch lives in this frame alone: once settled (and released from the ledger) it must
+        # be garbage, not held by a waiting worker loop outside the budget.
+        if state.stopped or not state.buffer:
+            return
+        batch = state.buffer.take(anyio.current_time())
+        self._tracker.batch_cut(state.tp, state.epoch, batch)
+        await self._flush_and_settle(state, batch, reason)
 
     async def _flush_and_settle(self, state: PartitionState, batch: Batch, reason: str) -> None:
         outcome = BatchOutcome.DISCARDED

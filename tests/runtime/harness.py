@@ -3,6 +3,7 @@ in-process runs, a producer of numbered records, and readers of committed offset
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -198,6 +199,19 @@ async def read_topic(bootstrap: str, topic: str, expected: int, within: float = 
     finally:
         await consumer.stop()
     return records
+
+
+def log_events(stderr: str) -> list[dict[str, Any]]:
+    """The JSON log events a consumer process wrote (other lines are skipped)."""
+    events = []
+    for line in stderr.splitlines():
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
 
 
 class ConsumerProcess:

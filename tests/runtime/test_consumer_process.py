@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from tests.runtime.harness import (
     Recorder,
     committed_offsets,
     consumer_settings,
+    log_events,
     process,
     produce,
     running,
@@ -46,17 +46,6 @@ def flushed_offsets(sink: Path, partition: int) -> list[int]:
 def seen_count(path: Path) -> int:
     """How many records the sink consumer's deserializer has seen."""
     return len(path.read_text().splitlines()) if path.exists() else 0
-
-
-def log_events(stderr: str) -> list[dict[str, Any]]:
-    """The JSON log events a consumer process wrote."""
-    events = []
-    for line in stderr.splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return events
 
 
 async def test_sigkill_with_buffered_records_loses_nothing(

@@ -10,7 +10,17 @@ import pytest
 
 import capgroup
 
-MODULES = ["batch", "offsets", "policy", "retry", "memory"]
+MODULES = [
+    "batch",
+    "offsets",
+    "policy",
+    "retry",
+    "memory",
+    "consumer",
+    "stats",
+    "partition",
+    "deadletter",
+]
 
 
 def _module(name: str) -> ModuleType:
@@ -25,6 +35,10 @@ def _module(name: str) -> ModuleType:
         ("FlushReason", "batch"),
         ("RevokeAction", "policy"),
         ("FailurePolicy", "retry"),
+        ("BatchingConsumer", "consumer"),
+        ("ShutdownForcedError", "consumer"),
+        ("ConsumerStats", "stats"),
+        ("Counters", "stats"),
     ],
 )
 def test_package_reexports_runtime_names(name: str, module: str) -> None:
