@@ -97,10 +97,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small grid, 3 runs each")
     parser.add_argument("--runs", type=int, default=0, help="runs per timing (median)")
     parser.add_argument("--no-memory", action="store_true", help="skip the tracemalloc run")
+    parser.add_argument("--rates", action="store_true", help="partitions carry ingress rates")
+    parser.add_argument(
+        "--only", default="", help="comma-separated PARTITIONSxMEMBERS, e.g. 100000x1000"
+    )
     args = parser.parse_args(argv)
     grid = QUICK if args.quick else FULL
+    if args.only:
+        grid = [tuple(map(int, pair.split("x"))) for pair in args.only.split(",")]  # type: ignore[misc]
     runs = args.runs or (3 if args.quick else 5)
-    print(f"python {sys.version.split()[0]}, median of {runs} runs")
+    rates = " with exponential ingress rates" if args.rates else ""
+    print(f"python {sys.version.split()[0]}, median of {runs} runs{rates}")
     print(REFERENCES)
     header = (
         f"{'partitions':>10} {'members':>7} {'case':>7} {'median ms':>10} "
@@ -109,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(header)
     print("-" * len(header))
     for n_parts, n_members in grid:
-        members, partitions = synthetic_group(n_parts, n_members, seed=1)
+        members, partitions = synthetic_group(n_parts, n_members, seed=1, rates=args.rates)
         fresh = assign(members, partitions, 1)
         survivors = without_member(after_rebalance(members, fresh, 1), n_members // 2)
         for case, group, generation in (("fresh", members, 1), ("remove1", survivors, 2)):

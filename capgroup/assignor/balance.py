@@ -582,16 +582,17 @@ def _place_free(st: _State, free: list[int]) -> list[int]:
         g = tgroup[ptopic[run[0]]]
         if g < 0:
             unplaced.extend(run)
-        elif len(run) > 1:
+        elif len(run) >= len(st.gmembers[g]):
+            # Long runs are filled in one go; short ones would pay O(members) each.
             unplaced.extend(_water_fill(st, g, run))
         else:
-            j = run[0]
-            i = recv.best(g)
-            if i < 0:
-                unplaced.append(j)
-            else:
-                st.add(i, j)
-                recv.rose(i, g)
+            for j in run:
+                i = recv.best(g)
+                if i < 0:
+                    unplaced.append(j)
+                else:
+                    st.add(i, j)
+                    recv.rose(i, g)
     return unplaced
 
 
@@ -692,55 +693,91 @@ def _improves(st: _State, a: int, b: int, u: int) -> bool:
     return b >= 0 and (st.load[b] + u) * st.weight[a] < st.load[a] * st.weight[b]
 
 
-def _lightest(st: _State, owner: list[int]) -> list[dict[int, int]]:
-    """Per member and group: the smallest load unit it holds there."""
-    lightest: list[dict[int, int]] = [{} for _ in st.cap]
-    if len(st.gmembers) == 1 and st.uniform and st.unit:
-        u = st.unit[0]
-        for per, n in zip(lightest, st.count, strict=True):
-            if n:
-                per[0] = u
-        return lightest
-    unit, tgroup, ptopic = st.unit, st.tgroup, st.ptopic
-    for j, i in enumerate(st.target):
-        if i >= 0:
-            per = lightest[i]
-            g = tgroup[ptopic[j]]
-            if unit[j] < per.get(g, 1 << 62):
-                per[g] = unit[j]
-    return lightest
+def _already_balanced(st: _State, recv: _Receivers) -> bool:
+    """Cheap exact check for uniform loads, where both move rules reduce to one."""
+    u = st.unit[0]
+    gmembers = st.gmembers
+    for a, n in enumerate(st.count):
+        if n:
+            for g in st.mgroups[a] if len(gmembers) > 1 else (0,):
+                if _improves(st, a, recv.best(g, exclude=a), u):
+                    return False
+    return True
+
+
+@dataclass(slots=True)
+class _Holdings:
+    """What each member holds, split the way the balance rules look at it."""
+
+    #: member -> group -> min-heap of (load unit, partition) it did not validly own.
+    fresh: list[dict[int, list[tuple[int, int]]]]
+    #: member -> group -> min-heap of (load unit, partition) it validly owns.
+    kept: list[dict[int, list[tuple[int, int]]]]
+    #: member -> lazy max-heap of (-load unit, partition) over everything it holds.
+    heavy: list[list[tuple[int, int]]]
+
+    @classmethod
+    def build(cls, st: _State, owner: list[int]) -> _Holdings:
+        n = len(st.cap)
+        hd = cls([{} for _ in range(n)], [{} for _ in range(n)], [[] for _ in range(n)])
+        unit, tgroup, ptopic = st.unit, st.tgroup, st.ptopic
+        for j, i in enumerate(st.target):
+            if i >= 0:
+                side = hd.kept if owner[j] == i else hd.fresh
+                side[i].setdefault(tgroup[ptopic[j]], []).append((unit[j], j))
+                hd.heavy[i].append((-unit[j], j))
+        for per in (*hd.fresh, *hd.kept):
+            for h in per.values():
+                heapq.heapify(h)
+        for h in hd.heavy:
+            heapq.heapify(h)
+        return hd
+
+    def heaviest(self, st: _State, a: int) -> int:
+        h = self.heavy[a]
+        while h and st.target[h[0][1]] != a:
+            heapq.heappop(h)
+        return -h[0][0] if h else 0
+
+    def gain(self, st: _State, owner: list[int], b: int, g: int, u: int, j: int) -> None:
+        side = self.kept if owner[j] == b else self.fresh
+        heapq.heappush(side[b].setdefault(g, []), (u, j))
+        heapq.heappush(self.heavy[b], (-u, j))
+
+
+def _next_move(
+    st: _State, recv: _Receivers, hd: _Holdings, a: int
+) -> tuple[list[tuple[int, int]], int, int] | None:
+    """The move the balance rules allow from ``a``: (heap to pop, group, receiver)."""
+    for g in sorted(hd.fresh[a].keys() | hd.kept[a].keys()):
+        fresh, kept = hd.fresh[a].get(g), hd.kept[a].get(g)
+        if not fresh and not kept:
+            continue
+        b = recv.best(g, exclude=a)
+        if fresh and _improves(st, a, b, fresh[0][0]):
+            return fresh, g, b
+        if kept and _improves(st, a, b, hd.heaviest(st, a)):
+            return kept, g, b
+    return None
 
 
 def _balance(st: _State, owner: list[int]) -> int:
     """Move partitions from the most loaded members while a move strictly helps.
 
-    A move of ``p`` from ``a`` to ``b`` happens only if ``(load_b + u_p) / w_b <
-    load_a / w_a``, where ``b`` is the receiver placement would pick. Each move lowers the
-    sorted vector of normalized loads, so the loop ends, and its stopping condition depends
-    on the state alone: a balanced plan fed back as ownership is left exactly as it is.
+    ``b`` is always the receiver placement would pick. A partition ``p`` that ``a`` did not
+    own before moves if ``(load_b + u_p) / w_b < load_a / w_a``. A partition ``a`` owns
+    moves only if that holds even with ``u_p`` replaced by the heaviest unit ``a`` holds,
+    so owners are not churned for less than one partition's worth of imbalance. With
+    uniform loads both rules are the same. Every move lowers the sorted vector of
+    normalized loads, so the loop ends; the stopping condition depends on the state alone,
+    and a plan fed back as ownership (the stricter rule then applies) stays as it is.
     Returns the number of moves.
     """
     recv = _Receivers(st)
-    lightest = _lightest(st, owner)
-    if not any(
-        _improves(st, a, recv.best(g, exclude=a), u)
-        for a, per in enumerate(lightest)
-        for g, u in per.items()
-    ):
+    if st.uniform and (not st.unit or _already_balanced(st, recv)):
         return 0
-    n = len(st.cap)
-    unit, ptopic, tgroup, load, weight = st.unit, st.ptopic, st.tgroup, st.load, st.weight
-    # Per member and group: a heap of (load unit, owned-by-holder, partition). The lightest
-    # partition is the easiest to move; among equals, one the member did not own before.
-    hold: list[dict[int, list[tuple[int, int, int]]]] = [{} for _ in range(n)]
-    for j, i in enumerate(st.target):
-        if i >= 0:
-            hold[i].setdefault(tgroup[ptopic[j]], []).append(
-                (unit[j], 1 if owner[j] == i else 0, j)
-            )
-    for per_member in hold:
-        for h in per_member.values():
-            heapq.heapify(h)
+    hd = _Holdings.build(st, owner)
+    load, weight, n = st.load, st.weight, len(st.cap)
     moves = 0
     progress = True
     while progress:
@@ -751,25 +788,20 @@ def _balance(st: _State, owner: list[int]) -> int:
             _, a, v = heapq.heappop(donors)
             if v != st.ver[a]:
                 continue
-            for g in sorted(hold[a]):
-                h = hold[a][g]
-                if not h:
-                    continue
-                u, _, j = h[0]
-                b = recv.best(g, exclude=a)
-                if not _improves(st, a, b, u):
-                    continue
-                heapq.heappop(h)
-                st.remove(a, j)
-                st.add(b, j)
-                heapq.heappush(hold[b].setdefault(g, []), (u, 1 if owner[j] == b else 0, j))
-                recv.fell(a)
-                recv.rose(b, g)
-                heapq.heappush(donors, (-load[a] / weight[a], a, st.ver[a]))
-                heapq.heappush(donors, (-load[b] / weight[b], b, st.ver[b]))
-                progress = True
-                moves += 1
-                break
+            found = _next_move(st, recv, hd, a)
+            if found is None:
+                continue
+            heap, g, b = found
+            u, j = heapq.heappop(heap)
+            st.remove(a, j)
+            st.add(b, j)
+            hd.gain(st, owner, b, g, u, j)
+            recv.fell(a)
+            recv.rose(b, g)
+            heapq.heappush(donors, (-load[a] / weight[a], a, st.ver[a]))
+            heapq.heappush(donors, (-load[b] / weight[b], b, st.ver[b]))
+            progress = True
+            moves += 1
     return moves
 
 
