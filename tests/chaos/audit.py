@@ -5,8 +5,9 @@ invariants read one format. Configuration comes from the environment the driver 
 
 * ``CHAOS_DIR``: the run directory; ``CHAOS_MEMBER``: the member's name; ``CHAOS_INC``: which
   incarnation (restart) of it this process is;
-* ``CHAOS_PLANT``: a planted fault for showing that an invariant catches it (tests only):
-  ``commit_before_flush`` or ``no_fencing``.
+* ``CHAOS_PLANT``: a planted fault for showing that an invariant catches it (tests only; see
+  :mod:`tests.chaos.service` for the list; the engine-only member knows
+  ``commit_before_flush`` and ``no_fencing``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,20 @@ import psutil
 from capgroup.types import TopicPartition
 from tests.chaos.logs import JsonLines
 
-PLANTS = frozenset({"", "commit_before_flush", "no_fencing"})
+PLANTS = frozenset(
+    {
+        "",
+        "overcommit",
+        "ignore_revoke",
+        "commit_before_flush",
+        "drop_revoke_commits",
+        "slow_takeover",
+        "no_fencing",
+    }
+)
+#: How far ``commit_before_flush`` lets the commit run ahead of the flush: longer than the
+#: invariants' clock slack, so the honest-commit check can tell the order apart.
+PLANTED_FLUSH_DELAY_S = 1.5
 
 
 def _tps(partitions: Iterable[TopicPartition]) -> list[list[Any]]:

@@ -26,7 +26,7 @@ from capgroup.membership.model import AssignmentChange, Generation
 from capgroup.runtime.fetcher import PartitionFetcher
 from capgroup.settings import CapgroupSettings, load_settings
 from capgroup.types import TopicPartition
-from tests.chaos.audit import PLANTS, ChaosAudit
+from tests.chaos.audit import PLANTED_FLUSH_DELAY_S, PLANTS, ChaosAudit
 
 
 @dataclass
@@ -140,9 +140,9 @@ class EngineChaosMember:
 
     async def _flush(self, due: dict[TopicPartition, _Buffer]) -> None:
         if self.plant == "commit_before_flush":
-            # Planted: the commit goes first and the flush comes half a second later.
+            # Planted: the commit goes first and the flush comes PLANTED_FLUSH_DELAY_S later.
             await self._commit({tp: b.offsets[-1] + 1 for tp, b in due.items() if b.offsets})
-            await anyio.sleep(0.5)
+            await anyio.sleep(PLANTED_FLUSH_DELAY_S)
             self._write(due)
             return
         await self._commit(self._write(due))

@@ -192,6 +192,25 @@ def cap_of(e: Event) -> int:
 # ------------------------------------------------------------------ 1 ---------------
 
 
+def _overload_context(data: RunData, e: Event, cap: int) -> dict[str, Any]:
+    """Where an over-cap assignment came from: the incarnation's first assignment (a static
+    member's cached one after a restart) or not, and how long until it was back under the cap
+    (``None``: never)."""
+    steps = sorted(
+        (
+            a
+            for a in data.audits
+            if _key(a) == _key(e) and a["kind"] in ("assign", "revoke", "lost")
+        ),
+        key=lambda a: a["t"],
+    )
+    later = [a for a in steps if a["t"] > e["t"] and len(a["partitions"]) <= cap]
+    return {
+        "first_assignment": bool(steps) and steps[0] is e,
+        "held_s": round(later[0]["t"] - e["t"], 3) if later else None,
+    }
+
+
 def no_overload(data: RunData) -> Verdict:
     """1. No assignment above ``max_partitions``; buffered bytes never above the budget; RSS
     never above the budget plus the fixed overhead."""
@@ -216,6 +235,7 @@ def no_overload(data: RunData) -> Verdict:
                         "gen": e.get("gen"),
                         "partitions": n,
                         "max_partitions": cap,
+                        **_overload_context(data, e, cap),
                     }
                 )
         buffered = int(e.get("buffered_bytes", 0))
@@ -554,7 +574,7 @@ def _capacity_at(data: RunData, t: float) -> int:
     for inc in data.incarnations:
         start = inc["start_t"]
         end = inc.get("end_t") or data.end_t
-        if not start <= t <= end:
+        if not start <= t < end:
             continue
         if any(s <= t <= c for s, c in zombies.get(inc["member"], ())):
             continue
@@ -569,31 +589,41 @@ def recovery(data: RunData) -> Verdict:
     batch age) whenever the survivors had room for them."""
     limits = data.limits
     evidence: list[Any] = []
-    gens = generations(data)
-    ordered = sorted(gens.items(), key=lambda kv: min(e["t"] for e in kv[1].values()))
+    # Walk the run in time: at every ownership change, who holds what (each incarnation's
+    # latest state carries forward; a member that kept its partitions through a rebalance
+    # reports nothing) against the capacity of the members alive and not frozen then.
+    owned = ownerships(data)
+    changes = {o.start for o in owned} | {o.end for o in owned}
+    changes |= {float(i["start_t"]) for i in data.incarnations}
+    changes |= {float(i["end_t"]) for i in data.incarnations if i.get("end_t")}
+    changes |= {f[k] for f in data.faults if f["kind"] == "zombie" for k in ("t_stop", "t_cont")}
+    first = min((o.start for o in owned), default=data.end_t)
+    moments = sorted(t for t in changes | {data.end_t} if first <= t <= data.end_t)
     short_stretches: list[dict[str, Any]] = []
-    stretch: tuple[float, int] | None = None
-    for i, (gen, members) in enumerate(ordered):
-        start = min(e["t"] for e in members.values())
-        end = (
-            min(e["t"] for e in ordered[i + 1][1].values()) if i + 1 < len(ordered) else data.end_t
-        )
-        assigned = {p for e in members.values() for _, p in e["partitions"]}
-        capacity = sum(cap_of(e) for e in members.values())
+    stretch: float | None = None
+    short: dict[str, Any] | None = None
+    for i, t in enumerate(moments[:-1]):
+        following = moments[i + 1]
+        assigned = {o.partition for o in owned if o.start <= t < o.end}
         unassigned = data.partitions - len(assigned)
+        capacity = _capacity_at(data, t)
         if unassigned and capacity < data.partitions:
-            short_stretches.append(
-                {"gen": gen, "unassigned": unassigned, "capacity": capacity, "s": end - start}
-            )
+            if short is None:
+                short = {"from": round(t, 1), "unassigned": unassigned, "capacity": capacity}
+                short_stretches.append(short)
+            short["unassigned"] = max(short["unassigned"], unassigned)
+            short["s"] = round(following - short["from"], 1)
+        else:
+            short = None
         if unassigned and capacity >= data.partitions:
-            stretch = stretch or (start, gen)
-            if end - stretch[0] > limits.unassigned_grace_s:
+            stretch = t if stretch is None else stretch
+            if following - stretch > limits.unassigned_grace_s:
                 evidence.append(
                     {
-                        "generations": [stretch[1], gen],
-                        "unassigned": unassigned,
+                        "from": round(stretch, 1),
+                        "unassigned": sorted(set(range(data.partitions)) - assigned),
                         "capacity": capacity,
-                        "lasted_s": round(end - stretch[0], 1),
+                        "lasted_s": round(following - stretch, 1),
                     }
                 )
                 stretch = None
@@ -614,7 +644,7 @@ def recovery(data: RunData) -> Verdict:
         "bound_s": bound,
         "recoveries": len(times),
         "excused_capacity_short": excused,
-        "capacity_short_generations": short_stretches,
+        "capacity_short_stretches": short_stretches,
     }
     if seconds:
         figures |= {
@@ -627,8 +657,8 @@ def recovery(data: RunData) -> Verdict:
         6,
         "recovery",
         not evidence,
-        len(times) + len(ordered),
-        f"{len(ordered)} generations, {len(times)} killed partitions re-consumed "
+        len(times) + len(moments) - 1,
+        f"{len(moments) - 1} ownership changes, {len(times)} killed partitions re-consumed "
         f"(bound {bound:.1f} s, {excused} excused by short capacity); {len(evidence)} violations",
         evidence[:20],
         figures,

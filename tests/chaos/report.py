@@ -91,14 +91,16 @@ def summary(report: dict[str, Any]) -> str:
             f"min {rec.get('min_s')} median {rec.get('median_s')} p90 {rec.get('p90_s')} "
             f"max {rec.get('max_s')}; excused (capacity short) {rec['excused_capacity_short']}"
         )
-    short = rec.get("capacity_short_generations", [])
+    short = rec.get("capacity_short_stretches", [])
     if short:
+        examples = ", ".join(
+            f"{s['unassigned']} unassigned at capacity {s['capacity']} for {s.get('s')} s"
+            for s in short[:3]
+        )
+        total = sum(s.get("s", 0) for s in short)
         lines.append(
-            f"generations with capacity short: {len(short)} (e.g. "
-            + ", ".join(
-                f"g{s['gen']}: {s['unassigned']} unassigned, cap {s['capacity']}" for s in short[:3]
-            )
-            + ")"
+            f"capacity short with partitions unassigned: {len(short)} stretches, "
+            f"{total:.1f} s in all (e.g. {examples})"
         )
     lines.append("invariants:")
     for v in report["verdicts"]:

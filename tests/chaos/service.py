@@ -10,32 +10,43 @@ settings (each member its own ``max_partitions`` and ``memory_budget_bytes``) an
   ``max_partitions``, budget), every revoke decision that discards a batch, every OffsetCommit
   that leaves the process with the broker's answer, and an RSS sample every second.
 
-Planted faults (``CHAOS_PLANT``), for showing that the invariants catch them; they exist only
-here, in tests:
+Planted faults (``CHAOS_PLANT``) show that each invariant catches what it is meant to; they
+exist only here, in tests:
 
-``commit_before_flush``  each flush first commits the batch's end offset, then writes the
-                         sink half a second later (a runtime committing ahead of its flush);
+``overcommit``           advertises twice its ``max_partitions`` and budget (invariant 1);
+``ignore_revoke``        keeps consuming partitions the group revoked (invariant 2);
+``commit_before_flush``  each flush commits the batch's end offset first and writes the sink
+                         ``PLANTED_FLUSH_DELAY_S`` later (invariants 3 and 4);
+``drop_revoke_commits``  flushes revoked and shut-down partitions but silently skips their
+                         final commit (invariant 5);
+``slow_takeover``        sits 20 s in ``on_assign`` for every gain except a first start's, so
+                         taken-over partitions wait (invariant 6);
 ``no_fencing``           the engine ignores its *local* evidence of a lost session (no
                          heartbeat for a whole session, e.g. after SIGSTOP), so a woken zombie
                          flushes and commits under its stale generation until the broker says
-                         no.
+                         no (invariant 7).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
 
 from capgroup import Batch, BatchingConsumer, RevokeAction
+from capgroup.assignor.model import CapacityAdvertisement
 from capgroup.membership.model import AssignmentChange
 from capgroup.types import TopicPartition
-from tests.chaos.audit import PLANTS, ChaosAudit
+from tests.chaos.audit import PLANTED_FLUSH_DELAY_S, PLANTS, ChaosAudit
 
 #: Local reasons for declaring the generation lost that ``no_fencing`` ignores.
 _LOCAL_FENCING = ("no successful heartbeat", "without heartbeat")
+#: How long ``slow_takeover`` sits in ``on_assign``.
+SLOW_TAKEOVER_S = 20.0
 
 
 class ChaosService(BatchingConsumer):
@@ -48,6 +59,8 @@ class ChaosService(BatchingConsumer):
         if self.plant not in PLANTS:
             raise ValueError(f"unknown CHAOS_PLANT {self.plant!r}; known: {sorted(PLANTS)}")
         self._instrumented = False
+        self._assigned_once = False
+        self._revoking = False
         self._owned: frozenset[TopicPartition] = frozenset()
         self.audit.start(
             max_partitions=self.settings.max_partitions,
@@ -88,6 +101,25 @@ class ChaosService(BatchingConsumer):
                     mark_lost(reason)
 
             engine._mark_lost = lenient
+        if self.plant == "drop_revoke_commits":
+            commit = engine.commit
+
+            async def forgetful(offsets: Mapping[TopicPartition, int], metadata: str = "") -> None:
+                if self._revoking or self._stopping:
+                    return
+                await commit(offsets, metadata)
+
+            engine.commit = forgetful
+
+    def _capacity(self) -> CapacityAdvertisement:
+        advertised = super()._capacity()
+        if self.plant != "overcommit":
+            return advertised
+        return dataclasses.replace(
+            advertised,
+            max_partitions=2 * advertised.max_partitions,
+            memory_budget_bytes=2 * advertised.memory_budget_bytes,
+        )
 
     # ------------------------------------------------------------------ hooks ---------
     async def flush(self, batch: Batch) -> None:
@@ -96,7 +128,7 @@ class ChaosService(BatchingConsumer):
         generation = self.generation.generation_id
         if self.plant == "commit_before_flush" and self.engine is not None:
             await self.engine.commit({batch.tp: batch.last_offset + 1})
-            await anyio.sleep(0.5)
+            await anyio.sleep(PLANTED_FLUSH_DELAY_S)
         self.audit.flushed(batch.tp, (r.offset for r in batch.records), generation)
 
     async def on_revoke(self, batch: Batch, deadline: float) -> RevokeAction:
@@ -113,6 +145,11 @@ class ChaosService(BatchingConsumer):
         self.audit.assignment(
             "assign", self.generation.generation_id, self._owned, partitions, self._buffered()
         )
+        # Every gain but a first start's: a restarted incarnation's first assignment is a
+        # takeover too (the partitions of the process it replaces).
+        if self.plant == "slow_takeover" and (self._assigned_once or self.audit.inc > 0):
+            await anyio.sleep(SLOW_TAKEOVER_S)
+        self._assigned_once = True
 
     async def on_lost(self, partitions: frozenset[TopicPartition]) -> None:
         """Record the loss (buffers already discarded, nothing committed)."""
@@ -122,7 +159,13 @@ class ChaosService(BatchingConsumer):
     async def _on_revoked(self, change: AssignmentChange) -> None:
         # Revokes of partitions with empty buffers never reach on_revoke, so the audit hooks
         # the runtime's own revoke step: the partitions are given up once it returns.
-        await super()._on_revoked(change)
+        if self.plant == "ignore_revoke":
+            return
+        self._revoking = True
+        try:
+            await super()._on_revoked(change)
+        finally:
+            self._revoking = False
         self._owned = self._owned - change.partitions
         self.audit.assignment(
             "revoke",

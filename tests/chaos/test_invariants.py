@@ -158,7 +158,17 @@ def test_overload_partitions_caught() -> None:
     run.audits.append(_assign("a", 4, T0 + 55, [0, 1, 2]))
     v = inv.no_overload(run)
     assert not v.passed
-    assert v.evidence == [{"member": "a", "inc": 0, "gen": 4, "partitions": 3, "max_partitions": 2}]
+    assert v.evidence == [
+        {
+            "member": "a",
+            "inc": 0,
+            "gen": 4,
+            "partitions": 3,
+            "max_partitions": 2,
+            "first_assignment": False,
+            "held_s": None,
+        }
+    ]
 
 
 def test_overload_bytes_and_rss_caught() -> None:
@@ -304,17 +314,21 @@ def test_unassigned_with_spare_capacity_caught() -> None:
     run.end_t = T0 + 100
     v = inv.recovery(run)
     assert not v.passed
-    assert v.evidence[0]["unassigned"] == 1
+    assert v.evidence[0]["unassigned"] == [3]
 
 
 def test_unassigned_while_capacity_short_is_allowed_and_reported() -> None:
     run = clean_run()
-    for gen, t in ((4, T0 + 60), (5, T0 + 75), (6, T0 + 90)):
-        run.audits += [_assign("a", gen, t, [0, 1])]
+    # b's second incarnation dies at T0+58 for good: a alone (capacity 2) leaves 2 and 3
+    # unassigned for the remaining 42 s, which is no violation, only a reported shortage.
+    run.incarnations[2]["end_t"] = T0 + 58
     run.end_t = T0 + 100
     v = inv.recovery(run)
     assert v.passed, v.evidence
-    assert len(v.figures["capacity_short_generations"]) == 3
+    # The first shortage is b's kill at T0+20 (until its restart at T0+22).
+    killed, gone = v.figures["capacity_short_stretches"]
+    assert killed == {"from": T0 + 20, "unassigned": 2, "capacity": 2, "s": 2.0}
+    assert gone == {"from": T0 + 58, "unassigned": 2, "capacity": 2, "s": 42.0}
 
 
 def test_zombie_commit_after_wake_caught() -> None:
