@@ -86,6 +86,8 @@ SHUTDOWN_COMMIT_SHARE = 0.2
 SHUTDOWN_COMMIT_RESERVE_MAX = 3.0
 #: Allocator slack and per-record objects on top of the buffers and fetch responses.
 RSS_SLACK_BYTES = 4 * 1024 * 1024
+#: How long the engine may take to leave the group after the shutdown's last commit.
+ENGINE_STOP_GRACE_SECONDS = 5.0
 #: Wait before a commit that failed (not fenced) is attempted again.
 COMMIT_RETRY_SECONDS = 1.0
 
@@ -433,6 +435,10 @@ class BatchingConsumer(ABC):
                 await live.stop_requested.wait()
                 await self._shutdown()
                 engine.stop()
+                # A JoinGroup in flight can hold the engine for the whole rebalance timeout;
+                # the shutdown deadline wins (the engine still sends LeaveGroup, shielded).
+                await anyio.sleep(ENGINE_STOP_GRACE_SECONDS)
+                tg.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             error = _single_error(group)
             if error is None:
@@ -992,7 +998,6 @@ class BatchingConsumer(ABC):
             self._shed_to = None
             self._rt.engine.request_rejoin("rss back below the soft limit")
         elif previous is WatchdogLevel.NORMAL:
-            self._counters.memory_pressure_events += 1
             self._shed_to = shed_capacity(
                 len(self.assignment),
                 rss,
