@@ -41,7 +41,12 @@ from aiokafka.errors import KafkaError
 from anyio.abc import TaskGroup, TaskStatus
 
 from capgroup.assignor.model import CapacityAdvertisement
-from capgroup.errors import CapgroupError, CommitFailedError, CommitFencedError
+from capgroup.errors import (
+    CapgroupError,
+    CommitFailedError,
+    CommitFencedError,
+    leaf_exceptions,
+)
 from capgroup.log import bind_member, get_logger
 from capgroup.membership.engine import MembershipEngine
 from capgroup.membership.model import (
@@ -161,16 +166,10 @@ def _names(partitions: Iterable[TopicPartition]) -> list[str]:
 
 
 def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
-    """The only real error inside ``group`` (nested groups flattened), if there is one."""
-    leaves: list[BaseException] = []
-    pending: list[BaseException] = [group]
-    while pending:
-        exc = pending.pop()
-        if isinstance(exc, BaseExceptionGroup):
-            pending.extend(exc.exceptions)
-        elif not isinstance(exc, anyio.get_cancelled_exc_class()):
-            leaves.append(exc)
-    return leaves[0] if len(leaves) == 1 else None
+    """The only real error inside ``group`` (cancellations aside), if there is exactly one."""
+    cancelled = anyio.get_cancelled_exc_class()
+    errors = [e for e in leaf_exceptions(group) if not isinstance(e, cancelled)]
+    return errors[0] if len(errors) == 1 else None
 
 
 async def _close_quietly(close: Callable[[], Awaitable[None]]) -> None:

@@ -123,6 +123,24 @@ async def test_second_signal_forces_exit_without_committing(
     assert (await committed_offsets(bootstrap, group, [tp]))[tp] is None
 
 
+async def test_fenced_static_twin_exits_3_with_a_clear_message(
+    kafka: Any, topic_factory: Any, unique_id: Any, tmp_path: Path
+) -> None:
+    topic = await topic_factory(partitions=1)
+    settings = consumer_settings(
+        kafka.bootstrap_servers, unique_id("g"), topic, group_instance_id="pod-0"
+    )
+    async with process(ConsumerProcess(tmp_path / "a.jsonl", settings)) as a:
+        await wait_until(lambda: "partitions_assigned" in a.stderr(), 30, "a to join")
+        async with process(ConsumerProcess(tmp_path / "b.jsonl", settings)) as b:
+            code = await a.wait_exit(30)
+            assert code == 3, a.stderr()[-3000:]
+            assert "CAPGROUP_GROUP_INSTANCE_ID" in a.stderr()
+            assert "Traceback" not in a.stderr()
+            assert b.proc is not None
+            assert b.proc.poll() is None, "the twin keeps running"
+
+
 def capgroup_run(target: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """``capgroup run TARGET`` with only ``env`` as CAPGROUP_* settings."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("CAPGROUP_")}
