@@ -92,6 +92,12 @@ def current_assignment(events: list[dict[str, Any]]) -> tuple[int, set[tuple[str
     return generation, owned
 
 
+def last_generation(events: list[dict[str, Any]]) -> int:
+    """The last generation the member was in, whether or not its partitions changed."""
+    generations = [e["generation"] for e in events if e["event"] == "generation"]
+    return max(generations, default=-1)
+
+
 async def wait_until(predicate: Callable[[], bool], within: float, what: str) -> None:
     """Poll ``predicate`` until true, failing with ``what`` after ``within`` seconds."""
     deadline = anyio.current_time() + within

@@ -26,6 +26,7 @@ from capgroup.errors import (
     GroupFatalError,
     leaf_exceptions,
 )
+from capgroup.log import configure_logging
 from capgroup.membership.engine import MembershipEngine
 from capgroup.membership.model import AssignmentChange
 from capgroup.runtime.fetcher import PartitionFetcher
@@ -130,7 +131,13 @@ class ProbeMember:
         )
 
     async def _consume(self) -> None:
+        seen_generation = -1
         while True:
+            generation = self.engine.generation.generation_id
+            if generation != seen_generation:
+                # Also marks generations in which this member's partitions did not change.
+                self._emit("generation", generation=generation)
+                seen_generation = generation
             batches = await self.fetcher.fetch(timeout_ms=200)
             for tp, records in batches.items():
                 if tp not in self.engine.assignment:
@@ -191,6 +198,7 @@ async def _main(sink_path: str) -> None:
 
 async def _serve(sink_path: str) -> None:
     settings = load_settings()
+    configure_logging(settings.log_level, "json")
     with open(sink_path, "a", encoding="utf-8") as stream:  # noqa: ASYNC230 - opened once
         member = ProbeMember(settings, file_sink(stream), os.environ.get("PROBE_NAME", "probe"))
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:

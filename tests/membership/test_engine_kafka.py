@@ -21,6 +21,7 @@ from tests.membership.harness import (
     MemberProcess,
     current_assignment,
     in_process_group,
+    last_generation,
     member_settings,
     now,
     process_settings,
@@ -248,7 +249,8 @@ async def test_static_member_restart_keeps_assignment_without_rebalance(
             "3/3 assignment",
         )
         await anyio.sleep(1)
-        generation_before, watcher_before = current_assignment(watcher.events())
+        _, watcher_before = current_assignment(watcher.events())
+        generation_before = last_generation(watcher.events())
         _, static_before = current_assignment(first.events())
         first.signal(signal.SIGTERM)
         assert first.proc is not None
@@ -263,13 +265,15 @@ async def test_static_member_restart_keeps_assignment_without_rebalance(
                 "restarted member assigned",
             )
             await anyio.sleep(3)
-            generation_after, watcher_after = current_assignment(watcher.events())
+            _, watcher_after = current_assignment(watcher.events())
+            generation_after = last_generation(watcher.events())
             _, static_after = current_assignment(second.events())
     assert static_after == static_before
     assert watcher_after == watcher_before
     assert generation_after == generation_before, "the watcher went through a rebalance"
     restarted = [e for e in second.events() if e["event"] == "assigned"]
     assert restarted[0]["generation"] == generation_before
+    assert last_generation(second.events()) == generation_before
 
 
 class _GarbageMetadataEngine(MembershipEngine):
