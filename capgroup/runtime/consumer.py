@@ -752,7 +752,11 @@ class BatchingConsumer(ABC):
             return
         batch = state.buffer.take(anyio.current_time())
         self._tracker.batch_cut(state.tp, state.epoch, batch)
-        await self._flush_and_settle(state, batch, reason)
+        state.flushing = True
+        try:
+            await self._flush_and_settle(state, batch, reason)
+        finally:
+            state.flushing = False
 
     async def _flush_and_settle(self, state: PartitionState, batch: Batch, reason: str) -> None:
         outcome = BatchOutcome.DISCARDED
@@ -883,6 +887,10 @@ class BatchingConsumer(ABC):
         self, state: PartitionState, deadline: float, reason: FlushReason
     ) -> None:
         state.close_worker()
+        if not state.flushing:
+            # Idle, or waiting for a flush slot behind other partitions: it holds no batch, and
+            # the hand-off must not queue behind unrelated flushes.
+            state.worker_scope.cancel()
         try:
             await state.worker_done.wait()
         finally:

@@ -36,6 +36,8 @@ class PartitionState:
     force: FlushReason | None = None
     #: Whether the fetcher holds this partition for backpressure.
     held: bool = False
+    #: Whether the worker has a batch cut and in flight.
+    flushing: bool = False
     #: Cancelling it cancels the worker, including a flush in flight (loss, overrun deadline).
     worker_scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     #: Set when the worker task has finished (its last batch is settled).

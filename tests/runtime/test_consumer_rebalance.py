@@ -134,3 +134,43 @@ async def test_lost_generation_discards_buffers_and_commits_nothing(
     assert a.offsets(p0) == list(range(10)) * 2
     assert a.offsets(p1) == list(range(3)), "p1 flushed once, by the shutdown"
     assert a.stats.counters.records_discarded >= 3
+
+
+async def test_revoke_during_flushes_waits_for_the_batch_in_flight_then_flushes_the_rest(
+    kafka: Any, topic_factory: Any, unique_id: Any
+) -> None:
+    bootstrap = kafka.bootstrap_servers
+    topic = await topic_factory(partitions=2)
+    group = unique_id("g")
+    tps = [TopicPartition(topic, p) for p in range(2)]
+    for tp in tps:
+        await produce(bootstrap, topic, tp.partition, 15)
+    # One flush slot and slow flushes: at the revoke, the moved partition is either flushing
+    # its first batch or queued behind the other partition's flush.
+    a = Recorder(
+        "a",
+        **consumer_settings(
+            bootstrap,
+            group,
+            topic,
+            batch_max_records=10,
+            batch_max_age_ms=600_000,
+            flush_concurrency=1,
+            max_partitions=2,
+        ),
+    )
+    a.flush_delay = 1.5
+    a.revoke_action = RevokeAction.FLUSH
+    b = Recorder(
+        "b", **consumer_settings(bootstrap, group, topic, batch_max_age_ms=200, max_partitions=2)
+    )
+    async with running(a) as start:
+        await wait_until(lambda: bool(a.flush_calls), 20, "a's first flush to start")
+        await start(b)
+        await wait_until(lambda: bool(a.revoked), 30, "a revoke hook call")
+        moved = a.revoked[0][0].tp
+        await wait_until(lambda: moved in b.assignment, 30, "b to own the moved partition")
+        assert (await committed_offsets(bootstrap, group, [moved]))[moved] == 15
+        await produce(bootstrap, topic, moved.partition, 5, start=15)
+        await wait_until(lambda: b.offsets(moved) == list(range(15, 20)), 20, "b from 15")
+    assert a.offsets(moved) == list(range(15))
