@@ -10,7 +10,22 @@ from capgroup.assignor.model import (
     PendingMove,
     Plan,
 )
+from capgroup.errors import (
+    CapgroupError,
+    CommitFailedError,
+    CommitFencedError,
+    FencedInstanceError,
+    GroupFatalError,
+)
 from capgroup.log import bind_member, configure_logging, get_logger
+from capgroup.membership.engine import MembershipEngine
+from capgroup.membership.model import (
+    AssignmentChange,
+    AssignmentListener,
+    Generation,
+    MembershipSnapshot,
+    MemberState,
+)
 from capgroup.protocol import (
     AdvertisementEncodeError,
     AdvertisementTooLargeError,
@@ -33,18 +48,29 @@ __version__ = "0.1.0"
 __all__ = [
     "AdvertisementEncodeError",
     "AdvertisementTooLargeError",
+    "AssignmentChange",
     "AssignmentInfo",
+    "AssignmentListener",
     "Batch",
     "BatchingConsumer",
     "CapacityAdvertisement",
     "CapacityAwareAssignor",
+    "CapgroupError",
     "CapgroupSettings",
+    "CommitFailedError",
+    "CommitFencedError",
     "ConsumerStats",
     "Counters",
     "FailurePolicy",
+    "FencedInstanceError",
     "FlushReason",
+    "Generation",
+    "GroupFatalError",
     "GroupPlan",
     "MemberSpec",
+    "MemberState",
+    "MembershipEngine",
+    "MembershipSnapshot",
     "MetadataDecodeError",
     "OwnedPartition",
     "PartitionSpec",
