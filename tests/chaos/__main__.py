@@ -7,6 +7,7 @@ and prints the summary; exits 1 when an invariant fails or was not checked.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -48,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         faults=faults,
         rate=args.rate,
     )
+    # SIGTERM must unwind like Ctrl-C, so the driver's cleanup reaps every member process
+    # and broker it started instead of leaving them orphaned.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     report = anyio.run(run_chaos, config)
     report["run_dir"] = str(run_dir)
     write_report(report, args.report)

@@ -103,9 +103,10 @@ class ChaosAudit:
         changed: Iterable[TopicPartition],
         buffered_bytes: int,
     ) -> None:
-        """An applied assignment step: ``kind`` is ``assign``, ``revoke`` or ``lost``;
-        ``partitions`` is what the member owns afterwards."""
-        key = {"assign": "added", "revoke": "revoked", "lost": "lost"}[kind]
+        """An applied assignment step: ``kind`` is ``assign``, ``revoke``, ``lost`` or ``stop``
+        (shutdown drained and committed everything; the member leaves or, if static, waits to
+        be replaced); ``partitions`` is what the member owns afterwards."""
+        key = {"assign": "added", "revoke": "revoked", "lost": "lost", "stop": "released"}[kind]
         self.event(
             kind,
             gen=generation,
@@ -195,6 +196,6 @@ class ChaosAudit:
 
     def stop(self) -> None:
         """The member is exiting normally."""
-        self.event("stop")
+        self.event("exit")
         self.sink.close()
         self.audit.close()

@@ -208,6 +208,10 @@ class EngineChaosMember:
         with anyio.move_on_after(self.settings.shutdown_timeout_ms / 1000):
             async with self._lock:
                 await self._flush(dict(self._buffers))
+        released, self._owned = set(self._owned), set()
+        self.audit.assignment(
+            "stop", self.engine.generation.generation_id, self._owned, released, self.buffered()
+        )
         self.engine.stop()
 
 

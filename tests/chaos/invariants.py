@@ -9,7 +9,8 @@ Log shapes (JSON lines; see ``service.py`` and ``driver.py`` for the writers):
 
 * sink row: ``{"t", "member", "inc", "gen", "topic", "p", "o"}`` -- one per flushed record;
 * audit event: ``{"kind", "t", "member", "inc", ...}`` with kinds ``start``, ``assign``,
-  ``revoke``, ``lost``, ``commit``, ``discard``, ``rss`` and ``stop``;
+  ``revoke``, ``lost``, ``stop`` (graceful shutdown done: owns nothing from here),
+  ``commit``, ``discard`` and ``rss``;
 * producer ack: ``{"seq", "p", "o", "t"}``;
 * fault: ``{"kind", "t", "t_end", "member", ...}``; zombies carry ``t_stop`` and ``t_cont``;
 * incarnation: ``{"member", "inc", "pid", "start_t", "end_t", "max_partitions", "budget"}``.
@@ -151,7 +152,7 @@ def ownerships(data: RunData) -> list[Ownership]:
     ends = incarnation_ends(data)
     by_inc: dict[tuple[str, int], list[Event]] = defaultdict(list)
     for e in data.audits:
-        if e["kind"] in ("assign", "revoke", "lost"):
+        if e["kind"] in ("assign", "revoke", "lost", "stop"):
             by_inc[_key(e)].append(e)
     out: list[Ownership] = []
     for key, events in by_inc.items():
@@ -200,7 +201,7 @@ def _overload_context(data: RunData, e: Event, cap: int) -> dict[str, Any]:
         (
             a
             for a in data.audits
-            if _key(a) == _key(e) and a["kind"] in ("assign", "revoke", "lost")
+            if _key(a) == _key(e) and a["kind"] in ("assign", "revoke", "lost", "stop")
         ),
         key=lambda a: a["t"],
     )

@@ -156,6 +156,19 @@ class ChaosService(BatchingConsumer):
         self._owned = self._owned - partitions
         self.audit.assignment("lost", -1, self._owned, partitions, self._buffered())
 
+    async def _shutdown(self) -> None:
+        # Graceful shutdown flushed and committed everything; from here the member takes no
+        # records and is about to leave (the group may hand its partitions on at once).
+        self._revoking = True
+        try:
+            await super()._shutdown()
+        finally:
+            self._revoking = False
+        released, self._owned = self._owned, frozenset()
+        self.audit.assignment(
+            "stop", self.generation.generation_id, self._owned, released, self._buffered()
+        )
+
     async def _on_revoked(self, change: AssignmentChange) -> None:
         # Revokes of partitions with empty buffers never reach on_revoke, so the audit hooks
         # the runtime's own revoke step: the partitions are given up once it returns.

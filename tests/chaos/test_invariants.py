@@ -352,3 +352,15 @@ def test_empty_run_is_skipped_not_passed(check: Any) -> None:
     empty = RunData(topic=TOPIC, partitions=4, limits=Limits(session_timeout_s=6.0))
     verdict = check(empty)
     assert verdict.skipped
+
+
+def test_graceful_stop_ends_ownership_before_the_takeover() -> None:
+    run = clean_run()
+    # c takes partition 0 at T0+30; a's process lives on until T0+35, but it had drained
+    # and released everything at T0+29.5 (graceful shutdown): no overlap.
+    run.audits.append({**_assign("c", 9, T0 + 30, [0]), "member": "c"})
+    run.incarnations.append({"member": "c", "inc": 0, "start_t": T0 + 29, "end_t": T0 + 35})
+    run.incarnations[0]["end_t"] = T0 + 35
+    assert not inv.no_double_ownership(run).passed
+    run.audits.append({**_assign("a", 2, T0 + 29.5, []), "kind": "stop"})
+    assert inv.no_double_ownership(run).passed
