@@ -1,0 +1,1 @@
+"""Example capgroup consumers; run them from the repository root with ``capgroup run``."""
