@@ -26,6 +26,15 @@ from capgroup.membership.model import (
     MembershipSnapshot,
     MemberState,
 )
+from capgroup.operations.http import (
+    HealthCheck,
+    OperationsServer,
+    OperationsServerError,
+    liveness,
+    readiness,
+    serve_operations,
+)
+from capgroup.operations.metrics import ConsumerCollector, metrics_registry
 from capgroup.protocol import (
     AdvertisementEncodeError,
     AdvertisementTooLargeError,
@@ -59,6 +68,7 @@ __all__ = [
     "CapgroupSettings",
     "CommitFailedError",
     "CommitFencedError",
+    "ConsumerCollector",
     "ConsumerStats",
     "Counters",
     "FailurePolicy",
@@ -67,11 +77,14 @@ __all__ = [
     "Generation",
     "GroupFatalError",
     "GroupPlan",
+    "HealthCheck",
     "MemberSpec",
     "MemberState",
     "MembershipEngine",
     "MembershipSnapshot",
     "MetadataDecodeError",
+    "OperationsServer",
+    "OperationsServerError",
     "OwnedPartition",
     "PartitionSpec",
     "PendingMove",
@@ -90,6 +103,10 @@ __all__ = [
     "encode_advertisement",
     "get_logger",
     "headroom",
+    "liveness",
     "load_settings",
+    "metrics_registry",
     "plan_group",
+    "readiness",
+    "serve_operations",
 ]

@@ -7,6 +7,8 @@ which are checked where they are needed). Invalid values fail at start-up with a
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -18,6 +20,9 @@ ENV_PREFIX = "CAPGROUP_"
 #: answer INVALID_SESSION_TIMEOUT below their own minimum; test brokers are configured lower.
 MIN_SESSION_TIMEOUT_MS = 1_000
 MAX_SESSION_TIMEOUT_MS = 1_800_000
+
+#: A DNS host name: dot-separated labels of letters, digits and inner hyphens.
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
 
 
 class SettingsError(ValueError):
@@ -260,6 +265,19 @@ class CapgroupSettings(BaseSettings):
     )
 
     # --- operations ---------------------------------------------------------------------
+    http_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of the operations HTTP server (/metrics, /healthz, /readyz); 0 "
+        "disables it.",
+    )
+    http_host: str = Field(
+        default="127.0.0.1",
+        description="Address the operations HTTP server listens on. The default keeps it off "
+        "the network; in a container set 0.0.0.0 so probes and Prometheus reach it (the Helm "
+        "chart does).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Log level."
     )
@@ -281,6 +299,18 @@ class CapgroupSettings(BaseSettings):
             host, sep, port = server.rpartition(":")
             if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"{server!r} is not host:port with a port in 1..65535")
+        return value
+
+    @field_validator("http_host")
+    @classmethod
+    def _listen_address(cls, value: str) -> str:
+        value = value.strip()
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            # Not an IP literal: accept a host name (e.g. localhost), resolved when binding.
+            if not _HOST_NAME.fullmatch(value):
+                raise ValueError(f"{value!r} is neither an IP address nor a host name") from None
         return value
 
     @model_validator(mode="after")

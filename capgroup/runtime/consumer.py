@@ -55,6 +55,7 @@ from capgroup.membership.model import (
     Generation,
     MembershipSnapshot,
 )
+from capgroup.operations.http import serve_operations
 from capgroup.runtime.batch import Batch, BatchLimits, FlushReason, PartitionBuffer, Record
 from capgroup.runtime.deadletter import DeadLetterProducer
 from capgroup.runtime.fetcher import PartitionFetcher
@@ -424,6 +425,9 @@ class BatchingConsumer(ABC):
                     live.stop_requested.set()
                 if handle_signals and threading.current_thread() is threading.main_thread():
                     tg.start_soon(self._signal_loop)
+                if settings.http_port:
+                    # Before joining: probes must answer while a first join is held.
+                    await tg.start(serve_operations, self, settings.http_host, settings.http_port)
                 await tg.start(self._run_engine)
                 self._started = True
                 tg.start_soon(self._fetch_loop)

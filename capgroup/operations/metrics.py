@@ -1,0 +1,350 @@
+"""Prometheus metrics of a :class:`~capgroup.BatchingConsumer`, read at scrape time.
+
+:class:`ConsumerCollector` keeps no counters of its own: every scrape takes one
+``consumer.stats`` snapshot and one ``consumer.membership`` snapshot and turns them into
+metric families, so the exported values are exactly what the runtime counted (nothing can
+drift, and nothing is counted twice). Every sample carries ``group`` and ``member`` labels;
+per-partition samples add ``topic`` and ``partition``.
+
+``member`` is the static ``group_instance_id`` when there is one (the StatefulSet pod name
+in Kubernetes), else the host name: the broker's member id changes whenever the member is
+forgotten, and a label that changes mid-life splits every counter into pieces. The member id
+is exported as a label of ``capgroup_member_info`` instead.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from capgroup.membership.model import MembershipSnapshot, MemberState
+from capgroup.runtime.stats import ConsumerStats, Counters
+from capgroup.settings import CapgroupSettings
+from capgroup.types import TopicPartition
+
+__all__ = [
+    "EXPORTED_COUNTER_FIELDS",
+    "MEMORY_PRESSURE_LEVELS",
+    "METRIC_PREFIX",
+    "ConsumerCollector",
+    "ObservableConsumer",
+    "member_label",
+    "metrics_registry",
+    "render_metrics",
+]
+
+METRIC_PREFIX = "capgroup_"
+
+#: Values of ``ConsumerStats.memory_pressure``; each gets a 0/1 sample so that alerts can
+#: match a level without knowing the others.
+MEMORY_PRESSURE_LEVELS = ("off", "normal", "soft", "hard")
+
+
+class ObservableConsumer(Protocol):
+    """What the exporter and health checks read; :class:`~capgroup.BatchingConsumer` has it.
+
+    A protocol rather than the class itself, so that the runtime can start the operations
+    server without an import cycle.
+    """
+
+    @property
+    def settings(self) -> CapgroupSettings:
+        """The consumer's settings (group id, instance id, client id)."""
+
+    @property
+    def stats(self) -> ConsumerStats:
+        """A snapshot of the counters and gauges."""
+
+    @property
+    def membership(self) -> MembershipSnapshot | None:
+        """The membership engine's snapshot; None before the consumer runs."""
+
+    @property
+    def healthy(self) -> bool:
+        """False after a stopped partition or a fatal error."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Counter:
+    """One counter family filled from a field of :class:`Counters`."""
+
+    name: str
+    doc: str
+    #: ``(field of Counters, extra label value)`` pairs; one sample each.
+    fields: tuple[tuple[str, str], ...]
+    label: str | None = None
+
+
+def _single(name: str, field: str, doc: str) -> _Counter:
+    return _Counter(name, doc, ((field, ""),))
+
+
+_COUNTERS: tuple[_Counter, ...] = (
+    _single("records_in", "records_in", "Records accepted into partition buffers."),
+    _single("bytes_in", "bytes_in", "Bytes (key + value + headers) accepted into buffers."),
+    _single("batches_flushed", "batches_flushed", "Batches whose flush returned."),
+    _single("records_flushed", "records_flushed", "Records in batches whose flush returned."),
+    _single("bytes_flushed", "bytes_flushed", "Bytes in batches whose flush returned."),
+    _single("flush_retries", "flush_retries", "Failed flush calls that were retried."),
+    _single("flush_failures", "flush_failures", "Batches whose flush failed after every retry."),
+    _single(
+        "records_dead_lettered",
+        "records_dead_lettered",
+        "Records produced to the dead-letter topic.",
+    ),
+    _single(
+        "batches_discarded",
+        "batches_discarded",
+        "Batches dropped unflushed (revoke DISCARD, deadline overrun, loss, stopped partition).",
+    ),
+    _single("records_discarded", "records_discarded", "Records in batches dropped unflushed."),
+    _Counter(
+        "commits",
+        "Offset commit requests by result: ok, fenced (generation lost or member fenced), "
+        "failed (retried with the next flush).",
+        (("commits", "ok"), ("commits_fenced", "fenced"), ("commit_failures", "failed")),
+        label="result",
+    ),
+    _single("rebalances", "rebalances", "Assignment changes applied (revoke, assign, lost)."),
+    _single("partitions_assigned", "partitions_assigned", "Partitions gained."),
+    _single("partitions_revoked", "partitions_revoked", "Partitions given up in a rebalance."),
+    _single("partitions_lost", "partitions_lost", "Partitions lost with the generation."),
+    _Counter(
+        "revoke_decisions",
+        "Revoked partitions' buffered batches by decision: flush, discard, or overrun (a "
+        "flush cancelled at the revoke deadline).",
+        (("revoke_flush", "flush"), ("revoke_discard", "discard"), ("revoke_overrun", "overrun")),
+        label="decision",
+    ),
+    _single(
+        "partition_pauses",
+        "partition_pauses",
+        "Times one partition's fetching paused because it held a whole batch.",
+    ),
+    _single(
+        "budget_pauses",
+        "budget_pauses",
+        "Times all fetching paused at the memory budget or the hard RSS limit.",
+    ),
+    _single(
+        "memory_pressure_events", "memory_pressure_events", "Times the RSS watchdog level rose."
+    ),
+)
+
+#: Fields of :class:`Counters` that have a metric (a test checks that this is all of them, so
+#: a counter added to the runtime without a metric fails the suite).
+EXPORTED_COUNTER_FIELDS = frozenset(field for counter in _COUNTERS for field, _ in counter.fields)
+
+
+def member_label(settings: CapgroupSettings) -> str:
+    """The ``member`` label: the static instance id, else the host name."""
+    return settings.group_instance_id or socket.gethostname()
+
+
+class ConsumerCollector(Collector):
+    """A Prometheus collector reading a consumer's snapshots at each scrape."""
+
+    def __init__(self, consumer: ObservableConsumer) -> None:
+        """Export ``consumer``; nothing is read until the first scrape."""
+        self._consumer = consumer
+        settings = consumer.settings
+        self._base = (settings.group_id, member_label(settings))
+
+    def describe(self) -> list[Metric]:
+        """Nothing up front: registering must not take a snapshot of a consumer not yet
+        running (prometheus_client would otherwise call :meth:`collect` to learn names)."""
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        """Metric families from one stats snapshot and one membership snapshot."""
+        stats = self._consumer.stats
+        snapshot = self._consumer.membership
+        yield from self._counters(stats.counters)
+        yield from self._gauges(stats)
+        yield from self._partitions(stats)
+        yield from self._membership(snapshot)
+        yield self._gauge(
+            "healthy",
+            "1 unless a partition stopped after a flush failure or the member failed.",
+            1.0 if self._consumer.healthy else 0.0,
+        )
+
+    # ----------------------------------------------------------------- builders ------
+    def _gauge(self, name: str, doc: str, value: float) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(METRIC_PREFIX + name, doc, labels=["group", "member"])
+        family.add_metric(list(self._base), value)
+        return family
+
+    def _counters(self, counters: Counters) -> Iterator[Metric]:
+        for spec in _COUNTERS:
+            labels = ["group", "member"] + ([spec.label] if spec.label else [])
+            family = CounterMetricFamily(METRIC_PREFIX + spec.name, spec.doc, labels=labels)
+            for field, value in spec.fields:
+                extra = [value] if spec.label else []
+                family.add_metric([*self._base, *extra], getattr(counters, field))
+            yield family
+
+    def _gauges(self, stats: ConsumerStats) -> Iterator[Metric]:
+        yield self._gauge(
+            "buffered_bytes",
+            "Bytes held by partition buffers and in-flight flushes.",
+            stats.buffered_bytes,
+        )
+        yield self._gauge("budget_bytes", "Memory budget of partition buffers.", stats.budget_bytes)
+        yield self._gauge(
+            "budget_utilisation_ratio", "buffered_bytes / budget_bytes.", stats.utilisation
+        )
+        yield self._gauge(
+            "advertised_max_partitions",
+            "max_partitions advertised to the assignor (lowered under RSS pressure).",
+            stats.advertised_max_partitions,
+        )
+        yield self._gauge(
+            "owned_partitions", "Partitions assigned to this member now.", stats.owned_partitions
+        )
+        yield self._gauge(
+            "stopped_partitions",
+            "Partitions stopped after a flush failure (the member is unhealthy).",
+            len(stats.stopped_partitions),
+        )
+        yield self._gauge("rss_bytes", "Latest RSS sample of the process.", stats.rss_bytes)
+        yield self._gauge("peak_rss_bytes", "Highest RSS sample so far.", stats.peak_rss_bytes)
+        pressure = GaugeMetricFamily(
+            METRIC_PREFIX + "memory_pressure",
+            "RSS watchdog level: 1 for the current level (off without a memory limit).",
+            labels=["group", "member", "level"],
+        )
+        for level in MEMORY_PRESSURE_LEVELS:
+            pressure.add_metric(
+                [*self._base, level], 1.0 if stats.memory_pressure == level else 0.0
+            )
+        yield pressure
+        yield self._gauge(
+            "fetch_paused",
+            "1 while all fetching is paused (budget, hard RSS limit or shutdown).",
+            1.0 if stats.fetch_paused else 0.0,
+        )
+        yield self._gauge(
+            "flush_throughput_bytes_per_second",
+            "Measured flush throughput (moving average) used by the revoke decision.",
+            stats.flush_bytes_per_second,
+        )
+
+    def _per_partition(self, name: str, doc: str, values: Mapping[TopicPartition, float]) -> Metric:
+        family = GaugeMetricFamily(
+            METRIC_PREFIX + name, doc, labels=["group", "member", "topic", "partition"]
+        )
+        for tp in sorted(values):
+            family.add_metric([*self._base, tp.topic, str(tp.partition)], values[tp])
+        return family
+
+    def _partitions(self, stats: ConsumerStats) -> Iterator[Metric]:
+        yield self._per_partition(
+            "partition_buffered_bytes",
+            "Bytes held by one partition's buffer and in-flight flushes.",
+            {tp: float(n) for tp, n in stats.buffered_bytes_by_partition.items()},
+        )
+        yield self._per_partition(
+            "partition_ingress_records_per_second",
+            "Ingress rate of an owned partition as advertised to the assignor.",
+            stats.ingress_rates,
+        )
+        yield self._per_partition(
+            "partition_stopped",
+            "1 for a partition stopped after a flush failure.",
+            dict.fromkeys(stats.stopped_partitions, 1.0),
+        )
+
+    def _membership(self, snapshot: MembershipSnapshot | None) -> Iterator[Metric]:
+        state = GaugeMetricFamily(
+            METRIC_PREFIX + "member_state",
+            "Group protocol state: 1 for the current state.",
+            labels=["group", "member", "state"],
+        )
+        current = None if snapshot is None else snapshot.state
+        for candidate in MemberState:
+            value = 1.0 if candidate is current else 0.0
+            state.add_metric([*self._base, candidate.value], value)
+        yield state
+        yield self._gauge(
+            "generation",
+            "Generation id the member is in (-1 when in none).",
+            -1 if snapshot is None else snapshot.generation_id,
+        )
+        yield self._gauge(
+            "leader",
+            "1 while this member leads the group (runs the assignor).",
+            1.0 if snapshot is not None and snapshot.is_leader else 0.0,
+        )
+        info = GaugeMetricFamily(
+            METRIC_PREFIX + "member_info",
+            "Identity of the member; the value is always 1.",
+            labels=["group", "member", "member_id", "instance_id", "client_id"],
+        )
+        settings = self._consumer.settings
+        info.add_metric(
+            [
+                *self._base,
+                "" if snapshot is None else snapshot.member_id,
+                settings.group_instance_id or "",
+                settings.client_id,
+            ],
+            1.0,
+        )
+        yield info
+        joins = CounterMetricFamily(
+            METRIC_PREFIX + "group_joins",
+            "Join/sync rounds completed by the membership engine.",
+            labels=["group", "member"],
+        )
+        joins.add_metric(list(self._base), 0 if snapshot is None else snapshot.rebalances)
+        yield joins
+        if snapshot is not None and snapshot.last_rebalance_seconds is not None:
+            yield self._gauge(
+                "last_rebalance_duration_seconds",
+                "Duration of the latest join/sync round.",
+                snapshot.last_rebalance_seconds,
+            )
+        advertised = None if snapshot is None else snapshot.advertised
+        if advertised is not None:
+            yield self._gauge(
+                "advertised_budget_bytes",
+                "memory_budget_bytes in the latest capacity advertisement.",
+                advertised.memory_budget_bytes,
+            )
+            yield self._gauge(
+                "advertised_weight", "Weight in the latest advertisement.", advertised.weight
+            )
+            yield self._gauge(
+                "draining",
+                "1 when the latest advertisement asks for no partitions (scale-down).",
+                1.0 if advertised.draining else 0.0,
+            )
+
+
+def metrics_registry(consumer: ObservableConsumer, *, process: bool = True) -> CollectorRegistry:
+    """A registry with ``consumer``'s collector (and, by default, the standard ``process_*``
+    metrics: CPU seconds, open file descriptors, start time).
+
+    A registry of its own rather than prometheus_client's global one: two consumers in one
+    process (tests, an embedding service) must not collide.
+    """
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ConsumerCollector(consumer))
+    if process:
+        ProcessCollector(registry=registry)
+    return registry
+
+
+def render_metrics(registry: CollectorRegistry, accept: str = "") -> tuple[bytes, str]:
+    """The registry in the format the ``Accept`` header asks for (Prometheus text unless it
+    asks for OpenMetrics); returns the body and its content type."""
+    encoder, content_type = choose_encoder(accept)
+    return encoder(registry), content_type
