@@ -138,22 +138,27 @@ class ChaosAudit:
         """A buffer was dropped unflushed (its records will be read again by the next owner)."""
         self.event("discard", p=tp.partition, first=first, last=last, reason=reason)
 
-    def rss(self, buffered_bytes: int, partitions: int) -> None:
-        """One RSS sample."""
+    def rss(self, buffered_bytes: int, partitions: int, generation: int) -> None:
+        """One RSS sample (with the generation: the first valid one says the member joined)."""
         self.event(
             "rss",
             rss=self._process.memory_info().rss,
             buffered_bytes=buffered_bytes,
             partitions=partitions,
+            gen=generation,
             **self._limits(),
         )
 
     async def sample_rss(
-        self, buffered: Callable[[], int], owned: Callable[[], int], period: float = 1.0
+        self,
+        buffered: Callable[[], int],
+        owned: Callable[[], int],
+        generation: Callable[[], int],
+        period: float = 1.0,
     ) -> None:
         """Sample RSS every ``period`` seconds until cancelled."""
         while True:
-            self.rss(buffered(), owned())
+            self.rss(buffered(), owned(), generation())
             await anyio.sleep(period)
 
     def wrap_send_commit(self, engine: Any) -> None:

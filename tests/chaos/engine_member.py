@@ -196,7 +196,12 @@ class EngineChaosMember:
                     await self.engine.run(task_status=task_status)
                     tg.cancel_scope.cancel()
 
-                tg.start_soon(self.audit.sample_rss, self.buffered, lambda: len(self._owned))
+                tg.start_soon(
+                    self.audit.sample_rss,
+                    self.buffered,
+                    lambda: len(self._owned),
+                    lambda: self.engine.generation.generation_id,
+                )
                 await tg.start(engine_then_cancel)
                 tg.start_soon(self._consume)
         finally:

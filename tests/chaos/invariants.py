@@ -559,6 +559,7 @@ def recovery_times(data: RunData) -> list[dict[str, Any]]:
                 {
                     "fault_t": t,
                     "member": victim,
+                    "inc": f.get("inc"),
                     "partition": p,
                     "seconds": None if after is None else round(after["t"] - t, 3),
                     "by": None if after is None else after["member"],
@@ -567,27 +568,52 @@ def recovery_times(data: RunData) -> list[dict[str, Any]]:
     return out
 
 
+def joined_at(data: RunData) -> dict[tuple[str, int], float]:
+    """When each incarnation first showed a valid generation (an assignment, a commit or an RSS
+    sample taken in a generation): before that a starting process is no capacity yet."""
+    out: dict[tuple[str, int], float] = {}
+    for e in data.audits:
+        if e["kind"] in ("assign", "rss", "commit") and e.get("gen", -1) >= 0:
+            key = _key(e)
+            out[key] = min(out.get(key, e["t"]), e["t"])
+    return out
+
+
 def _capacity_at(data: RunData, t: float) -> int:
-    """Sum of the partition caps of member incarnations alive (and not frozen) at ``t``."""
+    """Sum of the partition caps of member incarnations in the group (joined, not yet ended)
+    and not frozen at ``t``."""
     zombies = _zombie_windows(data)
     starts = {_key(e): e for e in _of(data.audits, "start")}
+    joined = joined_at(data)
     total = 0
     for inc in data.incarnations:
-        start = inc["start_t"]
+        key = (inc["member"], inc["inc"])
         end = inc.get("end_t") or data.end_t
-        if not start <= t < end:
+        if key not in joined or not joined[key] <= t < end:
             continue
         if any(s <= t <= c for s, c in zombies.get(inc["member"], ())):
             continue
-        e = starts.get((inc["member"], inc["inc"]))
+        e = starts.get(key)
         total += cap_of(e) if e else int(inc.get("max_partitions", 0))
     return total
+
+
+def _capacity_back(data: RunData, t: float) -> float | None:
+    """The first moment from ``t`` on at which the group's capacity covers every partition."""
+    moments = {t} | set(joined_at(data).values())
+    moments |= {float(i["end_t"]) for i in data.incarnations if i.get("end_t")}
+    moments |= {f["t_cont"] for f in data.faults if f["kind"] == "zombie"}
+    for m in sorted(x for x in moments if x >= t):
+        if _capacity_at(data, m) >= data.partitions:
+            return m
+    return None
 
 
 def recovery(data: RunData) -> Verdict:
     """6. Partitions are unassigned only while capacity is short (or for a hand-off's length),
     and a killed member's partitions are consumed again within session timeout + 5 s (plus one
-    batch age) whenever the survivors had room for them."""
+    batch age) of the kill, or of the moment the group could hold every partition again when
+    its capacity was short at the kill."""
     limits = data.limits
     evidence: list[Any] = []
     # Walk the run in time: at every ownership change, who holds what (each incarnation's
@@ -595,7 +621,7 @@ def recovery(data: RunData) -> Verdict:
     # reports nothing) against the capacity of the members alive and not frozen then.
     owned = ownerships(data)
     changes = {o.start for o in owned} | {o.end for o in owned}
-    changes |= {float(i["start_t"]) for i in data.incarnations}
+    changes |= set(joined_at(data).values())
     changes |= {float(i["end_t"]) for i in data.incarnations if i.get("end_t")}
     changes |= {f[k] for f in data.faults if f["kind"] == "zombie" for k in ("t_stop", "t_cont")}
     first = min((o.start for o in owned), default=data.end_t)
@@ -636,15 +662,25 @@ def recovery(data: RunData) -> Verdict:
     for r in times:
         if r["seconds"] is not None and r["seconds"] <= bound:
             continue
-        if _capacity_at(data, r["fault_t"] + bound) < data.partitions:
+        # Capacity short at the kill (e.g. the restarted process still starting up): the
+        # clock starts when the group can hold every partition again.
+        # (The victim's own process counts until the driver reaped it: start after that.)
+        reaped = incarnation_ends(data).get((r["member"], r["inc"]), r["fault_t"])
+        back = _capacity_back(data, max(r["fault_t"], reaped) + 1e-3)
+        if back is None:
             excused += 1
             continue
-        evidence.append({**r, "bound_s": bound})
+        waited = back - r["fault_t"]
+        if r["seconds"] is not None and r["seconds"] <= waited + bound:
+            excused += 1
+            continue
+        evidence.append({**r, "bound_s": bound, "capacity_back_after_s": round(waited, 3)})
     seconds = [r["seconds"] for r in times if r["seconds"] is not None]
     figures: dict[str, Any] = {
         "bound_s": bound,
         "recoveries": len(times),
         "excused_capacity_short": excused,
+        "note": "excused: slower than the bound, but within it once capacity was back",
         "capacity_short_stretches": short_stretches,
     }
     if seconds:

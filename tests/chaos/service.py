@@ -84,7 +84,7 @@ class ChaosService(BatchingConsumer):
     def _sample_rss(self) -> None:
         stop = threading.Event()
         while not stop.wait(1.0):
-            self.audit.rss(self._buffered(), len(self._owned))
+            self.audit.rss(self._buffered(), len(self._owned), self.generation.generation_id)
 
     def _instrument(self) -> None:
         """Wrap the engine once it exists (the first assignment comes before any commit)."""

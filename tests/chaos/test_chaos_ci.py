@@ -7,6 +7,8 @@ skipped (each needs something to check: a zombie, a kill, commits, ...).
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,14 @@ def known_engine_bug(evidence: dict[str, Any], rebalance_timeout_s: float) -> bo
     )
 
 
-def assert_all_invariants_hold(report: dict[str, Any], kinds: list[str]) -> None:
+def keep_on_failure(run_dir: Path, report: dict[str, Any]) -> str:
+    """Copy a failed run's logs out of pytest's rotating temp dirs; returns where to."""
+    kept = Path(tempfile.gettempdir()) / "chaos-failed" / str(report["topic"])
+    shutil.copytree(run_dir, kept, dirs_exist_ok=True)
+    return f"\nrun logs kept in {kept}"
+
+
+def assert_all_invariants_hold(report: dict[str, Any], kinds: list[str], run_dir: Path) -> None:
     """Every verdict passed and none was skipped; every scheduled fault was injected."""
     text = summary(report)
     injected = {f["kind"] for f in report["faults"]}
@@ -53,6 +62,8 @@ def assert_all_invariants_hold(report: dict[str, Any], kinds: list[str]) -> None
         ]
         if v["skipped"] or (not v["passed"] and (open_evidence or len(v["evidence"]) >= 20)):
             bad.append((v["number"], v["name"], open_evidence))
+    if bad:
+        text += keep_on_failure(run_dir, report)
     assert not bad, text
     assert report["records"]["produced_acked"] > 1000, text
 
@@ -64,7 +75,7 @@ async def test_chaos_ci_single_node(kafka: KafkaEndpoint, tmp_path: Path) -> Non
     config = ChaosConfig(seed=20261122, duration_s=140, run_dir=tmp_path, faults=CI_FAULTS)
     report = await run_chaos(config, kafka.bootstrap_servers, kafka.cluster)
     print(summary(report))
-    assert_all_invariants_hold(report, CI_FAULTS)
+    assert_all_invariants_hold(report, CI_FAULTS, tmp_path)
 
 
 @pytest.mark.cluster3
@@ -77,5 +88,5 @@ async def test_chaos_ci_coordinator_node_loss(
     )
     report = await run_chaos(config, kafka_cluster3.bootstrap_servers, local_cluster3)
     print(summary(report))
-    assert_all_invariants_hold(report, CLUSTER3_FAULTS)
+    assert_all_invariants_hold(report, CLUSTER3_FAULTS, tmp_path)
     assert any(f["kind"] == "node_loss" and f["coordinator"] for f in report["faults"])
