@@ -136,6 +136,7 @@ _REASONS = {
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
+    431: "Request Header Fields Too Large",
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
@@ -210,10 +211,16 @@ class OperationsServer:
 
     async def _exchange(self, stream: ByteStream) -> None:
         reader = BufferedByteReceiveStream(stream)
-        head = await reader.receive_until(b"\r\n\r\n", MAX_REQUEST_HEAD_BYTES)
+        try:
+            head = await reader.receive_until(b"\r\n\r\n", MAX_REQUEST_HEAD_BYTES)
+        except anyio.DelimiterNotFound:
+            head = b""
         lines = head.decode("latin-1").split("\r\n")
         parts = lines[0].split(" ")
-        if len(parts) != 3 or not parts[2].startswith("HTTP/"):
+        if not head:
+            response = _Response(431, _TEXT, b"request head too large\n")
+            method = "GET"
+        elif len(parts) != 3 or not parts[2].startswith("HTTP/"):
             response = _Response(400, _TEXT, b"bad request line\n")
             method = "GET"
         else:

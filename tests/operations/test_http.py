@@ -1,0 +1,289 @@
+"""The operations HTTP server: /metrics, /healthz and /readyz against a real BatchingConsumer
+on the test broker, the server started by ``BatchingConsumer.run`` itself, and requests that
+must not hurt the consumer."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import pytest
+
+from capgroup import (
+    OperationsServerError,
+    SettingsError,
+    TopicPartition,
+    load_settings,
+    serve_operations,
+)
+from tests.operations.test_metrics import parse_samples, value
+from tests.runtime.harness import Recorder, consumer_settings, produce, running, wait_until
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
+
+
+@dataclass
+class Reply:
+    """A parsed HTTP response."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON."""
+        return json.loads(self.body)
+
+
+async def request(port: int, path: str, method: str = "GET", raw: bytes | None = None) -> Reply:
+    """Send one request (or ``raw`` bytes) to 127.0.0.1:``port`` and read the whole answer."""
+    with anyio.fail_after(10):
+        stream = await anyio.connect_tcp("127.0.0.1", port)
+        async with stream:
+            await stream.send(raw or f"{method} {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            data = b""
+            try:
+                while True:
+                    data += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                pass
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        name, _, field = line.partition(":")
+        headers[name.strip().lower()] = field.strip()
+    return Reply(int(lines[0].split(" ")[1]), headers, body)
+
+
+def free_port() -> int:
+    """A port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def read_url(url: str) -> str:
+    """GET ``url`` with the standard library's client (blocking)."""
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return str(answer.read().decode())
+
+
+def make_consumer(kafka: Any, topic: str, group: str, **overrides: Any) -> Recorder:
+    """A recording consumer with a far-away age limit (batches flush by count only)."""
+    limits: dict[str, Any] = {"batch_max_records": 10, "batch_max_age_ms": 600_000}
+    return Recorder(
+        "a", **consumer_settings(kafka.bootstrap_servers, group, topic, **{**limits, **overrides})
+    )
+
+
+async def test_probes_follow_the_member_from_before_join_to_stable(
+    kafka: Any, topic_factory: Any, unique_id: Any
+) -> None:
+    topic = await topic_factory(partitions=1)
+    consumer = make_consumer(kafka, topic, unique_id("g"))
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(serve_operations, consumer, "127.0.0.1", 0)
+        assert port > 0
+        # Not running yet: alive, not ready, and the body says why.
+        live = await request(port, "/healthz")
+        assert (live.status, live.json()["status"]) == (200, "ok")
+        ready = await request(port, "/readyz")
+        assert ready.status == 503
+        assert ready.headers["content-type"] == "application/json"
+        assert ready.json()["reasons"] == ["the consumer is not running yet"]
+        async with running(consumer):
+            ready = await request(port, "/readyz")
+            assert ready.status == 200, ready.body
+            body = ready.json()
+            assert body["state"] == "stable"
+            assert body["generation"] == consumer.generation.generation_id >= 0
+            assert body["assigned_partitions"] == 1
+            assert (await request(port, "/healthz")).status == 200
+        # Stopped gracefully: the engine is gone, so neither probe passes any more.
+        ready = await request(port, "/readyz")
+        assert ready.status == 503
+        assert "member state is stopped, not stable" in ready.json()["reasons"]
+        assert (await request(port, "/healthz")).status == 503
+        tg.cancel_scope.cancel()
+
+
+async def test_run_serves_metrics_that_move_with_consumed_records(
+    kafka: Any, topic_factory: Any, unique_id: Any
+) -> None:
+    topic = await topic_factory(partitions=1)
+    group = unique_id("g")
+    port = free_port()
+    consumer = make_consumer(
+        kafka, topic, group, http_port=port, http_host="127.0.0.1", group_instance_id="http-a"
+    )
+    async with running(consumer):
+        # run() started the server itself, before it joined.
+        first = await request(port, "/metrics")
+        assert first.status == 200
+        assert first.headers["content-type"].startswith("text/plain")
+        before = parse_samples(first.body.decode(), group, "http-a")
+        assert value(before, "capgroup_records_in_total") == 0
+        assert value(before, "capgroup_member_state", state="stable") == 1
+        assert (await request(port, "/readyz")).status == 200
+
+        await produce(kafka.bootstrap_servers, topic, 0, 23)
+        await wait_until(lambda: len(consumer.batches) == 2, 20, "two flushed batches")
+        await wait_until(lambda: consumer.stats.counters.records_in == 23, 20, "23 records in")
+        after = parse_samples((await request(port, "/metrics")).body.decode(), group, "http-a")
+        assert value(after, "capgroup_records_in_total") == 23
+        assert value(after, "capgroup_batches_flushed_total") == 2
+        assert value(after, "capgroup_records_flushed_total") == 20
+        assert value(after, "capgroup_partition_buffered_bytes", topic=topic, partition="0") == (
+            sum(len(str(i)) + 20 for i in range(20, 23))
+        )
+        # A standard client (in a thread: it blocks) gets the same.
+        text = await anyio.to_thread.run_sync(read_url, f"http://127.0.0.1:{port}/metrics")
+        assert "capgroup_records_in_total" in text
+        head = await request(port, "/metrics", method="HEAD")
+        assert (head.status, head.body) == (200, b"")
+        assert int(head.headers["content-length"]) > 0
+    # The server ended with the consumer's task group: nothing listens any more.
+    with pytest.raises(OSError, match="connection attempts failed"):
+        await request(port, "/healthz")
+
+
+async def test_a_stopped_partition_fails_readiness_but_not_liveness(
+    kafka: Any, topic_factory: Any, unique_id: Any
+) -> None:
+    topic = await topic_factory(partitions=1)
+    port = free_port()
+    consumer = make_consumer(
+        kafka,
+        topic,
+        unique_id("g"),
+        http_port=port,
+        batch_max_records=5,
+        flush_retry_max_attempts=2,
+        flush_failure_policy="stop_partition",
+    )
+    consumer.fail = lambda _batch: True
+    async with running(consumer):
+        await produce(kafka.bootstrap_servers, topic, 0, 5)
+        await wait_until(lambda: not consumer.healthy, 20, "the partition to stop")
+        ready = await request(port, "/readyz")
+        assert ready.status == 503
+        body = ready.json()
+        assert body["stopped_partitions"] == [f"{topic}-0"]
+        assert body["reasons"] == [f"partitions stopped after a flush failure: {topic}-0"]
+        live = await request(port, "/healthz")
+        assert live.status == 200, live.body
+        assert consumer.stats.stopped_partitions == {TopicPartition(topic, 0)}
+
+
+async def test_bad_requests_are_answered_and_do_not_hurt_the_consumer(
+    kafka: Any, topic_factory: Any, unique_id: Any
+) -> None:
+    topic = await topic_factory(partitions=1)
+    port = free_port()
+    consumer = make_consumer(kafka, topic, unique_id("g"), http_port=port)
+    async with running(consumer):
+        assert (await request(port, "/nope")).status == 404
+        assert (await request(port, "/metrics", method="POST")).status == 405
+        assert (await request(port, "", raw=b"garbage\r\n\r\n")).status == 400
+        assert (await request(port, "/readyz?verbose=1")).status == 200
+        # A head larger than the server reads, and a client that hangs up mid-request.
+        oversized = b"GET /metrics HTTP/1.1\r\nX: " + b"a" * 20_000  # no end of head
+        assert (await request(port, "", raw=oversized)).status == 431
+        stream = await anyio.connect_tcp("127.0.0.1", port)
+        await stream.send(b"GET /metr")
+        await stream.aclose()
+        # The consumer still runs and still serves.
+        await produce(kafka.bootstrap_servers, topic, 0, 10)
+        await wait_until(lambda: len(consumer.batches) == 1, 20, "a flushed batch")
+        assert consumer.healthy
+        assert (await request(port, "/healthz")).status == 200
+
+
+async def test_a_port_in_use_stops_run_with_a_settings_error(
+    kafka: Any, topic_factory: Any, unique_id: Any
+) -> None:
+    topic = await topic_factory(partitions=1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        consumer = make_consumer(kafka, topic, unique_id("g"), http_port=port)
+        with anyio.fail_after(30), pytest.raises(OperationsServerError) as caught:
+            await consumer.run(handle_signals=False)
+    assert isinstance(caught.value, SettingsError)
+    assert "CAPGROUP_HTTP_PORT" in str(caught.value)
+    assert consumer.membership is not None
+    assert consumer.membership.generation_id == -1, "it must fail before joining"
+
+
+def test_urllib_sees_503_for_an_unready_member_without_kafka() -> None:
+    """No broker needed: a consumer that was never run is alive but not ready."""
+    consumer = Recorder("a", group_id="g", topics=["t"])
+
+    async def scenario() -> tuple[int, int]:
+        async with anyio.create_task_group() as tg:
+            port = await tg.start(serve_operations, consumer, "127.0.0.1", 0)
+
+            def fetch(path: str) -> int:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                        return int(r.status)
+                except urllib.error.HTTPError as error:
+                    return error.code
+
+            live = await anyio.to_thread.run_sync(fetch, "/healthz")
+            ready = await anyio.to_thread.run_sync(fetch, "/readyz")
+            tg.cancel_scope.cancel()
+        return live, ready
+
+    assert anyio.run(scenario) == (200, 503)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "::", "::1", "localhost", "pod-0.svc"])
+def test_http_host_accepts_addresses_and_host_names(
+    host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAPGROUP_HTTP_HOST", host)
+    assert load_settings().http_host == host
+
+
+@pytest.mark.parametrize("host", ["", "bad host", "-leading", "a..b", "http://x"])
+def test_http_host_rejects_what_cannot_be_listened_on(
+    host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CAPGROUP_HTTP_HOST", host)
+    with pytest.raises(SettingsError, match="CAPGROUP_HTTP_HOST"):
+        load_settings()
+
+
+@pytest.mark.parametrize(
+    ("port", "ok"),
+    [
+        ("0", True),
+        ("9095", True),
+        ("65535", True),
+        ("65536", False),
+        ("-1", False),
+        ("http", False),
+    ],
+)
+def test_http_port_range(port: str, ok: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CAPGROUP_HTTP_PORT", port)
+    if ok:
+        assert load_settings().http_port == int(port)
+    else:
+        with pytest.raises(SettingsError, match=r"CAPGROUP_HTTP_PORT.*accepted range: >= 0"):
+            load_settings()
+
+
+def test_http_defaults_keep_the_server_off_and_local(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CAPGROUP_HTTP_PORT", raising=False)
+    monkeypatch.delenv("CAPGROUP_HTTP_HOST", raising=False)
+    settings = load_settings()
+    assert (settings.http_port, settings.http_host) == (0, "127.0.0.1")
