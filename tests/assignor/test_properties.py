@@ -178,6 +178,13 @@ def test_4_sticky(case: Case, victim: int) -> None:
     check_property_sticky(assign, case, victim)
 
 
+@props
+@given(cases(uniform_cost=True, all_topics=True, owned=False), st.integers(0, 100))
+def test_4_sticky_with_rates(case: Case, victim: int) -> None:
+    """Hot partitions too: owners are not churned when a member dies."""
+    check_property_sticky(assign, case, victim)
+
+
 # ----------------------------------------------------------------------------- 5 balanced
 
 
