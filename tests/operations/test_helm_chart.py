@@ -1,0 +1,337 @@
+"""The Helm chart in deploy/helm/capgroup.
+
+Without helm: chart metadata and values are well-formed YAML, every ``CAPGROUP_*`` variable
+the templates set is a real setting, and every value the templates read exists in
+values.yaml. With helm (on PATH, or named by ``$HELM``): ``helm lint``, rendered manifests
+checked value by value, the rendered environment loaded by ``CapgroupSettings`` itself, and
+the renders that must fail.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from capgroup import CapgroupSettings, load_settings
+
+CHART = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "capgroup"
+TEMPLATES = sorted((CHART / "templates").glob("*"))
+
+#: Variables the templates set for the container's shell, not capgroup settings.
+NOT_SETTINGS = {"POD_NAME", "DRAIN_FROM_ORDINAL"}
+
+REQUIRED = {
+    "image.repository": "registry.example/archiver",
+    "app.target": "myservice.archive:Archiver",
+    "kafka.bootstrapServers": "kafka-0.kafka:9092,kafka-1.kafka:9092",
+    "group.id": "archiver",
+    "group.topics[0]": "events",
+    "group.topics[1]": "audit",
+}
+
+
+def template_text() -> str:
+    """All templates, concatenated."""
+    return "\n".join(path.read_text(encoding="utf-8") for path in TEMPLATES)
+
+
+def test_chart_metadata_and_values_are_well_formed() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))
+    assert chart["apiVersion"] == "v2"
+    assert chart["name"] == "capgroup"
+    assert re.fullmatch(r"\d+\.\d+\.\d+", chart["version"])
+    values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    assert isinstance(values, dict)
+    assert values["group"]["staticMembership"] is True
+    assert values["resources"]["limits"]["memory"]
+
+
+def test_every_capgroup_variable_in_the_templates_is_a_setting() -> None:
+    named = set(re.findall(r"\b(CAPGROUP_[A-Z0-9_]+)\b", template_text()))
+    settings = {f"CAPGROUP_{name.upper()}" for name in CapgroupSettings.model_fields}
+    assert named, "the templates set no CAPGROUP_* variable"
+    assert named - settings == set()
+    # The ones the design promises are there.
+    assert {
+        "CAPGROUP_GROUP_INSTANCE_ID",
+        "CAPGROUP_CONTAINER_MEMORY_LIMIT_BYTES",
+        "CAPGROUP_SHUTDOWN_TIMEOUT_MS",
+        "CAPGROUP_HTTP_PORT",
+        "CAPGROUP_HTTP_HOST",
+        "CAPGROUP_MAX_PARTITIONS",
+        "CAPGROUP_MEMORY_BUDGET_FRACTION",
+        "CAPGROUP_MEMORY_BUDGET_BYTES",
+        "CAPGROUP_WEIGHT",
+        "CAPGROUP_DRAINING",
+    } <= named
+
+
+def test_every_value_the_templates_read_exists_in_values_yaml() -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text(encoding="utf-8"))
+    text = template_text()
+    paths = set(re.findall(r"(?:\.Values|\$v)((?:\.[A-Za-z_][A-Za-z0-9_]*)+)", text))
+    assert paths
+    missing = []
+    for path in sorted(paths):
+        node: Any = values
+        for key in path.strip(".").split("."):
+            if not isinstance(node, dict) or key not in node:
+                missing.append(path)
+                break
+            node = node[key]
+    assert missing == []
+
+
+# ---------------------------------------------------------------------- with helm ------
+HELM = os.environ.get("HELM") or shutil.which("helm")
+needs_helm = pytest.mark.skipif(
+    HELM is None,
+    reason="helm is not installed (go install helm.sh/helm/v3/cmd/helm@v3.16.4, or set $HELM)",
+)
+
+
+def helm(*args: str, values: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run helm on the chart with ``REQUIRED`` plus ``values`` as ``--set-string``/``--set``."""
+    assert HELM is not None
+    sets = []
+    for key, value in {**REQUIRED, **(values or {})}.items():
+        sets += ["--set-string" if key in REQUIRED else "--set", f"{key}={value}"]
+    return subprocess.run(
+        [HELM, *args, str(CHART), *sets],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def render(values: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+    """Rendered manifests by kind."""
+    result = helm("template", "rel", values=values)
+    assert result.returncode == 0, result.stderr
+    docs = [d for d in yaml.safe_load_all(result.stdout) if d]
+    by_kind = {d["kind"]: d for d in docs}
+    assert len(by_kind) == len(docs), "one object of each kind"
+    return by_kind
+
+
+def container(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The consumer container of the StatefulSet."""
+    pod = manifests["StatefulSet"]["spec"]["template"]["spec"]
+    assert [c["name"] for c in pod["containers"]] == ["consumer"]
+    return dict(pod["containers"][0])
+
+
+def env_of(manifests: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The container's env as ``{name: value or valueFrom}``."""
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(manifests)["env"]}
+
+
+@needs_helm
+def test_helm_lint_passes() -> None:
+    result = helm("lint", "--strict")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_helm
+def test_values_become_the_documented_environment() -> None:
+    manifests = render(
+        {
+            "capacity.maxPartitions": "12",
+            "capacity.memoryBudgetFraction": "0.5",
+            "capacity.weight": "2.5",
+            "capacity.rack": "zone-a",
+            "batch.maxRecords": "500",
+            "batch.maxBytes": "4194304",
+            "batch.maxAgeMs": "15000",
+            "batch.flushConcurrency": "8",
+            "fetch.maxPartitionFetchBytes": "524288",
+            "group.sessionTimeoutMs": "45000",
+            "shutdown.timeoutMs": "20000",
+            "http.port": "9200",
+            "resources.limits.memory": "2Gi",
+        }
+    )
+    env = env_of(manifests)
+    assert env["CAPGROUP_GROUP_INSTANCE_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["CAPGROUP_CONTAINER_MEMORY_LIMIT_BYTES"] == {
+        "resourceFieldRef": {
+            "containerName": "consumer",
+            "resource": "limits.memory",
+            "divisor": "1",
+        }
+    }
+    literal = {k: v for k, v in env.items() if isinstance(v, str)}
+    assert literal == {
+        "CAPGROUP_BOOTSTRAP_SERVERS": "kafka-0.kafka:9092,kafka-1.kafka:9092",
+        "CAPGROUP_GROUP_ID": "archiver",
+        "CAPGROUP_TOPICS": "events,audit",
+        "CAPGROUP_SESSION_TIMEOUT_MS": "45000",
+        "CAPGROUP_HEARTBEAT_INTERVAL_MS": "3000",
+        "CAPGROUP_REBALANCE_TIMEOUT_MS": "30000",
+        "CAPGROUP_MAX_PARTITIONS": "12",
+        "CAPGROUP_MEMORY_BUDGET_FRACTION": "0.5",
+        "CAPGROUP_WEIGHT": "2.5",
+        "CAPGROUP_RACK": "zone-a",
+        "CAPGROUP_BATCH_MAX_RECORDS": "500",
+        "CAPGROUP_BATCH_MAX_BYTES": "4194304",
+        "CAPGROUP_BATCH_MAX_AGE_MS": "15000",
+        "CAPGROUP_FLUSH_CONCURRENCY": "8",
+        "CAPGROUP_MAX_PARTITION_FETCH_BYTES": "524288",
+        "CAPGROUP_SHUTDOWN_TIMEOUT_MS": "20000",
+        "CAPGROUP_HTTP_PORT": "9200",
+        "CAPGROUP_HTTP_HOST": "0.0.0.0",
+        "CAPGROUP_LOG_LEVEL": "info",
+        "CAPGROUP_LOG_FORMAT": "json",
+    }
+    spec = manifests["StatefulSet"]["spec"]
+    pod = spec["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 30  # 20 s + 5 s leave + 5 s exit
+    assert spec["serviceName"] == manifests["Service"]["metadata"]["name"]
+    main = container(manifests)
+    assert main["command"] == ["capgroup", "run", "myservice.archive:Archiver"]
+    assert main["image"] == "registry.example/archiver:0.1.0"
+    assert main["resources"]["limits"]["memory"] == "2Gi"
+    assert main["ports"] == [{"name": "http", "containerPort": 9200, "protocol": "TCP"}]
+    assert main["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert main["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert manifests["PodDisruptionBudget"]["spec"]["maxUnavailable"] == 1
+    assert manifests["Service"]["spec"]["publishNotReadyAddresses"] is True
+    assert "ServiceMonitor" not in manifests
+
+    # The capgroup settings themselves accept what the chart renders.
+    settings = settings_from(env, pod_name="rel-capgroup-1", memory_limit=2 * 1024**3)
+    assert settings.group_instance_id == "rel-capgroup-1"
+    assert settings.topics == ["events", "audit"]
+    assert settings.max_partitions == 12
+    assert settings.memory_budget_fraction == 0.5
+    assert settings.weight == 2.5
+    assert settings.container_memory_limit_bytes == 2 * 1024**3
+    assert settings.http_port == 9200
+    assert settings.shutdown_timeout_ms * 1 < pod["terminationGracePeriodSeconds"] * 1000
+
+
+def settings_from(env: dict[str, Any], *, pod_name: str, memory_limit: int) -> CapgroupSettings:
+    """Load settings from a rendered env, resolving the downward API as the kubelet would."""
+    resolved = {}
+    for name, value in env.items():
+        if not name.startswith("CAPGROUP_"):
+            continue
+        if isinstance(value, str):
+            resolved[name] = value
+        elif "fieldRef" in value:
+            assert value["fieldRef"]["fieldPath"] == "metadata.name"
+            resolved[name] = pod_name
+        else:
+            assert value["resourceFieldRef"]["resource"] == "limits.memory"
+            resolved[name] = str(memory_limit)
+    with pytest.MonkeyPatch.context() as patch:
+        for name in list(os.environ):
+            if name.startswith("CAPGROUP_"):
+                patch.delenv(name)
+        for name, value in resolved.items():
+            patch.setenv(name, value)
+        return load_settings()
+
+
+@needs_helm
+def test_defaults_compute_the_grace_period_and_optional_parts_switch_on() -> None:
+    defaults = render()
+    pod = defaults["StatefulSet"]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 35  # 25 s + 5 s + 5 s
+    assert "CAPGROUP_MEMORY_BUDGET_BYTES" not in env_of(defaults)
+    assert "CAPGROUP_DRAINING" not in env_of(defaults)
+
+    extra = render(
+        {
+            "metrics.serviceMonitor.enabled": "true",
+            "capacity.memoryBudgetBytes": "268435456",
+            "group.staticMembership": "false",
+            "podDisruptionBudget.enabled": "false",
+            "drain.fromOrdinal": "2",
+        }
+    )
+    monitor = extra["ServiceMonitor"]["spec"]
+    assert monitor["endpoints"][0]["port"] == "http"
+    assert monitor["endpoints"][0]["path"] == "/metrics"
+    assert "PodDisruptionBudget" not in extra
+    env = env_of(extra)
+    assert env["CAPGROUP_MEMORY_BUDGET_BYTES"] == "268435456"
+    assert "CAPGROUP_GROUP_INSTANCE_ID" not in env
+    assert env["DRAIN_FROM_ORDINAL"] == "2"
+    command = container(extra)["command"]
+    assert command[:2] == ["/bin/sh", "-c"]
+    assert command[-1] == "myservice.archive:Archiver"
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("pod_name", "draining"),
+    [("rel-capgroup-1", False), ("rel-capgroup-2", True), ("rel-capgroup-10", True)],
+)
+def test_the_drain_wrapper_drains_pods_from_the_ordinal_on(
+    pod_name: str, draining: bool, tmp_path: Path
+) -> None:
+    """Runs the rendered shell wrapper with a stand-in ``capgroup`` that prints its env."""
+    command = container(render({"drain.fromOrdinal": "2"}))["command"]
+    fake = tmp_path / "capgroup"
+    fake.write_text('#!/bin/sh\necho "args=$*"\necho "draining=${CAPGROUP_DRAINING:-unset}"\n')
+    fake.chmod(0o755)
+    environment = {
+        "PATH": f"{tmp_path}:/usr/bin:/bin",
+        "POD_NAME": pod_name,
+        "DRAIN_FROM_ORDINAL": "2",
+    }
+    result = subprocess.run(
+        command, env=environment, capture_output=True, text=True, timeout=10, check=True
+    )
+    assert result.stdout.splitlines() == [
+        "args=run myservice.archive:Archiver",
+        f"draining={'true' if draining else 'unset'}",
+    ]
+
+
+@needs_helm
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"terminationGracePeriodSeconds": "30"},
+            "terminationGracePeriodSeconds (30) is too short",
+        ),
+        ({"app.target": "not-a-target"}, "is not package.module:ClassName"),
+        ({"app.target": ""}, "app.target is required"),
+        ({"resources.limits.memory": "null"}, "resources.limits.memory is required"),
+        ({"capacity.memoryBudgetFraction": "1.5"}, "capacity.memoryBudgetFraction"),
+        ({"group.heartbeatIntervalMs": "30000"}, "at most a third"),
+        ({"http.port": "0"}, "http.port (0) must be in 1..65535"),
+    ],
+    ids=[
+        "grace-too-short",
+        "bad-target",
+        "no-target",
+        "no-memory-limit",
+        "fraction",
+        "heartbeat",
+        "port",
+    ],
+)
+def test_bad_values_fail_the_render_with_a_clear_message(
+    values: dict[str, str], message: str
+) -> None:
+    result = helm("template", "rel", values=values)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+@needs_helm
+def test_a_grace_period_that_fits_is_kept() -> None:
+    pod = render({"terminationGracePeriodSeconds": "60"})["StatefulSet"]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 60
