@@ -426,9 +426,15 @@ class MembershipEngine:
         self._committable = assigned
         self._owned_generation = dict.fromkeys(assigned, generation.generation_id)
         if added:
-            await self._listener.on_partitions_assigned(
-                AssignmentChange(generation, assigned, added, "assigned by the group leader")
-            )
+            try:
+                await self._listener.on_partitions_assigned(
+                    AssignmentChange(generation, assigned, added, "assigned by the group leader")
+                )
+            except (CommitFailedError, CommitFencedError) as exc:
+                # Gained partitions whose committed offsets cannot be read cannot be started
+                # safely: give everything up and rejoin rather than guess a position.
+                self._mark_lost(f"assigned partitions could not start: {exc}")
+                return
         self._set_state(MemberState.STABLE)
         _log.info(
             "assignment_applied",
@@ -689,13 +695,20 @@ class MembershipEngine:
     async def committed(
         self, partitions: Iterable[TopicPartition]
     ) -> dict[TopicPartition, int | None]:
-        """The group's committed offsets for ``partitions`` (``None`` where none exists)."""
+        """The group's committed offsets for ``partitions`` (``None`` where none exists).
+
+        Raises :class:`CommitFailedError` when the coordinator cannot answer within the
+        rebalance timeout.
+        """
         wanted = sorted(set(partitions))
         by_topic: dict[str, list[int]] = {}
         for tp in wanted:
             by_topic.setdefault(tp.topic, []).append(tp.partition)
+        deadline = anyio.current_time() + self._settings.rebalance_timeout_ms / 1000
         failures = 0
         while True:
+            if failures and anyio.current_time() >= deadline:
+                raise CommitFailedError("committed offsets could not be fetched in time")
             try:
                 response = await self._coordinated(
                     wire.OffsetFetchRequest(self._group, list(by_topic.items())),

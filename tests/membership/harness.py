@@ -110,7 +110,13 @@ async def wait_until(predicate: Callable[[], bool], within: float, what: str) ->
 class MemberProcess:
     """A probe member running as its own OS process (so it can be SIGKILLed/SIGSTOPped)."""
 
-    def __init__(self, name: str, sink: Path, settings: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        name: str,
+        sink: Path,
+        settings: dict[str, Any],
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.sink = sink
         env = {k: v for k, v in os.environ.items() if not k.startswith("CAPGROUP_")}
@@ -119,6 +125,7 @@ class MemberProcess:
                 value = ",".join(value)
             env[f"CAPGROUP_{key.upper()}"] = str(value)
         env["PROBE_NAME"] = name
+        env.update(extra_env or {})
         env["PYTHONPATH"] = str(ROOT)
         self._env = env
         self.proc: subprocess.Popen[bytes] | None = None
