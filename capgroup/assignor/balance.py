@@ -431,6 +431,16 @@ class _Receivers:
             heapq.heappush(heap, held)
         return found
 
+    def took(self, i: int, g: int) -> None:
+        """Member ``i``, just returned by ``best(g)`` and still on top, took a partition."""
+        st, heap = self.st, self.heaps[g]
+        if st.fits(i, g):
+            heapq.heapreplace(heap, (self.key(i), i, st.ver[i]))
+            self.pushed[g][i] = st.ver[i]
+        else:
+            heapq.heappop(heap)
+            self.pushed[g][i] = -1
+
     def rose(self, i: int, g: int) -> None:
         """Member ``i`` took a partition of group ``g``."""
         st = self.st
@@ -592,7 +602,7 @@ def _place_free(st: _State, free: list[int]) -> list[int]:
                     unplaced.append(j)
                 else:
                     st.add(i, j)
-                    recv.rose(i, g)
+                    recv.took(i, g)
     return unplaced
 
 
