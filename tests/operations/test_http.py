@@ -23,6 +23,7 @@ from capgroup import (
 )
 from tests.operations.test_metrics import parse_samples, value
 from tests.runtime.harness import Recorder, consumer_settings, produce, running, wait_until
+from tests.runtime.test_consumer_process import capgroup_run
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -287,3 +288,24 @@ def test_http_defaults_keep_the_server_off_and_local(monkeypatch: pytest.MonkeyP
     monkeypatch.delenv("CAPGROUP_HTTP_HOST", raising=False)
     settings = load_settings()
     assert (settings.http_port, settings.http_host) == (0, "127.0.0.1")
+
+
+async def test_capgroup_run_exits_2_naming_the_port_when_it_is_taken(
+    kafka: Any, topic_factory: Any, unique_id: Any
+) -> None:
+    topic = await topic_factory(partitions=1)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {
+            "CAPGROUP_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "CAPGROUP_GROUP_ID": unique_id("g"),
+            "CAPGROUP_TOPICS": topic,
+            "CAPGROUP_HTTP_PORT": str(port),
+        }
+        target = "tests.runtime.sink_consumer:SinkConsumer"
+        result = await anyio.to_thread.run_sync(capgroup_run, target, env)
+    assert result.returncode == 2, result.stderr
+    assert f"CAPGROUP_HTTP_PORT: cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
