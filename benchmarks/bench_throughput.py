@@ -1,0 +1,280 @@
+"""End-to-end consume throughput: BatchingConsumer against a bare aiokafka ``getmany`` loop.
+
+One topic (12 partitions, ``--records`` records of 200 bytes, 1M by default) is produced once;
+then, alternately and each in its own subprocess, with a no-op flush:
+
+- **capgroup**: a :class:`~capgroup.BatchingConsumer` in its own group (join, fetch, buffer,
+  cut batches, flush, commit after flush through the generation-fenced committer);
+- **aiokafka**: ``AIOKafkaConsumer`` in manual-assignment mode (all 12 partitions, from the
+  beginning), ``getmany`` in a loop, committing what each ``getmany`` returned before the next.
+
+Both use the same fetch settings (``max_partition_fetch_bytes`` 1 MiB, ``read_committed``).
+Throughput is records / seconds from the start of the consumer (before connecting) until every
+offset is committed. The capgroup run learns that by polling the group's committed offsets every
+50 ms (the baseline knows it from its own last commit), which can only count against capgroup.
+Peak RSS is the child's ``ru_maxrss`` from ``os.wait4``. Medians over ``--runs`` and the ratio
+capgroup / aiokafka are printed (target: at least 0.90).
+
+Usage (from the repository root)::
+
+    .venv/bin/python benchmarks/bench_throughput.py [--runs 3] [--records 1000000]
+
+Uses ``KAFKA_BOOTSTRAP_SERVERS`` if set, else starts a local broker from Maven jars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.structs import TopicPartition as KafkaTopicPartition
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from capgroup import Batch, BatchingConsumer
+from capgroup.operations.kafka_local import LocalKafkaCluster, admin_client, create_topic
+
+PARTITIONS = 12
+RECORD_BYTES = 200
+#: Same fetch sizing for both sides (aiokafka's defaults; the runtime's own default).
+MAX_PARTITION_FETCH_BYTES = 1024 * 1024
+DONE_POLL_SECONDS = 0.05
+#: The age limit bounds how long the last, partial batch of each partition waits once the
+#: topic is drained (the default 30 s would dominate the run). The baseline commits what each
+#: getmany returned at once; 200 ms is the runtime's own fetch wait.
+BATCH_MAX_AGE_MS = 200
+
+
+class NoopConsumer(BatchingConsumer):
+    """Flushes nothing: the benchmark measures the runtime, not a sink."""
+
+    async def flush(self, batch: Batch) -> None:
+        """Do nothing."""
+
+
+# ----------------------------------------------------------------------------- producing ---
+async def produce(bootstrap: str, topic: str, records: int) -> None:
+    """``records`` records of ``RECORD_BYTES`` bytes, round-robin over the partitions."""
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=20, max_batch_size=512 * 1024
+    )
+    await producer.start()
+    try:
+        per_partition = [records // PARTITIONS + (p < records % PARTITIONS) for p in range(12)]
+        value = b"x" * RECORD_BYTES
+        pending = []
+        for partition, count in enumerate(per_partition):
+            sent = 0
+            while sent < count:
+                batch = producer.create_batch()
+                while sent < count and batch.append(key=None, value=value, timestamp=None):
+                    sent += 1
+                pending.append(await producer.send_batch(batch, topic, partition=partition))
+                if len(pending) > 64:
+                    await pending.pop(0)
+        for future in pending:
+            await future
+    finally:
+        await producer.stop()
+
+
+async def end_offsets(bootstrap: str, topic: str) -> dict[int, int]:
+    """High watermark of every partition."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        tps = [KafkaTopicPartition(topic, p) for p in range(PARTITIONS)]
+        return {tp.partition: int(o) for tp, o in (await consumer.end_offsets(tps)).items()}
+    finally:
+        await consumer.stop()
+
+
+# ------------------------------------------------------------------------------- workers ---
+async def committed_all(bootstrap: str, group: str, ends: dict[int, int]) -> None:
+    """Return once ``group`` has committed every partition's end offset."""
+    async with admin_client(bootstrap) as admin:
+        while True:
+            found = await admin.list_consumer_group_offsets(group)
+            got = {tp.partition: meta.offset for tp, meta in found.items()}
+            if all(got.get(p, -1) >= end for p, end in ends.items()):
+                return
+            await anyio.sleep(DONE_POLL_SECONDS)
+
+
+async def run_capgroup(bootstrap: str, topic: str, ends: dict[int, int]) -> float:
+    """Seconds until a BatchingConsumer has committed everything."""
+    group = f"bench-cg-{uuid.uuid4().hex[:8]}"
+    began = time.perf_counter()
+    consumer = NoopConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        topics=[topic],
+        max_partitions=PARTITIONS,
+        memory_budget_bytes=512 * 1024 * 1024,
+        max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
+        batch_max_age_ms=BATCH_MAX_AGE_MS,
+        log_level="warning",
+    )
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: consumer.run(handle_signals=False))
+        await committed_all(bootstrap, group, ends)
+        elapsed = time.perf_counter() - began
+        consumer.stop()
+    return elapsed
+
+
+async def run_aiokafka(bootstrap: str, topic: str, ends: dict[int, int]) -> float:
+    """Seconds until a manual-assignment getmany loop has committed everything."""
+    group = f"bench-ak-{uuid.uuid4().hex[:8]}"
+    began = time.perf_counter()
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        max_partition_fetch_bytes=MAX_PARTITION_FETCH_BYTES,
+        isolation_level="read_committed",
+    )
+    await consumer.start()
+    try:
+        tps = [KafkaTopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        remaining = {p for p, end in ends.items() if end > 0}
+        while remaining:
+            fetched = await consumer.getmany(timeout_ms=200)
+            offsets = {}
+            for tp, records in fetched.items():
+                if not records:
+                    continue
+                last = records[-1].offset + 1
+                offsets[tp] = last
+                if last >= ends[tp.partition]:
+                    remaining.discard(tp.partition)
+            if offsets:
+                await consumer.commit(offsets)
+        return time.perf_counter() - began
+    finally:
+        await consumer.stop()
+
+
+def worker(kind: str, bootstrap: str, topic: str, ends: dict[int, int]) -> None:
+    """Child process: run one side once, print ``{"seconds": ...}``."""
+    run = run_capgroup if kind == "capgroup" else run_aiokafka
+    seconds = anyio.run(run, bootstrap, topic, ends)
+    print(json.dumps({"seconds": seconds}), flush=True)
+
+
+# -------------------------------------------------------------------------------- parent ---
+def measure(kind: str, bootstrap: str, topic: str, ends: dict[int, int]) -> dict[str, float]:
+    """Run one side in a fresh subprocess; seconds and its peak RSS (bytes)."""
+    args = [sys.executable, __file__, "--worker", kind, "--bootstrap", bootstrap]
+    args += ["--topic", topic, "--ends", json.dumps(ends)]
+    env = {**os.environ, "CAPGROUP_LOG_LEVEL": "warning"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{kind} worker exited {proc.returncode}")
+    seconds = float(json.loads(out.decode().strip().splitlines()[-1])["seconds"])
+    return {"seconds": seconds, "rss": usage.ru_maxrss * 1024.0}
+
+
+@contextlib.contextmanager
+def broker() -> Iterator[str]:
+    """``KAFKA_BOOTSTRAP_SERVERS``, else a local broker for the duration."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    with LocalKafkaCluster(nodes=1) as cluster:
+        yield cluster.bootstrap_servers
+
+
+def main(runs: int, records: int) -> None:
+    """Produce once, measure both sides ``runs`` times alternately, print medians and ratio."""
+    with broker() as bootstrap:
+        topic = f"bench-throughput-{uuid.uuid4().hex[:8]}"
+        anyio.run(create_topic, bootstrap, topic, PARTITIONS)
+        began = time.perf_counter()
+        anyio.run(produce, bootstrap, topic, records)
+        ends = anyio.run(end_offsets, bootstrap, topic)
+        total = sum(ends.values())
+        print(
+            f"produced {total} records of {RECORD_BYTES} bytes to {PARTITIONS} partitions "
+            f"in {time.perf_counter() - began:.1f} s",
+            flush=True,
+        )
+        results: dict[str, list[dict[str, float]]] = {"capgroup": [], "aiokafka": []}
+        for i in range(runs):
+            order = ("aiokafka", "capgroup") if i % 2 == 0 else ("capgroup", "aiokafka")
+            for kind in order:
+                result = measure(kind, bootstrap, topic, ends)
+                results[kind].append(result)
+                print(
+                    f"  run {i + 1} {kind:8s} {total / result['seconds']:10,.0f} records/s  "
+                    f"{result['seconds']:6.2f} s  peak RSS {result['rss'] / 2**20:6.1f} MiB",
+                    flush=True,
+                )
+    med: dict[str, dict[str, float]] = {
+        kind: {
+            "rate": statistics.median(total / r["seconds"] for r in rs),
+            "rss": statistics.median(r["rss"] for r in rs),
+        }
+        for kind, rs in results.items()
+    }
+    ratio = med["capgroup"]["rate"] / med["aiokafka"]["rate"]
+    print()
+    print(f"end-to-end throughput, {total} records, medians of {runs} runs")
+    for kind in ("aiokafka", "capgroup"):
+        print(
+            f"  {kind:8s} {med[kind]['rate']:10,.0f} records/s  "
+            f"peak RSS {med[kind]['rss'] / 2**20:6.1f} MiB"
+        )
+    verdict = "meets" if ratio >= 0.90 else "MISSES"
+    print(f"  ratio capgroup / aiokafka {ratio:.3f} ({verdict} the 0.90 target)")
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line arguments."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="runs per side (default 3)")
+    parser.add_argument(
+        "--records", type=int, default=1_000_000, help="records to produce (default 1M)"
+    )
+    parser.add_argument("--worker", choices=["capgroup", "aiokafka"], help=argparse.SUPPRESS)
+    parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    parser.add_argument("--topic", help=argparse.SUPPRESS)
+    parser.add_argument("--ends", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    options: Any = parse()
+    if options.worker:
+        worker(
+            options.worker,
+            options.bootstrap,
+            options.topic,
+            {int(p): int(o) for p, o in json.loads(options.ends).items()},
+        )
+    else:
+        main(options.runs, options.records)
