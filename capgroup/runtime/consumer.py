@@ -56,7 +56,14 @@ from capgroup.membership.model import (
     MembershipSnapshot,
 )
 from capgroup.operations.http import serve_operations
-from capgroup.runtime.batch import Batch, BatchLimits, FlushReason, PartitionBuffer, Record
+from capgroup.runtime.batch import (
+    Batch,
+    BatchLimits,
+    FlushReason,
+    PartitionBuffer,
+    Record,
+    records_from_fetched,
+)
 from capgroup.runtime.deadletter import DeadLetterProducer
 from capgroup.runtime.fetcher import PartitionFetcher
 from capgroup.runtime.memory import (
@@ -650,29 +657,20 @@ class BatchingConsumer(ABC):
         """Buffer fetched records (synchronously: no revoke can interleave)."""
         now = anyio.current_time()
         touched = []
+        # The per-record call is skipped when the subclass keeps the identity deserializer.
+        deserialize = (
+            None if type(self).deserialize is BatchingConsumer.deserialize else self.deserialize
+        )
         for tp, raw in chunks.items():
             state = self._partitions.get(tp)
             if state is None or state.closing or state.stopped:
                 continue
             buffer = state.buffer
             before_bytes, before_count = buffer.size_bytes, len(buffer)
-            buffer.extend(
-                (
-                    self.deserialize(
-                        Record(
-                            r.topic,
-                            r.partition,
-                            r.offset,
-                            r.timestamp,
-                            r.key,
-                            r.value,
-                            tuple((k, v or b"") for k, v in r.headers),
-                        )
-                    )
-                    for r in raw
-                ),
-                now,
-            )
+            records = records_from_fetched(raw)
+            if deserialize is not None:
+                records = [deserialize(r) for r in records]
+            buffer.extend(records, now)
             added = buffer.size_bytes - before_bytes
             self._ledger.add(tp, added)
             self._counters.records_in += len(buffer) - before_count
