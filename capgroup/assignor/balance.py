@@ -491,25 +491,29 @@ def _keep_owned(st: _State, claims: _Claims) -> list[int]:
 def _runs(st: _State, free: list[int]) -> Iterator[list[int]]:
     """Free partitions in placement order, cut into runs of one group and one load.
 
-    Order: heaviest load first (hot partitions are at greatest risk), then topic and
-    partition number.
+    Order: heaviest load first (hot partitions are at greatest risk); among equal loads,
+    topics that fewer members can take go first, so the flexible ones fill in around them
+    instead of balancing having to move them later; then topic and partition number.
     """
+    tgroup, gmembers = st.tgroup, st.gmembers
+
+    def scarcity(g: int) -> int:
+        return len(gmembers[g]) if g >= 0 else 0
+
     if st.uniform:
         # ``free`` is already in (topic, partition) order: cut it at topic boundaries.
         topics = list(map(st.ptopic.__getitem__, free))
+        by_group: dict[int, list[int]] = {}
         start = 0
         while start < len(free):
-            t = topics[start]
-            end = bisect.bisect_right(topics, t, lo=start)
-            g = st.tgroup[t]
-            # Consecutive topics of one group form one run.
-            while end < len(free) and st.tgroup[topics[end]] == g:
-                end = bisect.bisect_right(topics, topics[end], lo=end)
-            yield free[start:end]
+            end = bisect.bisect_right(topics, topics[start], lo=start)
+            by_group.setdefault(tgroup[topics[start]], []).extend(free[start:end])
             start = end
+        for g in sorted(by_group, key=lambda g: (scarcity(g), g)):
+            yield by_group[g]
         return
-    unit, ptopic, tgroup = st.unit, st.ptopic, st.tgroup
-    order = sorted(free, key=lambda j: (-unit[j], j))
+    unit, ptopic = st.unit, st.ptopic
+    order = sorted(free, key=lambda j: (-unit[j], scarcity(tgroup[ptopic[j]]), j))
     for _, run in itertools.groupby(order, key=lambda j: (unit[j], tgroup[ptopic[j]])):
         yield list(run)
 
@@ -609,7 +613,7 @@ def _place_free(st: _State, free: list[int]) -> list[int]:
 # --------------------------------------------------------------------------- augment
 
 
-def _augment(st: _State, unplaced: list[int]) -> list[int]:
+def _augment(st: _State, unplaced: list[int], give_up: bool = False) -> list[int]:
     """Place what greedy could not by shifting partitions along a chain of members.
 
     A breadth-first search for an augmenting path (as in bipartite matching): the first
@@ -632,6 +636,8 @@ def _augment(st: _State, unplaced: list[int]) -> list[int]:
         chain = _find_chain(st, hold, j)
         if chain is None:
             # No path now means no path later unless another chain succeeds.
+            if give_up:
+                return [j]
             failed.add(t)
             left.append(j)
             continue
@@ -927,7 +933,15 @@ def _all_placeable(grp: _Group, drop: set[int]) -> bool:
         ptopic=grp.ptopic,
     )
     st = _capacities(sub, [LOAD_BASE] * len(grp.keys))
-    return not _augment(st, _place_free(st, list(range(len(grp.keys)))))
+    # Counting bound first: members cannot hold more than their slots at the cheapest cost.
+    slots = 0
+    for i, costs in enumerate(st.ccost[c] for c in st.mcls):
+        if costs and st.budget[i] >= 0:
+            cheapest = min(costs.values())
+            slots += min(st.cap[i], st.budget[i] // cheapest) if cheapest else st.cap[i]
+    if slots < len(grp.keys):
+        return False
+    return not _augment(st, _place_free(st, list(range(len(grp.keys)))), give_up=True)
 
 
 def headroom(members: Sequence[MemberSpec], partitions: Sequence[PartitionSpec]) -> int:
