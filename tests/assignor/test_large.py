@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from capgroup.assignor.balance import assign
 from capgroup.assignor.workloads import after_rebalance, synthetic_group, without_member
 from tests.assignor.invariants import check_all, phase2
@@ -39,5 +41,20 @@ def test_large_group_with_rates_converges() -> None:
     stable = after_rebalance(members, plan, 1)
     again = assign(stable, partitions, 2)
     check_all(stable, partitions, again, 2)
+    assert again.moved == 0
+    assert not again.pending
+
+
+def test_large_group_with_mixed_subscriptions() -> None:
+    """Half the members take only half the topics: two receiver groups interact."""
+    members, partitions = synthetic_group(20_000, 200, seed=5)
+    topics = sorted({p.topic for p in partitions})
+    narrow = frozenset(topics[: len(topics) // 2])
+    members = [dataclasses.replace(m, topics=narrow) if k % 2 else m for k, m in enumerate(members)]
+    plan = assign(members, partitions, 1)
+    check_all(members, partitions, plan, 1)
+    assert not plan.unassigned
+    stable = after_rebalance(members, plan, 1)
+    again = assign(stable, partitions, 2)
     assert again.moved == 0
     assert not again.pending
