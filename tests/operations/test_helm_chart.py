@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,12 @@ TEMPLATES = sorted((CHART / "templates").glob("*"))
 #: Variables the templates set for the container's shell, not capgroup settings.
 NOT_SETTINGS = {"POD_NAME", "DRAIN_FROM_ORDINAL"}
 
-REQUIRED = {
-    "image.repository": "registry.example/archiver",
-    "app.target": "myservice.archive:Archiver",
-    "kafka.bootstrapServers": "kafka-0.kafka:9092,kafka-1.kafka:9092",
-    "group.id": "archiver",
-    "group.topics[0]": "events",
-    "group.topics[1]": "audit",
+#: The values every install must give, as a values file would (helm's --set splits on commas).
+REQUIRED: dict[str, Any] = {
+    "image": {"repository": "registry.example/archiver"},
+    "app": {"target": "myservice.archive:Archiver"},
+    "kafka": {"bootstrapServers": "kafka-0.kafka:9092,kafka-1.kafka:9092"},
+    "group": {"id": "archiver", "topics": ["events", "audit"]},
 }
 
 
@@ -90,7 +90,13 @@ def test_every_value_the_templates_read_exists_in_values_yaml() -> None:
 
 
 # ---------------------------------------------------------------------- with helm ------
-HELM = os.environ.get("HELM") or shutil.which("helm")
+#: ``$HELM``, else helm on the PATH, else where ``go install`` puts it.
+GO_INSTALLED = Path.home() / "go" / "bin" / "helm"
+HELM = (
+    os.environ.get("HELM")
+    or shutil.which("helm")
+    or (str(GO_INSTALLED) if GO_INSTALLED.is_file() else None)
+)
 needs_helm = pytest.mark.skipif(
     HELM is None,
     reason="helm is not installed (go install helm.sh/helm/v3/cmd/helm@v3.16.4, or set $HELM)",
@@ -98,18 +104,19 @@ needs_helm = pytest.mark.skipif(
 
 
 def helm(*args: str, values: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run helm on the chart with ``REQUIRED`` plus ``values`` as ``--set-string``/``--set``."""
+    """Run helm on the chart with ``REQUIRED`` as a values file, then ``values`` as --set."""
     assert HELM is not None
-    sets = []
-    for key, value in {**REQUIRED, **(values or {})}.items():
-        sets += ["--set-string" if key in REQUIRED else "--set", f"{key}={value}"]
-    return subprocess.run(
-        [HELM, *args, str(CHART), *sets],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    with tempfile.TemporaryDirectory() as scratch:
+        required = Path(scratch) / "required.yaml"
+        required.write_text(yaml.safe_dump(REQUIRED), encoding="utf-8")
+        sets = [f"--set={key}={value}" for key, value in (values or {}).items()]
+        return subprocess.run(
+            [HELM, *args, str(CHART), "-f", str(required), *sets],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
 
 def render(values: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
