@@ -422,6 +422,9 @@ class Driver:
                 tg.start_soon(producer.run)
                 for spec in INITIAL_MEMBERS:
                     self.start_member(spec)
+                # Faults start only once the whole group is in: on a loaded machine a member
+                # process can take many seconds to import and join.
+                await self._wait_joined(90)
                 await anyio.sleep(c.warmup_s)
                 t0 = anyio.current_time()
                 for item in schedule:
@@ -442,6 +445,24 @@ class Driver:
         data = load_run(c.run_dir)
         verdicts = invariants.check_all(data)
         return build_report(data, verdicts, meta, wall_s=time.time() - started)
+
+    async def _wait_joined(self, within: float) -> None:
+        """Wait (bounded) until every current member has audited a valid generation."""
+        deadline = anyio.current_time() + within
+        while anyio.current_time() < deadline:
+            waiting = [
+                m.name
+                for m in self.members.values()
+                if not any(
+                    e.get("inc") == m.inc and e.get("gen", -1) >= 0
+                    for e in read_jsonl(self.config.run_dir / f"audit-{m.name}.jsonl")
+                )
+            ]
+            if not waiting:
+                return
+            self._check_alive()
+            await anyio.sleep(0.5)
+        self.log(f"[chaos] members {waiting} did not join within {within:.0f} s; going on")
 
     def _check_alive(self) -> None:
         """A member that died on its own (not by our hand) is a finding: log it and restart."""

@@ -47,6 +47,8 @@ class Limits:
     rss_overhead_bytes: int = 160 * 1024 * 1024
     #: Clock and logging slack when comparing timestamps written by different processes.
     clock_slack_s: float = 0.5
+    #: How long a woken zombie may go on believing it owns its old partitions.
+    wake_grace_s: float = 3.0
     #: How long partitions may stay unassigned while capacity suffices: a two-phase hand-off
     #: takes two rebalances, each of which may wait up to the rebalance timeout for members.
     unassigned_grace_s: float = 20.0
@@ -290,9 +292,14 @@ def no_double_ownership(data: RunData) -> Verdict:
     slack = data.limits.clock_slack_s
 
     def frozen(member: str, start: float, end: float) -> bool:
-        # The overlap is the zombie's doing if it began before the zombie woke up: the zombie
-        # still believes it owns the partition until it notices its lost session.
-        return any(s - slack <= end and start <= c + slack for s, c in zombies.get(member, ()))
+        # The overlap is the zombie's doing if it began before the zombie woke up and ended
+        # soon after: a woken zombie believes it owns the partition until it notices its lost
+        # session, which must take no longer than ``wake_grace_s``.
+        grace = data.limits.wake_grace_s
+        return any(
+            s - slack <= end and start <= c + slack and end <= c + grace
+            for s, c in zombies.get(member, ())
+        )
 
     by_partition: dict[int, list[Ownership]] = defaultdict(list)
     for o in ownerships(data):

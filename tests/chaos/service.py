@@ -21,10 +21,11 @@ exist only here, in tests:
                          final commit (invariant 5);
 ``slow_takeover``        sits 20 s in ``on_assign`` for every gain except a first start's, so
                          taken-over partitions wait (invariant 6);
-``no_fencing``           the engine ignores its *local* evidence of a lost session (no
-                         heartbeat for a whole session, e.g. after SIGSTOP), so a woken zombie
-                         flushes and commits under its stale generation until the broker says
-                         no (invariant 7).
+``no_fencing``           no local fencing: the engine ignores its own evidence of a lost
+                         session (no heartbeat for a whole session, e.g. after SIGSTOP), and
+                         commits go straight to the wire under the generation of the last
+                         assignment, so a woken zombie commits under its stale generation
+                         until the broker says no (invariant 7).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ import anyio
 
 from capgroup import Batch, BatchingConsumer, RevokeAction
 from capgroup.assignor.model import CapacityAdvertisement
-from capgroup.membership.model import AssignmentChange
+from capgroup.errors import CommitFailedError, CommitFencedError
+from capgroup.membership.model import AssignmentChange, Generation
 from capgroup.types import TopicPartition
 from tests.chaos.audit import PLANTED_FLUSH_DELAY_S, PLANTS, ChaosAudit
 
@@ -62,6 +64,7 @@ class ChaosService(BatchingConsumer):
         self._assigned_once = False
         self._revoking = False
         self._owned: frozenset[TopicPartition] = frozenset()
+        self._last_generation: Generation | None = None
         self.audit.start(
             max_partitions=self.settings.max_partitions,
             budget=self.budget_bytes,
@@ -100,7 +103,20 @@ class ChaosService(BatchingConsumer):
                 if not any(marker in reason for marker in _LOCAL_FENCING):
                     mark_lost(reason)
 
+            async def unfenced(offsets: Mapping[TopicPartition, int], metadata: str = "") -> None:
+                # Straight to the wire under the generation of the last assignment: none of
+                # the engine's checks (committable state, session expired locally).
+                generation = self._last_generation or self.generation
+                try:
+                    errors = await engine._send_commit(generation, dict(offsets), metadata)
+                except Exception as exc:
+                    raise CommitFailedError(f"commit did not complete: {exc!r}") from exc
+                if errors:
+                    mark_lost(f"commit refused with errors {sorted(set(errors.values()))}")
+                    raise CommitFencedError("commit refused", errors)
+
             engine._mark_lost = lenient
+            engine.commit = unfenced
         if self.plant == "drop_revoke_commits":
             commit = engine.commit
 
@@ -142,6 +158,7 @@ class ChaosService(BatchingConsumer):
         """Record the full assignment after a gain (the engine sets it before calling us)."""
         self._instrument()
         self._owned = self.assignment
+        self._last_generation = self.generation
         self.audit.assignment(
             "assign", self.generation.generation_id, self._owned, partitions, self._buffered()
         )

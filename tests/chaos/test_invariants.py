@@ -216,6 +216,19 @@ def test_overlap_in_time_caught_but_zombie_overlap_allowed() -> None:
     assert inv.no_double_ownership(zombie).passed
 
 
+def test_zombie_that_keeps_owning_after_waking_caught() -> None:
+    run = clean_run()
+    run.audits.append({**_assign("c", 9, T0 + 30, [0]), "member": "c"})
+    run.incarnations.append({"member": "c", "inc": 0, "start_t": T0 + 29, "end_t": T0 + 35})
+    # a was frozen T0+29..T0+31 but still held partition 0 when c's ownership ended (T0+35).
+    run.faults.append(
+        {"kind": "zombie", "t": T0 + 29, "t_stop": T0 + 29, "t_cont": T0 + 31, "member": "a"}
+    )
+    v = inv.no_double_ownership(run)
+    assert not v.passed
+    assert v.evidence[0]["partition"] == 0
+
+
 def test_loss_caught() -> None:
     run = clean_run()
     run.sinks = [r for r in run.sinks if not (r["p"] == 1 and 12 <= r["o"] <= 14)]
