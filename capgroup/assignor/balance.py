@@ -52,6 +52,8 @@ def _no_gc() -> Iterator[None]:
 
 _TP_OF = operator.attrgetter("topic", "partition")
 _RATE_OF = operator.attrgetter("rate")
+_TOPIC_OF = operator.attrgetter("topic")
+_NUMBER_OF = operator.attrgetter("partition")
 _GEN_OF = operator.attrgetter("generation")
 
 
@@ -135,6 +137,39 @@ class _Claims:
     bogus: int = 0
 
 
+class _Index:
+    """Topic-partition -> partition index, by arithmetic where a topic is 0..n-1."""
+
+    def __init__(self, grp: _Group) -> None:
+        self.grp = grp
+        self.base: dict[str, int] = {}
+        self.size: dict[str, int] = {}
+        start = 0
+        for t, name in enumerate(grp.topic_names):
+            end = bisect.bisect_right(grp.ptopic, t, lo=start)
+            if grp.keys[start][1] == 0 and grp.keys[end - 1][1] == end - start - 1:
+                self.base[name] = start
+                self.size[name] = end - start
+            start = end
+        self._exact: dict[tuple[str, int], int] | None = None
+
+    def of(self, owned: Sequence[OwnedPartition]) -> list[int]:
+        """Indexes of the claimed partitions; -1 for partitions not in the input."""
+        topics = list(map(_TOPIC_OF, owned))
+        numbers = list(map(_NUMBER_OF, owned))
+        bases = list(map(self.base.get, topics, itertools.repeat(-1)))
+        if (
+            -1 not in bases
+            and min(numbers) >= 0
+            and all(map(operator.lt, numbers, map(self.size.__getitem__, topics)))
+        ):
+            return list(map(operator.add, bases, numbers))
+        if self._exact is None:
+            keys = self.grp.keys
+            self._exact = dict(zip(keys, range(len(keys)), strict=True))
+        return list(map(self._exact.get, zip(topics, numbers, strict=True), itertools.repeat(-1)))
+
+
 def _resolve_claims(grp: _Group, generation: int) -> _Claims:
     """Per partition the highest generation claim wins; a tie there revokes from all.
 
@@ -142,14 +177,14 @@ def _resolve_claims(grp: _Group, generation: int) -> _Claims:
     claim, so those are settled in bulk and only contested ones are looked at one by one.
     """
     n_parts = len(grp.keys)
-    get = dict(zip(grp.keys, range(n_parts), strict=True)).get
+    index = _Index(grp)
     claimed: list[tuple[int, list[int], list[int], tuple[OwnedPartition, ...]]] = []
     seen: set[int] = set()
     contested: set[int] = set()
     for i, spec in enumerate(grp.specs):
         owned = spec.capacity.owned
         if owned:
-            js = list(map(get, map(_TP_OF, owned), itertools.repeat(-1)))
+            js = index.of(owned)
             unique = set(js)
             contested.update(seen.intersection(unique))
             if len(unique) != len(js):

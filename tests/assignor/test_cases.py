@@ -253,3 +253,19 @@ def test_duplicate_member_ids_are_rejected() -> None:
 def test_headroom_counts_worst_case_failures(caps: tuple[int, ...], n: int, expected: int) -> None:
     members = [member(f"m{k}", max_partitions=c) for k, c in enumerate(caps)]
     assert headroom(members, parts("events", n)) == expected
+
+
+def test_claims_on_unknown_or_gappy_partitions() -> None:
+    """Numbered 0, 2, 5 (not 0..n-1), plus claims on partitions that do not exist."""
+    partitions = [PartitionSpec("events", p) for p in (0, 2, 5)] + parts("other", 2)
+    owned_a = (*claims("events", [2, 3, -1, 7]), *claims("gone", [0]), *claims("other", [1]))
+    members = [
+        member("a", topics=("events", "other"), owned=owned_a),
+        member("b", topics=("events", "other"), owned=claims("events", [5])),
+    ]
+    plan = run(members, partitions)
+    assert ("events", 2) in plan.assignment["a"]
+    assert ("other", 1) in plan.assignment["a"]
+    assert ("events", 5) in plan.assignment["b"]
+    assert not plan.pending
+    assert plan.moved == 2  # events-0 and other-0 had no owner
