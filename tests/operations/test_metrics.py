@@ -3,7 +3,9 @@ from the consumer at scrape time and move as records are consumed, flushed and c
 
 from __future__ import annotations
 
+import re
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,6 +51,13 @@ def record_bytes(offsets: range) -> int:
     return sum(len(str(i)) + 20 for i in offsets)
 
 
+def documented_metrics() -> set[str]:
+    """Metric names in README.md's Operations section."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Operations", 1)[1].split("\n## ", 1)[0]
+    return set(re.findall(r"`(capgroup_[a-z_]+)", section))
+
+
 def test_every_runtime_counter_has_a_metric() -> None:
     assert {f.name for f in fields(Counters)} == EXPORTED_COUNTER_FIELDS
 
@@ -76,6 +85,10 @@ async def test_scrape_reads_the_consumer_and_moves_with_it(
     def scrape() -> Samples:
         return parse_samples(generate_latest(registry).decode(), group, instance)
 
+    def families() -> set[str]:
+        text = generate_latest(registry).decode()
+        return set(re.findall(r"^# TYPE (capgroup_[a-z_]+) ", text, re.MULTILINE))
+
     before = scrape()  # before run(): no membership yet, every counter at zero
     assert value(before, "capgroup_generation") == -1
     assert value(before, "capgroup_records_in_total") == 0
@@ -101,6 +114,8 @@ async def test_scrape_reads_the_consumer_and_moves_with_it(
             client_id="capgroup",
         )
         assert info == 1
+        # The README documents exactly what is exported (counters under their _total name).
+        assert documented_metrics() == families()
 
         # 25 records on partition 0 and 7 on partition 1: two full batches flush on 0,
         # 5 + 7 records stay buffered (the age limit is far away).
