@@ -544,6 +544,9 @@ def recovery_times(data: RunData) -> list[dict[str, Any]]:
     for r in sorted(data.sinks, key=lambda r: r["t"]):
         by_partition[r["p"]].append(r)
     owned_at = ownerships(data)
+    last_ack: dict[int, float] = {}
+    for a in data.produced:
+        last_ack[a["p"]] = max(last_ack.get(a["p"], 0.0), a["t"])
     for f in data.faults:
         if f["kind"] != "sigkill":
             continue
@@ -554,6 +557,8 @@ def recovery_times(data: RunData) -> list[dict[str, Any]]:
             if o.member == victim and o.inc == f.get("inc", o.inc) and o.start <= t <= o.end + 0.01
         }
         for p in sorted(held):
+            if last_ack.get(p, 0.0) <= t:
+                continue  # nothing was produced to it afterwards: recovery is unobservable
             after = next(
                 (
                     r

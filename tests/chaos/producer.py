@@ -21,6 +21,9 @@ from aiokafka.errors import KafkaError
 
 from tests.chaos.logs import JsonLines
 
+#: Seconds without any acknowledgement after which the client is replaced.
+STALL_S = 20.0
+
 
 class ChaosProducer:
     """Produce ``rate`` records per second until :meth:`stop`; log every acknowledgement."""
@@ -48,7 +51,9 @@ class ChaosProducer:
         self._stop = anyio.Event()
         self.acked = 0
         self.failed = 0
+        self.restarts = 0
         self.seq = 0
+        self._last_ack = 0.0
 
     def stop(self) -> None:
         """Ask :meth:`run` to finish after the records in flight are answered."""
@@ -60,9 +65,21 @@ class ChaosProducer:
         return f"cold-{self._rng.randrange(10_000)}".encode()
 
     async def run(self) -> None:
-        """Produce until stopped. Sends are pipelined; acknowledgements are logged as they
-        arrive, failures (broker down) are counted and not retried by us (the producer's own
-        retries cover short outages)."""
+        """Produce until stopped, replacing the client when it stalls.
+
+        Sends are pipelined; acknowledgements are logged as they arrive, failures (broker
+        down) are counted and not retried by us (the client's own retries cover short
+        outages). After a broker restart an idempotent aiokafka producer was seen to hang
+        for minutes without acknowledging anything, so a client that gets no acknowledgement
+        for ``STALL_S`` is closed and a new one started (counted in ``restarts``).
+        """
+        try:
+            while not self._stop.is_set():
+                await self._run_client()
+        finally:
+            self._log.close()
+
+    async def _run_client(self) -> None:
         producer = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
             acks="all",
@@ -70,18 +87,32 @@ class ChaosProducer:
             enable_idempotence=True,
             request_timeout_ms=15_000,
         )
-        await producer.start()
+        try:
+            with anyio.fail_after(30):
+                await producer.start()
+        except (KafkaError, TimeoutError, OSError):
+            self.failed += 1
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                await producer.stop()
+            await anyio.sleep(1.0)
+            return
+        self._last_ack = anyio.current_time()
         try:
             async with anyio.create_task_group() as tg:
                 period = 1.0 / self.rate
                 next_at = anyio.current_time()
                 while not self._stop.is_set():
+                    if anyio.current_time() - self._last_ack > STALL_S:
+                        self.restarts += 1
+                        tg.cancel_scope.cancel()
+                        break
                     seq = self.seq
                     self.seq += 1
                     value = f"{seq:012d}|".encode() + self._pad
                     try:
-                        future = await producer.send(self.topic, value=value, key=self._key())
-                    except KafkaError:
+                        with anyio.fail_after(5):
+                            future = await producer.send(self.topic, value=value, key=self._key())
+                    except (KafkaError, TimeoutError):
                         self.failed += 1
                     else:
                         tg.start_soon(self._acknowledged, future, seq)
@@ -90,9 +121,8 @@ class ChaosProducer:
                     next_at = max(next_at, anyio.current_time() - 1.0)
                     await anyio.sleep(max(0.0, next_at - anyio.current_time()))
         finally:
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
                 await producer.stop()
-                self._log.close()
 
     async def _acknowledged(self, future: object, seq: int) -> None:
         try:
@@ -101,4 +131,5 @@ class ChaosProducer:
             self.failed += 1
             return
         self.acked += 1
+        self._last_ack = anyio.current_time()
         self._log.write({"seq": seq, "p": meta.partition, "o": meta.offset, "t": time.time()})

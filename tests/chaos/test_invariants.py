@@ -102,7 +102,7 @@ def clean_run() -> RunData:
     # locally (never sent), so nothing is audited; it rejoins in gen 3.
     audits += [_assign("a", 3, T0 + 52, [0, 1]), {**_assign("b", 3, T0 + 52, [2, 3]), "inc": 1}]
     produced = [
-        {"seq": i, "p": p, "o": o, "t": T0}
+        {"seq": i, "p": p, "o": o, "t": T0 + (25 if o >= 10 else 5)}
         for i, (p, o) in enumerate((p, o) for p in range(4) for o in range(20))
     ]
     return RunData(
