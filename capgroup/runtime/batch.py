@@ -6,10 +6,13 @@ by the caller (the runtime uses the event loop's clock); only differences betwee
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import operator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
+
+from aiokafka.structs import ConsumerRecord
 
 from capgroup.types import TopicPartition
 
@@ -22,39 +25,94 @@ __all__ = [
     "FlushReason",
     "PartitionBuffer",
     "Record",
-    "records_from_fetched",
+    "make_record",
+    "record_size",
+    "record_sizes",
 ]
 
-Headers = tuple[tuple[str, bytes], ...]
 
+class Record(Protocol):
+    """One consumed Kafka record, as handed to user code inside a :class:`Batch`.
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One consumed Kafka record, as handed to user code inside a :class:`Batch`."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp_ms: int
-    key: bytes | None
-    value: bytes | None
-    headers: Headers = ()
+    At run time these are aiokafka's ``ConsumerRecord`` objects, passed through unchanged:
+    building a second object per record cost more than the rest of capgroup's fetch path
+    (``benchmarks/README.md``). Build one yourself with :func:`make_record`.
+    """
 
     @property
-    def size_bytes(self) -> int:
-        """Exact payload size: key + value + every header's UTF-8 name and value."""
-        size = (0 if self.key is None else len(self.key)) + (
-            0 if self.value is None else len(self.value)
-        )
-        if self.headers:
-            for name, value in self.headers:
-                size += len(name.encode("utf-8")) + len(value)
-        return size
+    def topic(self) -> str:
+        """Topic name."""
 
     @property
-    def tp(self) -> TopicPartition:
-        """The record's topic-partition."""
-        return TopicPartition(self.topic, self.partition)
+    def partition(self) -> int:
+        """Partition number."""
+
+    @property
+    def offset(self) -> int:
+        """Offset in its partition."""
+
+    @property
+    def timestamp(self) -> int:
+        """Record timestamp, milliseconds since the epoch."""
+
+    @property
+    def key(self) -> bytes | None:
+        """Key bytes, if any."""
+
+    @property
+    def value(self) -> bytes | None:
+        """Value bytes, if any."""
+
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes | None]]:
+        """Headers as (name, value) pairs."""
+
+
+def make_record(
+    topic: str,
+    partition: int,
+    offset: int,
+    timestamp: int,
+    key: bytes | None = None,
+    value: bytes | None = None,
+    headers: Sequence[tuple[str, bytes | None]] = (),
+) -> Record:
+    """A :class:`Record` (an aiokafka ``ConsumerRecord``, create-time timestamp)."""
+    record: Record = ConsumerRecord(
+        topic,
+        partition,
+        offset,
+        timestamp,
+        0,
+        key,
+        value,
+        None,
+        -1 if key is None else len(key),
+        -1 if value is None else len(value),
+        tuple(headers),
+    )
+    return record
+
+
+def record_size(record: Record) -> int:
+    """Exact payload size: key + value + every header's UTF-8 name and value."""
+    key, value = record.key, record.value
+    size = (0 if key is None else len(key)) + (0 if value is None else len(value))
+    for name, header in record.headers:
+        size += len(name.encode("utf-8")) + (0 if header is None else len(header))
+    return size
+
+
+def record_sizes(records: Sequence[Record]) -> list[int]:
+    """:func:`record_size` of each record; the consumer's per-record hot path."""
+    sizes = [
+        (0 if (k := r.key) is None else len(k)) + (0 if (v := r.value) is None else len(v))
+        for r in records
+    ]
+    for i, record in enumerate(records):
+        if record.headers:
+            sizes[i] = record_size(record)
+    return sizes
 
 
 class FlushReason(StrEnum):
@@ -103,7 +161,7 @@ class Batch:
         return cls(
             tp=tp,
             records=held,
-            size_bytes=sum(r.size_bytes for r in held),
+            size_bytes=sum(record_sizes(held)),
             started_at=started_at,
             cut_at=started_at if cut_at is None else cut_at,
         )
@@ -223,8 +281,10 @@ class PartitionBuffer:
         if record.offset <= self._last_offset:
             return False
         if record.topic != self.tp.topic or record.partition != self.tp.partition:
-            raise ValueError(f"record of {record.tp} appended to the buffer of {self.tp}")
-        size = record.size_bytes
+            raise ValueError(
+                f"record of {record.topic}-{record.partition} appended to the buffer of {self.tp}"
+            )
+        size = record_size(record)
         self._records.append(record)
         self._sizes.append(size)
         self._arrived.append(now)
@@ -232,33 +292,49 @@ class PartitionBuffer:
         self._last_offset = record.offset
         return True
 
-    def extend(self, records: Iterable[Record], now: float) -> int:
+    def extend(
+        self, records: Sequence[Record], now: float, sizes: Sequence[int] | None = None
+    ) -> int:
         """Buffer a fetched chunk; returns how many records were accepted.
 
-        Same checks as :meth:`append` record by record, inlined: this is the consumer's
-        per-record hot path.
+        ``sizes`` are the records' :func:`record_size` when the caller has them (the consumer
+        measures raw records before ``deserialize``). A chunk in strictly increasing offset
+        order past everything seen, as the fetcher delivers it, is taken in bulk; anything
+        else goes through the same checks as :meth:`append`, record by record.
         """
+        if not records:
+            return 0
+        measured = record_sizes(records) if sizes is None else list(sizes)
+        offsets = [r.offset for r in records]
+        first, last = records[0], records[-1]
         topic, partition = self.tp.topic, self.tp.partition
-        kept, sizes, arrived = self._records, self._sizes, self._arrived
-        accepted = added = 0
-        last = self._last_offset
-        try:
-            for record in records:
-                if record.offset <= last:
-                    continue
-                if record.topic != topic or record.partition != partition:
-                    raise ValueError(f"record of {record.tp} appended to the buffer of {self.tp}")
-                size = record.size_bytes
-                kept.append(record)
-                sizes.append(size)
-                arrived.append(now)
-                added += size
-                accepted += 1
-                last = record.offset
-        finally:
-            # Records before a rejected one stay buffered, exactly as with append().
-            self._bytes += added
-            self._last_offset = last
+        if (
+            offsets[0] > self._last_offset
+            and all(map(operator.lt, offsets, offsets[1:]))
+            and first.topic == topic == last.topic
+            and first.partition == partition == last.partition
+        ):
+            self._records.extend(records)
+            self._sizes.extend(measured)
+            self._arrived.extend([now] * len(records))
+            self._bytes += sum(measured)
+            self._last_offset = offsets[-1]
+            return len(records)
+        accepted = 0
+        for record, size in zip(records, measured, strict=True):
+            if record.offset <= self._last_offset:
+                continue
+            if record.topic != topic or record.partition != partition:
+                raise ValueError(
+                    f"record of {record.topic}-{record.partition} appended to the buffer of "
+                    f"{self.tp}"
+                )
+            self._records.append(record)
+            self._sizes.append(size)
+            self._arrived.append(now)
+            self._bytes += size
+            self._last_offset = record.offset
+            accepted += 1
         return accepted
 
     def due(self, now: float) -> FlushReason | None:
@@ -332,33 +408,3 @@ class PartitionBuffer:
         del self._arrived[:count]
         self._bytes -= size
         return batch
-
-
-# Slot setters of the frozen Record: building a record through them skips the dataclass
-# __init__ (one object.__setattr__ lookup per field), the largest per-record cost of the fetch
-# path. The result is the same frozen Record with the same field values.
-_RECORD_SLOTS: Any = Record
-_SET_FIELDS = tuple(
-    _RECORD_SLOTS.__dict__[name].__set__
-    for name in ("topic", "partition", "offset", "timestamp_ms", "key", "value", "headers")
-)
-
-
-def records_from_fetched(raw: Iterable[Any]) -> list[Record]:
-    """:class:`Record` objects for aiokafka ``ConsumerRecord`` objects (``None`` header values
-    become ``b""``)."""
-    new = object.__new__
-    s_topic, s_partition, s_offset, s_ts, s_key, s_value, s_headers = _SET_FIELDS
-    out: list[Record] = []
-    append = out.append
-    for r in raw:
-        record = new(Record)
-        s_topic(record, r.topic)
-        s_partition(record, r.partition)
-        s_offset(record, r.offset)
-        s_ts(record, r.timestamp)
-        s_key(record, r.key)
-        s_value(record, r.value)
-        s_headers(record, tuple((k, v or b"") for k, v in r.headers) if r.headers else ())
-        append(record)
-    return out

@@ -62,7 +62,7 @@ from capgroup.runtime.batch import (
     FlushReason,
     PartitionBuffer,
     Record,
-    records_from_fetched,
+    record_sizes,
 )
 from capgroup.runtime.deadletter import DeadLetterProducer
 from capgroup.runtime.fetcher import PartitionFetcher
@@ -667,10 +667,10 @@ class BatchingConsumer(ABC):
                 continue
             buffer = state.buffer
             before_bytes, before_count = buffer.size_bytes, len(buffer)
-            records = records_from_fetched(raw)
-            if deserialize is not None:
-                records = [deserialize(r) for r in records]
-            buffer.extend(records, now)
+            # Budgets count the payload as fetched, before any deserializer touches it.
+            sizes = record_sizes(raw)
+            records = raw if deserialize is None else [deserialize(r) for r in raw]
+            buffer.extend(records, now, sizes)
             added = buffer.size_bytes - before_bytes
             self._ledger.add(tp, added)
             self._counters.records_in += len(buffer) - before_count

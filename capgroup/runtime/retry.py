@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING, TypeVar
 
 import anyio
 
-from capgroup.runtime.batch import Batch, Headers
+from capgroup.runtime.batch import Batch
+
+Headers = tuple[tuple[str, bytes], ...]
 
 if TYPE_CHECKING:
     from capgroup.settings import CapgroupSettings
@@ -216,8 +218,12 @@ def dead_letter_records(
             topic=topic,
             key=record.key,
             value=record.value,
-            headers=(*record.headers, *common, (p + "origin.offset", str(record.offset).encode())),
-            timestamp_ms=record.timestamp_ms,
+            headers=(
+                *((name, value or b"") for name, value in record.headers),
+                *common,
+                (p + "origin.offset", str(record.offset).encode()),
+            ),
+            timestamp_ms=record.timestamp,
         )
         for record in batch.records
     ]

@@ -27,7 +27,7 @@ from examples.range_files import RangeFileConsumer, partition_dir, range_files
 
 def record_json(record: Record) -> dict[str, Any]:
     """One record as a JSON object; keys and values that are not UTF-8 are base64 (``*_b64``)."""
-    out: dict[str, Any] = {"offset": record.offset, "timestamp_ms": record.timestamp_ms}
+    out: dict[str, Any] = {"offset": record.offset, "timestamp_ms": record.timestamp}
     for name, data in (("key", record.key), ("value", record.value)):
         if data is None:
             out[name] = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from capgroup.runtime.batch import Record
+from capgroup.runtime.batch import Record, make_record
 from capgroup.types import TopicPartition
 
 TP = TopicPartition("events", 3)
@@ -19,14 +19,16 @@ def rec(
     tp: TopicPartition = TP,
 ) -> Record:
     """A record of ``tp`` at ``offset``."""
-    return Record(tp.topic, tp.partition, offset, 1_700_000_000_000 + offset, key, value, headers)
+    return make_record(
+        tp.topic, tp.partition, offset, 1_700_000_000_000 + offset, key, value, headers
+    )
 
 
 def naive_size(record: Record) -> int:
-    """Size written out independently of ``Record.size_bytes``, to check it against."""
+    """Size written out independently of :func:`record_size`, to check it against."""
     parts = [record.key or b"", record.value or b""]
     for name, value in record.headers:
-        parts.extend([name.encode("utf-8"), value])
+        parts.extend([name.encode("utf-8"), value or b""])
     return len(b"".join(parts))
 
 
@@ -39,7 +41,7 @@ header_lists = st.lists(st.tuples(st.text(max_size=8), st.binary(max_size=16)), 
 @st.composite
 def records_of(draw: st.DrawFn, tp: TopicPartition = TP) -> Record:
     """One record of ``tp`` at an arbitrary offset."""
-    return Record(
+    return make_record(
         tp.topic,
         tp.partition,
         draw(st.integers(0, 10_000)),

@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from capgroup.runtime.batch import Batch, BatchLimits, FlushReason, PartitionBuffer, Record
+from capgroup.runtime.batch import (
+    Batch,
+    BatchLimits,
+    FlushReason,
+    PartitionBuffer,
+    Record,
+    record_size,
+)
 from capgroup.settings import CapgroupSettings
 from capgroup.types import TopicPartition
 from tests.runtime._records import TP, naive_size, rec, records_of
@@ -17,17 +24,17 @@ WIDE = BatchLimits(max_records=1_000_000, max_bytes=1 << 40, max_age=3600.0)
 def test_record_size_counts_key_value_and_utf8_header_names() -> None:
     record = rec(0, key=b"abc", value=b"12345", headers=(("é", b"xy"), ("n", b"")))
     # "é" is two bytes in UTF-8: 3 + 5 + (2 + 2) + (1 + 0)
-    assert record.size_bytes == 13
+    assert record_size(record) == 13
 
 
 def test_record_size_treats_missing_key_and_value_as_empty() -> None:
-    assert rec(0, key=None, value=None).size_bytes == 0
-    assert rec(0, key=None, value=b"ab").size_bytes == 2
+    assert record_size(rec(0, key=None, value=None)) == 0
+    assert record_size(rec(0, key=None, value=b"ab")) == 2
 
 
 @given(records_of())
 def test_record_size_matches_independent_count(record: Record) -> None:
-    assert record.size_bytes == naive_size(record)
+    assert record_size(record) == naive_size(record)
 
 
 def test_batch_exposes_offsets_size_count_and_age() -> None:
@@ -99,7 +106,7 @@ def test_take_respects_record_cap_and_keeps_the_rest() -> None:
     assert (first.started_at, first.cut_at, first.age) == (1.0, 4.0, 3.0)
     assert buffer.record_count == 1
     assert buffer.started_at == 3.0
-    assert buffer.size_bytes == rec(2).size_bytes
+    assert buffer.size_bytes == record_size(rec(2))
     assert [r.offset for r in buffer.take(now=5.0)] == [2]
     assert not buffer
 
@@ -148,7 +155,7 @@ def test_start_offset_and_reset_move_the_guard() -> None:
     buffer = PartitionBuffer(TP, WIDE, next_offset=10)
     assert not buffer.append(rec(9), now=0.0)
     assert buffer.append(rec(10), now=0.0)
-    assert buffer.reset(next_offset=4) == rec(10).size_bytes
+    assert buffer.reset(next_offset=4) == record_size(rec(10))
     assert buffer.append(rec(4), now=0.0)
     assert buffer.last_offset == 4
 
@@ -156,7 +163,7 @@ def test_start_offset_and_reset_move_the_guard() -> None:
 def test_discard_keeps_the_guard() -> None:
     buffer = PartitionBuffer(TP, WIDE)
     buffer.extend([rec(0), rec(1)], now=0.0)
-    assert buffer.discard() == 2 * rec(0).size_bytes
+    assert buffer.discard() == 2 * record_size(rec(0))
     assert (buffer.record_count, buffer.size_bytes, buffer.started_at) == (0, 0, None)
     assert not buffer.append(rec(1), now=0.0)
 
@@ -220,3 +227,41 @@ def test_buffer_bytes_always_equal_exact_sum_and_batches_keep_order(
         assert buffer.record_count == len(held)
         assert buffer.is_full == (len(held) >= max_records or buffer.size_bytes >= max_bytes)
     assert cut == sorted(set(cut))
+
+
+@given(
+    st.lists(st.lists(st.integers(0, 60), max_size=12), max_size=6),
+    st.integers(-1, 30),
+)
+def test_extend_in_bulk_equals_appending_one_by_one(chunks: list[list[int]], start: int) -> None:
+    bulk = PartitionBuffer(TP, WIDE, next_offset=start + 1)
+    single = PartitionBuffer(TP, WIDE, next_offset=start + 1)
+    for t, offsets in enumerate(chunks):
+        records = [rec(o, value=b"v" * (o % 7)) for o in offsets]
+        accepted = bulk.extend(records, now=float(t))
+        assert accepted == sum(single.append(r, now=float(t)) for r in records)
+    assert (bulk.size_bytes, bulk.record_count, bulk.last_offset, bulk.started_at) == (
+        single.size_bytes,
+        single.record_count,
+        single.last_offset,
+        single.started_at,
+    )
+    if single.record_count:
+        left, right = bulk.take_all(now=99.0), single.take_all(now=99.0)
+        assert [r.offset for r in left] == [r.offset for r in right]
+        assert left.size_bytes == right.size_bytes
+
+
+def test_extend_rejects_a_chunk_of_another_partition() -> None:
+    buffer = PartitionBuffer(TP, WIDE)
+    other = TopicPartition(TP.topic, TP.partition + 1)
+    with pytest.raises(ValueError, match="appended to the buffer"):
+        buffer.extend([rec(0), rec(1, tp=other)], now=0.0)
+    # What came before the foreign record stays, as with append().
+    assert buffer.record_count == 1
+
+
+def test_extend_uses_the_sizes_it_is_given() -> None:
+    buffer = PartitionBuffer(TP, WIDE)
+    buffer.extend([rec(0), rec(1)], now=0.0, sizes=[100, 200])
+    assert buffer.size_bytes == 300

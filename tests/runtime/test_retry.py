@@ -253,7 +253,7 @@ def test_dead_letter_records_keep_payload_and_carry_error_and_origin() -> None:
     )
     assert [r.topic for r in out] == ["events.dlq"] * 2
     assert [(r.key, r.value, r.timestamp_ms) for r in out] == [
-        (x.key, x.value, x.timestamp_ms) for x in records
+        (x.key, x.value, x.timestamp) for x in records
     ]
     assert out[0].headers[0] == ("trace", b"t1")
     ours = dict(h for h in out[1].headers if h[0].startswith(DEAD_LETTER_HEADER_PREFIX))
