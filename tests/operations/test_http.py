@@ -8,6 +8,8 @@ import json
 import socket
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,6 +71,15 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextmanager
+def taken_port() -> Iterator[int]:
+    """A port something else listens on while the context lasts."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield int(taken.getsockname()[1])
 
 
 def read_url(url: str) -> str:
@@ -212,10 +223,7 @@ async def test_a_port_in_use_stops_run_with_a_settings_error(
     kafka: Any, topic_factory: Any, unique_id: Any
 ) -> None:
     topic = await topic_factory(partitions=1)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         consumer = make_consumer(kafka, topic, unique_id("g"), http_port=port)
         with anyio.fail_after(30), pytest.raises(OperationsServerError) as caught:
             await consumer.run(handle_signals=False)
@@ -296,10 +304,7 @@ async def test_capgroup_run_exits_2_naming_the_port_when_it_is_taken(
     kafka: Any, topic_factory: Any, unique_id: Any
 ) -> None:
     topic = await topic_factory(partitions=1)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         env = {
             "CAPGROUP_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
             "CAPGROUP_GROUP_ID": unique_id("g"),
