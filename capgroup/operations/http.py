@@ -24,7 +24,7 @@ probe fails and Kubernetes restarts the pod through SIGTERM and a graceful shutd
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ from capgroup.log import get_logger
 from capgroup.membership.model import MemberState
 from capgroup.operations.metrics import ObservableConsumer, metrics_registry, render_metrics
 from capgroup.settings import ENV_PREFIX, SettingsError
+from capgroup.types import TopicPartition
 
 __all__ = [
     "HealthCheck",
@@ -78,7 +79,7 @@ class HealthCheck:
         return json.dumps({**body, **self.detail}, sort_keys=True).encode() + b"\n"
 
 
-def _names(partitions: Any) -> list[str]:
+def _names(partitions: Iterable[TopicPartition]) -> list[str]:
     return sorted(f"{tp.topic}-{tp.partition}" for tp in partitions)
 
 
@@ -153,7 +154,7 @@ class OperationsServer:
         self._registry = metrics_registry(consumer)
         self._open = 0
 
-    def respond(self, method: str, target: str, headers: Mapping[str, str]) -> _Response:
+    def _respond(self, method: str, target: str, headers: Mapping[str, str]) -> _Response:
         """The response to one request (``headers`` with lower-case names)."""
         path = target.split("?", 1)[0]
         if path not in ("/metrics", "/healthz", "/readyz"):
@@ -231,7 +232,7 @@ class OperationsServer:
                 if sep:
                     headers[name.strip().lower()] = value.strip()
             try:
-                response = self.respond(method, target, headers)
+                response = self._respond(method, target, headers)
             except Exception as exc:
                 _log.warning(
                     "operations_http_handler_failed",
