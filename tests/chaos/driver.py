@@ -42,6 +42,7 @@ from capgroup.operations.kafka_local import (
     find_group_coordinator,
 )
 from capgroup.operations.testing import unique_name
+from capgroup.settings import load_settings
 from tests.chaos import invariants
 from tests.chaos.invariants import Limits
 from tests.chaos.logs import JsonLines, load_run, read_jsonl
@@ -60,10 +61,22 @@ FAULT_KINDS = (
     "node_loss",
 )
 
-#: Bytes one partition costs a member: batch cap + fetch buffer (what the assignor charges).
+#: Batch and fetch limits of every member.
 BATCH_MAX_BYTES = 64 * 1024
+BATCH_MAX_RECORDS = 500
 FETCH_BYTES = 64 * 1024
-PARTITION_COST = BATCH_MAX_BYTES + FETCH_BYTES
+
+
+def partition_cost() -> int:
+    """Bytes one partition costs a member with those limits, by the runtime's own formula
+    (``CapgroupSettings.partition_cost_bytes``, what the member advertises and the assignor
+    charges), so a budget sized for N partitions buys exactly N whatever the formula is."""
+    settings = load_settings(
+        batch_max_bytes=BATCH_MAX_BYTES,
+        batch_max_records=BATCH_MAX_RECORDS,
+        max_partition_fetch_bytes=FETCH_BYTES,
+    )
+    return int(settings.partition_cost_bytes)
 
 
 @dataclass(frozen=True)
@@ -77,7 +90,7 @@ class MemberSpec:
     @property
     def budget(self) -> int:
         """Memory budget sized for exactly ``max_partitions`` partitions."""
-        return self.max_partitions * PARTITION_COST
+        return self.max_partitions * partition_cost()
 
 
 #: The group at the start: two large members (6 partitions) and one small (2); capacity 14
@@ -248,7 +261,7 @@ class Driver:
             "shutdown_timeout_ms": 8000,
             "max_partitions": spec.max_partitions,
             "memory_budget_bytes": spec.budget,
-            "batch_max_records": 500,
+            "batch_max_records": BATCH_MAX_RECORDS,
             "batch_max_bytes": BATCH_MAX_BYTES,
             "batch_max_age_ms": c.batch_max_age_ms,
             "max_partition_fetch_bytes": FETCH_BYTES,
@@ -487,7 +500,7 @@ class Driver:
         deadline = anyio.current_time() + self.config.drain_s
         while anyio.current_time() < deadline:
             acked = {(a["p"], a["o"]) for a in read_jsonl(self.config.run_dir / "produced.jsonl")}
-            seen = set()
+            seen: set[tuple[int, int]] = set()
             for path in self.config.run_dir.glob("sink-*.jsonl"):
                 seen.update((r["p"], r["o"]) for r in read_jsonl(path))
             if acked <= seen:

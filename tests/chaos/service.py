@@ -115,8 +115,9 @@ class ChaosService(BatchingConsumer):
                     mark_lost(f"commit refused with errors {sorted(set(errors.values()))}")
                     raise CommitFencedError("commit refused", errors)
 
-            engine._mark_lost = lenient
-            engine.commit = unfenced
+            # Monkeypatching the instance is the point of a planted fault.
+            engine._mark_lost = lenient  # type: ignore[method-assign]
+            engine.commit = unfenced  # type: ignore[method-assign]
         if self.plant == "drop_revoke_commits":
             commit = engine.commit
 
@@ -125,7 +126,7 @@ class ChaosService(BatchingConsumer):
                     return
                 await commit(offsets, metadata)
 
-            engine.commit = forgetful
+            engine.commit = forgetful  # type: ignore[method-assign]
 
     def _capacity(self) -> CapacityAdvertisement:
         advertised = super()._capacity()
