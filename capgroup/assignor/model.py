@@ -34,7 +34,8 @@ class CapacityAdvertisement:
 
     max_partitions: int
     memory_budget_bytes: int
-    #: Worst-case bytes one partition of a topic costs this member (batch cap + fetch buffer).
+    #: Worst-case bytes one partition of a topic costs this member (a full batch in memory plus
+    #: its fetch buffer).
     partition_bytes: Mapping[str, int]
     #: Cost of a partition of a topic missing from ``partition_bytes``.
     default_partition_bytes: int = 0

@@ -44,6 +44,7 @@ from capgroup.operations.kafka_local import (
 )
 from capgroup.protocol import MetadataDecodeError, decode_advertisement, decode_assignment_info
 from capgroup.protocol.consumer import decode_member_metadata
+from capgroup.settings import partition_cost_bytes
 from capgroup.types import TopicPartition
 
 #: Partitions of the demo topic.
@@ -51,8 +52,9 @@ DEMO_PARTITIONS = 12
 #: The consumer class the members run (from the repository's examples).
 ARCHIVER = "examples.archiver.archiver:Archiver"
 MIB = 1024 * 1024
-#: Per-partition cost each member advertises: batch_max_bytes + max_partition_fetch_bytes.
+#: Batch and fetch limits of every member; they set the per-partition cost each advertises.
 BATCH_MAX_BYTES = MIB
+BATCH_MAX_RECORDS = 1024
 FETCH_BYTES = MIB
 #: Records per second the demo producer writes over all partitions.
 PRODUCE_RATE = 240
@@ -73,8 +75,11 @@ class MemberPlan:
     @property
     def budget_bytes(self) -> int:
         """Exactly ``max_partitions`` partitions' worth of buffer budget."""
-        return self.max_partitions * (BATCH_MAX_BYTES + FETCH_BYTES)
+        return self.max_partitions * PARTITION_COST
 
+
+#: What one partition costs a member with those limits (the runtime's own formula).
+PARTITION_COST = partition_cost_bytes(BATCH_MAX_BYTES, BATCH_MAX_RECORDS, FETCH_BYTES)
 
 MEMBERS = (MemberPlan("archiver-a", 6), MemberPlan("archiver-b", 4), MemberPlan("archiver-c", 3))
 
@@ -221,6 +226,7 @@ def _start_member(
             "CAPGROUP_MAX_PARTITIONS": str(plan.max_partitions),
             "CAPGROUP_MEMORY_BUDGET_BYTES": str(plan.budget_bytes),
             "CAPGROUP_BATCH_MAX_BYTES": str(BATCH_MAX_BYTES),
+            "CAPGROUP_BATCH_MAX_RECORDS": str(BATCH_MAX_RECORDS),
             "CAPGROUP_MAX_PARTITION_FETCH_BYTES": str(FETCH_BYTES),
             "CAPGROUP_BATCH_MAX_AGE_MS": "2000",
             "CAPGROUP_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
@@ -332,7 +338,7 @@ async def _wait_for(
 
 
 def _mib(n: int) -> str:
-    return f"{n / MIB:.0f} MiB"
+    return f"{n / MIB:.1f} MiB"
 
 
 def render(view: GroupView, partitions: int) -> str:

@@ -82,7 +82,12 @@ from capgroup.runtime.policy import FlushThroughput, RevokeAction, deadline_from
 from capgroup.runtime.retry import FailurePolicy, RetriesExhaustedError, RetryPolicy
 from capgroup.runtime.retry import run_with_retries as _run_with_retries
 from capgroup.runtime.stats import ConsumerStats, Counters, IngressRates
-from capgroup.settings import CapgroupSettings, SettingsError, load_settings
+from capgroup.settings import (
+    RECORD_OVERHEAD_BYTES,
+    CapgroupSettings,
+    SettingsError,
+    load_settings,
+)
 from capgroup.types import TopicPartition
 
 __all__ = ["RSS_SLACK_BYTES", "BatchingConsumer", "ShutdownForcedError", "rss_overhead_bytes"]
@@ -169,6 +174,11 @@ def rss_overhead_bytes(partitions: int, max_partition_fetch_bytes: int) -> int:
     return 2 * partitions * max_partition_fetch_bytes + RSS_SLACK_BYTES
 
 
+def _footprint(payload_bytes: int, records: int) -> int:
+    """Memory ``records`` buffered records of ``payload_bytes`` in all hold."""
+    return payload_bytes + records * RECORD_OVERHEAD_BYTES
+
+
 def _names(partitions: Iterable[TopicPartition]) -> list[str]:
     return [f"{tp.topic}-{tp.partition}" for tp in sorted(partitions)]
 
@@ -224,7 +234,8 @@ class BatchingConsumer(ABC):
         self._max_partitions = effective_max_partitions(
             settings.max_partitions, budget.budget_bytes, self._partition_cost
         )
-        self._ledger = MemoryLedger(budget.budget_bytes, settings.batch_max_bytes)
+        # The ledger counts memory, not payload: every buffered record also costs its object.
+        self._ledger = MemoryLedger(budget.budget_bytes, settings.batch_footprint_bytes)
         # An explicit budget with no container limit says nothing about the process's memory:
         # comparing RSS (interpreter included) with the buffer budget would always alarm.
         has_limit = not (
@@ -343,8 +354,8 @@ class BatchingConsumer(ABC):
     @property
     def max_partitions(self) -> int:
         """``max_partitions`` as advertised now: the configured cap, lowered to what the budget
-        holds at ``batch_max_bytes + max_partition_fetch_bytes`` per partition, and lowered
-        further under RSS pressure."""
+        holds at ``partition_cost_bytes`` per partition (a full batch with its per-record
+        overhead, plus the fetch buffer), and lowered further under RSS pressure."""
         if self._shed_to is None:
             return self._max_partitions
         return min(self._max_partitions, self._shed_to)
@@ -672,8 +683,9 @@ class BatchingConsumer(ABC):
             records = raw if deserialize is None else [deserialize(r) for r in raw]
             buffer.extend(records, now, sizes)
             added = buffer.size_bytes - before_bytes
-            self._ledger.add(tp, added)
-            self._counters.records_in += len(buffer) - before_count
+            accepted = len(buffer) - before_count
+            self._ledger.add(tp, _footprint(added, accepted))
+            self._counters.records_in += accepted
             self._counters.bytes_in += added
             touched.append(state)
             state.poke()
@@ -842,7 +854,7 @@ class BatchingConsumer(ABC):
         self._stopped_partitions.add(state.tp)
         dropped = len(state.buffer)
         if self._partitions.get(state.tp) is state:
-            self._ledger.release(state.tp, state.buffer.discard())
+            self._ledger.release(state.tp, _footprint(state.buffer.discard(), dropped))
         self._counters.records_discarded += dropped
         self._update_holds([state])
         _log.error(
@@ -859,7 +871,7 @@ class BatchingConsumer(ABC):
             self._counters.batches_discarded += 1
             self._counters.records_discarded += len(batch)
         if current:
-            self._ledger.release(state.tp, batch.size_bytes)
+            self._ledger.release(state.tp, _footprint(batch.size_bytes, len(batch)))
             self._update_holds([state])
         if outcome is not BatchOutcome.DISCARDED and self._live is not None:
             self._live.commit_wanted.set()

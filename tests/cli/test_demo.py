@@ -17,10 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
-ROW = re.compile(r"^(archiver-\w)\s+(\d+)/(\d+)\s+(\d+) MiB / (\d+) MiB\s+(\d+)%\s+([\d,]*)$")
+ROW = re.compile(r"^(archiver-\w)\s+(\d+)/(\d+)\s+([\d.]+) MiB / ([\d.]+) MiB\s+(\d+)%\s+([\d,]*)$")
 
 
-def table_rows(section: str) -> dict[str, tuple[int, int, int, int, set[int]]]:
+def table_rows(section: str) -> dict[str, tuple[int, int, float, float, set[int]]]:
     """member -> (owned, max partitions, bytes MiB, budget MiB, partitions) of one table."""
     rows = {}
     for line in section.splitlines():
@@ -28,7 +28,7 @@ def table_rows(section: str) -> dict[str, tuple[int, int, int, int, set[int]]]:
         if match:
             name, owned, cap, used, budget, _, parts = match.groups()
             partitions = {int(p) for p in parts.split(",") if p}
-            rows[name] = (int(owned), int(cap), int(used), int(budget), partitions)
+            rows[name] = (int(owned), int(cap), float(used), float(budget), partitions)
     return rows
 
 

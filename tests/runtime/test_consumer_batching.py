@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from capgroup import TopicPartition
+from capgroup.settings import RECORD_OVERHEAD_BYTES
 from tests.runtime.harness import (
     Recorder,
     committed_offsets,
@@ -55,8 +56,10 @@ async def test_count_trigger_flushes_in_order_and_commits_only_flushed(
         committed = await committed_offsets(kafka.bootstrap_servers, group, [tp])
         # The last five records are buffered (age limit far away): nothing past 29 commits.
         assert committed[tp] == 30
-        assert consumer.stats.buffered_bytes_by_partition[tp] == sum(
-            len(str(i).encode()) + 20 for i in range(30, 35)
+        # The ledger counts memory: payload plus the per-record overhead.
+        assert (
+            consumer.stats.buffered_bytes_by_partition[tp]
+            == sum(len(str(i).encode()) + 20 for i in range(30, 35)) + 5 * RECORD_OVERHEAD_BYTES
         )
 
 

@@ -67,7 +67,8 @@ async def test_burst_larger_than_budget_keeps_rss_within_budget(
         memory_budget_bytes=budget,
         batch_max_bytes=4 * MiB,
         max_partition_fetch_bytes=1 * MiB,
-        batch_max_records=1_000_000,
+        # 10 KiB records: the bytes limit cuts batches (about 400 records) before this one.
+        batch_max_records=500,
         batch_max_age_ms=1_000,
     )
     sink = tmp_path / "sink.jsonl"
@@ -132,7 +133,7 @@ async def test_rss_pressure_flushes_pauses_sheds_and_recovers(
             bootstrap,
             group,
             topic,
-            batch_max_records=100_000,
+            batch_max_records=1_000,
             batch_max_age_ms=600_000,
             max_partitions=4,
             # A container limit far above this process's RSS: the watchdog runs, at NORMAL.

@@ -21,7 +21,7 @@ from capgroup.runtime.memory import (
     memory_budget_from_settings,
     shed_capacity,
 )
-from capgroup.settings import CapgroupSettings
+from capgroup.settings import RECORD_OVERHEAD_BYTES, CapgroupSettings
 from capgroup.types import TopicPartition
 
 GIB = 1 << 30
@@ -139,8 +139,13 @@ def test_effective_max_partitions(
 
 
 def test_effective_max_partitions_uses_the_settings_cost() -> None:
-    settings = CapgroupSettings(batch_max_bytes=3 * MIB, max_partition_fetch_bytes=MIB)
+    settings = CapgroupSettings(
+        batch_max_bytes=3 * MIB, batch_max_records=1024, max_partition_fetch_bytes=MIB
+    )
+    # 3 MiB payload + 1024 records x RECORD_OVERHEAD_BYTES + 1 MiB fetch buffer per partition.
+    assert settings.partition_cost_bytes == 4 * MIB + 1024 * RECORD_OVERHEAD_BYTES
     assert effective_max_partitions(64, 10 * MIB, settings.partition_cost_bytes) == 2
+    assert effective_max_partitions(64, 8 * MIB, settings.partition_cost_bytes) == 1
     with pytest.raises(ValueError, match="positive"):
         effective_max_partitions(1, 1, 0)
 
@@ -291,3 +296,46 @@ def test_shed_capacity(owned: int, rss: int, max_partitions: int, expected: int)
 def test_shed_capacity_needs_a_positive_cost() -> None:
     with pytest.raises(ValueError, match="positive"):
         shed_capacity(1, 1, 1, 0, 1)
+
+
+def test_record_overhead_bound_covers_a_buffered_record() -> None:
+    """The per-record overhead the budget counts is at least what a buffered record costs
+    beyond its payload (aiokafka's ConsumerRecord object and the buffer's list slots)."""
+    import tracemalloc
+
+    from aiokafka.structs import ConsumerRecord
+
+    from capgroup.runtime.batch import BatchLimits, PartitionBuffer, record_sizes
+    from capgroup.settings import RECORD_OVERHEAD_BYTES
+    from tests.runtime._records import TP
+
+    count, payload = 20_000, 200
+    buffer = PartitionBuffer(TP, BatchLimits(10**9, 1 << 40, 3600.0))
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        records = [
+            ConsumerRecord(
+                TP.topic,
+                TP.partition,
+                1_000_000 + i,
+                1_700_000_000_000 + i,
+                0,
+                None,
+                bytes(payload),
+                None,
+                -1,
+                payload,
+                (),
+            )
+            for i in range(count)
+        ]
+        buffer.extend(records, 0.0, record_sizes(records))
+        del records
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert buffer.record_count == count
+    overhead = held / count - payload
+    assert overhead <= RECORD_OVERHEAD_BYTES, f"measured {overhead:.0f} B per record"
+    assert overhead > RECORD_OVERHEAD_BYTES / 4, f"the bound is far off: {overhead:.0f} B"
