@@ -13,6 +13,7 @@ join or sync is in flight, because a generation that is being replaced cannot co
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -155,6 +156,10 @@ class MembershipEngine:
         self._last_rebalance_seconds: float | None = None
         self._known_partitions: dict[str, frozenset[int]] = {}
         self._fatal: GroupFatalError | None = None
+        # A fresh number each time a partition is gained: a commit that waited across a lost
+        # generation must not commit the old ownership's offset under the new one.
+        self._gains = itertools.count()
+        self._gained_at: dict[TopicPartition, int] = {}
 
     # ------------------------------------------------------------------ observation --
     @property
@@ -405,6 +410,21 @@ class MembershipEngine:
     async def _apply(self, generation: Generation, assigned: frozenset[TopicPartition]) -> None:
         began = anyio.current_time()
         previous = self._owned
+        offered = len(assigned)
+        if self._advertised is not None and _exceeds(assigned, self._advertised):
+            # A static member restarting with a lower budget is answered from the broker's
+            # cache, without the leader seeing the new budget. Take only what fits (what we
+            # already hold first), never start the rest, and ask for a real rebalance: our
+            # next join claims only what we took, so the leader places the rest elsewhere.
+            assigned = _within(assigned, previous, self._advertised)
+            _log.warning(
+                "assignment_exceeds_capacity",
+                generation=generation.generation_id,
+                offered=offered,
+                taken=len(assigned),
+                max_partitions=self._advertised.max_partitions,
+            )
+            self.request_rejoin("assignment exceeds the advertised capacity")
         revoked = previous - assigned
         added = assigned - previous
         self._generation = generation
@@ -425,6 +445,8 @@ class MembershipEngine:
         self._owned = assigned
         self._committable = assigned
         self._owned_generation = dict.fromkeys(assigned, generation.generation_id)
+        for tp in added:
+            self._gained_at[tp] = next(self._gains)
         if added:
             try:
                 await self._listener.on_partitions_assigned(
@@ -447,16 +469,6 @@ class MembershipEngine:
         )
         if revoked:
             self.request_rejoin("revoked partitions must be released to their new owners")
-        if self._advertised is not None and _exceeds(assigned, self._advertised):
-            # A static member restarting with a lower budget is answered from the broker's
-            # cache, without the leader seeing the new budget: ask for a real rebalance.
-            _log.warning(
-                "assignment_exceeds_capacity",
-                generation=generation.generation_id,
-                assigned=len(assigned),
-                max_partitions=self._advertised.max_partitions,
-            )
-            self.request_rejoin("assignment exceeds the advertised capacity")
 
     def _mark_lost(self, reason: str) -> None:
         """The generation is gone: no commit may use it from now on. Listener callbacks run
@@ -477,6 +489,7 @@ class MembershipEngine:
         lost = self._owned
         self._owned = frozenset()
         self._owned_generation = {}
+        self._gained_at.clear()
         _log.warning("partitions_lost", reason=reason, lost=_names(lost))
         if lost:
             await self._listener.on_partitions_lost(
@@ -596,6 +609,9 @@ class MembershipEngine:
         if not offsets:
             return
         wanted = dict(offsets)
+        # The ownership the caller's offsets belong to; a partition lost or revoked and gained
+        # again while this commit waits is a different ownership.
+        ownership = {tp: self._gained_at.get(tp) for tp in wanted}
         deadline = anyio.current_time() + self._settings.rebalance_timeout_ms / 1000
         failures = 0
         refused_generation: Generation | None = None
@@ -604,6 +620,9 @@ class MembershipEngine:
             not_owned = wanted.keys() - self._committable
             if not_owned:
                 raise CommitFencedError("partitions not owned by this member", not_owned)
+            changed = [tp for tp, gained in ownership.items() if self._gained_at.get(tp) != gained]
+            if changed:
+                raise CommitFencedError("ownership changed while the commit waited", changed)
             session = self._settings.session_timeout_ms / 1000
             if anyio.current_time() - self._last_heartbeat_ok > session:
                 self._mark_lost("commit attempted after a whole session without heartbeat")
@@ -842,6 +861,23 @@ def _subscription(raw: bytes) -> list[str]:
         return list(decode_member_metadata(raw).topics)
     except MetadataDecodeError:  # another member's bytes: plan_group reports them
         return []
+
+
+def _within(
+    assigned: frozenset[TopicPartition],
+    held: frozenset[TopicPartition],
+    adv: CapacityAdvertisement,
+) -> frozenset[TopicPartition]:
+    """The part of ``assigned`` the member takes when it exceeds its own budget: partitions
+    it already holds first, then in order, while the count and bytes fit."""
+    taken: list[TopicPartition] = []
+    used = 0
+    for tp in sorted(assigned, key=lambda tp: (tp not in held, tp)):
+        cost = adv.cost_of(tp.topic)
+        if len(taken) < adv.max_partitions and used + cost <= adv.memory_budget_bytes:
+            taken.append(tp)
+            used += cost
+    return frozenset(taken)
 
 
 def _exceeds(assigned: frozenset[TopicPartition], adv: CapacityAdvertisement) -> bool:

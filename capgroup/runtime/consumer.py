@@ -666,6 +666,12 @@ class BatchingConsumer(ABC):
 
     def _absorb(self, chunks: Mapping[TopicPartition, list[Any]]) -> None:
         """Buffer fetched records (synchronously: no revoke can interleave)."""
+        engine = self._rt.engine
+        if not engine.generation.valid:
+            # The generation is lost and the engine has yet to hand us the loss: these
+            # partitions may already be someone else's, so their records are not ours to
+            # process. Dropping them is safe: a regained partition restarts from its commit.
+            return
         now = anyio.current_time()
         touched = []
         # The per-record call is skipped when the subclass keeps the identity deserializer.

@@ -9,7 +9,7 @@ from structlog.testing import capture_logs
 
 from capgroup.assignor.model import CapacityAdvertisement, OwnedPartition
 from capgroup.membership import wire
-from capgroup.membership.engine import _decode_assignment, _exceeds, _limits
+from capgroup.membership.engine import _decode_assignment, _exceeds, _limits, _within
 from capgroup.membership.model import NO_GENERATION, Generation
 from capgroup.protocol.consumer import encode_member_assignment
 from capgroup.types import TopicPartition
@@ -102,3 +102,16 @@ def test_assignment_over_own_budget_is_detected() -> None:
     assert not _exceeds(two, adv)
     assert _exceeds(two | {TopicPartition("t", 2)}, adv)
     assert _exceeds(frozenset({TopicPartition("big", 0), TopicPartition("t", 0)}), adv)
+
+
+def test_an_oversized_cached_assignment_is_cut_to_the_budget_keeping_held_partitions() -> None:
+    adv = CapacityAdvertisement(max_partitions=2, memory_budget_bytes=1000, partition_bytes={})
+    offered = frozenset(TopicPartition("t", p) for p in range(5))
+    held = frozenset({TopicPartition("t", 3)})
+    taken = _within(offered, held, adv)
+    assert taken == {TopicPartition("t", 3), TopicPartition("t", 0)}
+    by_bytes = CapacityAdvertisement(
+        max_partitions=9, memory_budget_bytes=250, partition_bytes={}, default_partition_bytes=100
+    )
+    assert len(_within(offered, frozenset(), by_bytes)) == 2
+    assert not _exceeds(_within(offered, held, by_bytes), by_bytes)
