@@ -25,13 +25,12 @@ from __future__ import annotations
 import json
 import random
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import anyio
 
@@ -48,7 +47,7 @@ from tests.chaos.invariants import Limits
 from tests.chaos.logs import JsonLines, load_run, read_jsonl
 from tests.chaos.producer import ChaosProducer
 from tests.chaos.report import build_report, summary
-from tests.membership.harness import ROOT, MemberProcess
+from tests.membership.harness import MemberProcess
 
 #: Every fault kind; ``broker_restart`` needs one node, ``node_loss`` three.
 FAULT_KINDS = (
@@ -194,17 +193,16 @@ class ChaosMember(MemberProcess):
         self.start_t = 0.0
         self.end_t: float | None = None
 
-    def start(self) -> ChaosMember:
-        """Start the process (stderr to ``<member>.<inc>.stderr`` in the run directory)."""
+    def command(self) -> list[str]:
+        """The chaos service under ``capgroup run``, or the engine-only member."""
         if self.kind == "engine":
-            command = [sys.executable, "-m", "tests.chaos.engine_member"]
-        else:
-            capgroup = str(Path(sys.executable).parent / "capgroup")
-            command = [capgroup, "run", "tests.chaos.service:ChaosService"]
-        with open(self._stderr, "ab") as err:
-            self.proc = subprocess.Popen(
-                command, env=self._env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=err
-            )
+            return [sys.executable, "-m", "tests.chaos.engine_member"]
+        capgroup = str(Path(sys.executable).parent / "capgroup")
+        return [capgroup, "run", "tests.chaos.service:ChaosService"]
+
+    def start(self) -> Self:
+        """Start the process (stderr to ``<member>.<inc>.stderr`` in the run directory)."""
+        super().start()
         self.start_t = time.time()
         return self
 

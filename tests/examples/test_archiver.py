@@ -51,9 +51,7 @@ def contents(root: Path, tp: TopicPartition) -> list[tuple[int, str, str]]:
 class ArchiverProcess(ConsumerProcess):
     """``capgroup run examples.archiver.archiver:Archiver`` (the path the README gives)."""
 
-    def start(self, target: str = "examples.archiver.archiver:Archiver") -> ConsumerProcess:
-        """Start the process."""
-        return super().start(target)
+    target = "examples.archiver.archiver:Archiver"
 
 
 def temp_files(root: Path) -> list[Path]:

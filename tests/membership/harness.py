@@ -4,9 +4,6 @@ producer, and readers of the probe members' sinks."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -20,8 +17,7 @@ from aiokafka import AIOKafkaProducer
 
 from capgroup.settings import CapgroupSettings, load_settings
 from tests.membership.probe_member import ProbeMember
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.processes import ChildProcess, capgroup_env
 
 #: Fast group timings for tests: a dead member is noticed within about 6 s.
 FAST = {
@@ -68,7 +64,7 @@ class EventLog:
 
 def read_sink(path: Path) -> list[dict[str, Any]]:
     """Events a probe member process wrote (a torn last line from SIGKILL is skipped)."""
-    events = []
+    events: list[dict[str, Any]] = []
     if not path.exists():
         return events
     for line in path.read_text(encoding="utf-8").splitlines():
@@ -107,7 +103,7 @@ async def wait_until(predicate: Callable[[], bool], within: float, what: str) ->
         await anyio.sleep(0.1)
 
 
-class MemberProcess:
+class MemberProcess(ChildProcess):
     """A probe member running as its own OS process (so it can be SIGKILLed/SIGSTOPped)."""
 
     def __init__(
@@ -117,54 +113,20 @@ class MemberProcess:
         settings: dict[str, Any],
         extra_env: dict[str, str] | None = None,
     ) -> None:
+        super().__init__(
+            capgroup_env(settings, PROBE_NAME=name, **(extra_env or {})),
+            sink.with_suffix(".stderr"),
+        )
         self.name = name
         self.sink = sink
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CAPGROUP_")}
-        for key, value in settings.items():
-            if isinstance(value, list):
-                value = ",".join(value)
-            env[f"CAPGROUP_{key.upper()}"] = str(value)
-        env["PROBE_NAME"] = name
-        env.update(extra_env or {})
-        env["PYTHONPATH"] = str(ROOT)
-        self._env = env
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._stderr = sink.with_suffix(".stderr")
 
-    def start(self) -> MemberProcess:
-        """Start the process."""
-        with open(self._stderr, "ab") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.membership.probe_member", str(self.sink)],
-                env=self._env,
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-        return self
-
-    def signal(self, sig: signal.Signals) -> None:
-        """Send ``sig`` to the process."""
-        assert self.proc is not None
-        self.proc.send_signal(sig)
+    def command(self) -> list[str]:
+        """The probe member, writing to :attr:`sink`."""
+        return [sys.executable, "-m", "tests.membership.probe_member", str(self.sink)]
 
     def events(self) -> list[dict[str, Any]]:
         """What the member wrote to its sink so far."""
         return read_sink(self.sink)
-
-    def stderr_tail(self) -> str:
-        """The end of the member's stderr, for assertion messages."""
-        if not self._stderr.exists():
-            return ""
-        return self._stderr.read_text(errors="replace")[-3000:]
-
-    def close(self) -> None:
-        """Make sure the process is gone."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGCONT)
-        self.proc.kill()
-        self.proc.wait(10)
 
 
 @asynccontextmanager

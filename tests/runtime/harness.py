@@ -4,8 +4,6 @@ in-process runs, a producer of numbered records, and readers of committed offset
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -19,10 +17,9 @@ from aiokafka.structs import TopicPartition as KafkaTopicPartition
 
 from capgroup import Batch, BatchingConsumer, RevokeAction, TopicPartition
 from tests.membership.harness import FAST, wait_until
+from tests.processes import ROOT, ChildProcess, capgroup_env
 
-__all__ = ["FAST", "wait_until"]
-
-ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["FAST", "ROOT", "wait_until"]
 
 
 def consumer_settings(bootstrap: str, group: str, topic: str, **overrides: Any) -> dict[str, Any]:
@@ -214,58 +211,21 @@ def log_events(stderr: str) -> list[dict[str, Any]]:
     return events
 
 
-class ConsumerProcess:
-    """``capgroup run tests.runtime.sink_consumer:SinkConsumer`` as an OS process."""
+class ConsumerProcess(ChildProcess):
+    """``capgroup run TARGET`` as an OS process, with :attr:`sink` in ``SINK_PATH``."""
+
+    #: The consumer class to run.
+    target = "tests.runtime.sink_consumer:SinkConsumer"
 
     def __init__(self, sink: Path, settings: dict[str, Any], **env: str) -> None:
+        super().__init__(
+            capgroup_env(settings, **env, SINK_PATH=str(sink)), sink.with_suffix(".stderr")
+        )
         self.sink = sink
-        environment = {k: v for k, v in os.environ.items() if not k.startswith("CAPGROUP_")}
-        for key, value in settings.items():
-            if isinstance(value, list):
-                value = ",".join(value)
-            environment[f"CAPGROUP_{key.upper()}"] = str(value)
-        environment.update(env)
-        environment["SINK_PATH"] = str(sink)
-        environment["PYTHONPATH"] = str(ROOT)
-        self._env = environment
-        self.stderr_path = sink.with_suffix(".stderr")
-        self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self, target: str = "tests.runtime.sink_consumer:SinkConsumer") -> ConsumerProcess:
-        """Start the process."""
-        with open(self.stderr_path, "ab") as err:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "capgroup.cli.main", "run", target],
-                env=self._env,
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        """The process id."""
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stderr(self) -> str:
-        """Everything the process wrote to stderr (structured logs)."""
-        return self.stderr_path.read_text(errors="replace") if self.stderr_path.exists() else ""
-
-    async def wait_exit(self, within: float) -> int:
-        """Wait for the process to exit; its exit code (fails after ``within`` seconds)."""
-        assert self.proc is not None
-        proc = self.proc
-        await wait_until(lambda: proc.poll() is not None, within, "the consumer process to exit")
-        return proc.returncode
-
-    def close(self) -> None:
-        """Make sure the process is gone."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.kill()
-        self.proc.wait(10)
+    def command(self) -> list[str]:
+        """``capgroup run`` of :attr:`target`."""
+        return [sys.executable, "-m", "capgroup.cli.main", "run", self.target]
 
 
 @asynccontextmanager
