@@ -19,7 +19,11 @@ from capgroup import Batch, BatchingConsumer, RevokeAction, TopicPartition
 from tests.membership.harness import FAST, wait_until
 from tests.processes import ROOT, ChildProcess, capgroup_env
 
-__all__ = ["FAST", "ROOT", "wait_until"]
+__all__ = ["FAST", "HOLD", "ROOT", "wait_until"]
+
+
+#: Batch limits that keep everything buffered until a revoke, a loss or the shutdown.
+HOLD = {"batch_max_records": 100_000, "batch_max_age_ms": 600_000}
 
 
 def consumer_settings(bootstrap: str, group: str, topic: str, **overrides: Any) -> dict[str, Any]:

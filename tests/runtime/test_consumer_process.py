@@ -14,6 +14,7 @@ import pytest
 
 from capgroup import TopicPartition
 from tests.runtime.harness import (
+    HOLD,
     ROOT,
     ConsumerProcess,
     Recorder,
@@ -29,8 +30,6 @@ from tests.runtime.harness import (
 from tests.runtime.sink_consumer import read_batches
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
-
-HOLD = {"batch_max_records": 100_000, "batch_max_age_ms": 600_000}
 
 
 def flushed_offsets(sink: Path, partition: int) -> list[int]:

@@ -12,6 +12,7 @@ import pytest
 
 from capgroup import Batch, RevokeAction, TopicPartition
 from tests.runtime.harness import (
+    HOLD,
     Recorder,
     committed_offsets,
     consumer_settings,
@@ -22,9 +23,6 @@ from tests.runtime.harness import (
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
-
-#: Everything stays buffered until a revoke, a loss or the shutdown.
-HOLD = {"batch_max_records": 100_000, "batch_max_age_ms": 600_000}
 
 
 class SlowRevoke(Recorder):
