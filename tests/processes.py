@@ -3,10 +3,11 @@ their environment, stderr kept in a file, and always reaped (stopped ones includ
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Self
 
@@ -86,3 +87,23 @@ class ChildProcess:
         self.proc.send_signal(signal.SIGCONT)
         self.proc.kill()
         self.proc.wait(10)
+
+
+def json_objects(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """The JSON objects among ``lines``; anything else (a torn last line after SIGKILL, a
+    non-JSON log line) is skipped."""
+    for line in lines:
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict):
+            yield value
+
+
+def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """The objects of a JSON-lines file a child wrote (nothing if it does not exist yet)."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as stream:
+        yield from json_objects(stream)

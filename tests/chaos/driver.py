@@ -44,10 +44,11 @@ from capgroup.operations.testing import unique_name
 from capgroup.settings import load_settings
 from tests.chaos import invariants
 from tests.chaos.invariants import Limits
-from tests.chaos.logs import JsonLines, load_run, read_jsonl
+from tests.chaos.logs import JsonLines, load_run
 from tests.chaos.producer import ChaosProducer
 from tests.chaos.report import build_report, summary
 from tests.membership.harness import MemberProcess
+from tests.processes import read_jsonl
 
 #: Every fault kind; ``broker_restart`` needs one node, ``node_loss`` three.
 FAULT_KINDS = (

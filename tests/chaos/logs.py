@@ -17,11 +17,11 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 from tests.chaos.invariants import Limits, RunData
+from tests.processes import read_jsonl
 
 
 class JsonLines:
@@ -49,18 +49,6 @@ class JsonLines:
     def close(self) -> None:
         """Close the file."""
         self._stream.close()
-
-
-def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
-    """Rows of a JSON-lines file; a torn last line (SIGKILL mid-write) is skipped."""
-    if not path.exists():
-        return
-    with open(path, encoding="utf-8") as stream:
-        for line in stream:
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
 
 
 def load_run(directory: Path) -> RunData:

@@ -3,7 +3,6 @@ producer, and readers of the probe members' sinks."""
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +16,7 @@ from aiokafka import AIOKafkaProducer
 
 from capgroup.settings import CapgroupSettings, load_settings
 from tests.membership.probe_member import ProbeMember
-from tests.processes import ChildProcess, capgroup_env
+from tests.processes import ChildProcess, capgroup_env, read_jsonl
 
 #: Fast group timings for tests: a dead member is noticed within about 6 s.
 FAST = {
@@ -64,15 +63,7 @@ class EventLog:
 
 def read_sink(path: Path) -> list[dict[str, Any]]:
     """Events a probe member process wrote (a torn last line from SIGKILL is skipped)."""
-    events: list[dict[str, Any]] = []
-    if not path.exists():
-        return events
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return events
+    return list(read_jsonl(path))
 
 
 def current_assignment(events: list[dict[str, Any]]) -> tuple[int, set[tuple[str, int]]]:

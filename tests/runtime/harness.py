@@ -3,7 +3,6 @@ in-process runs, a producer of numbered records, and readers of committed offset
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -17,7 +16,7 @@ from aiokafka.structs import TopicPartition as KafkaTopicPartition
 
 from capgroup import Batch, BatchingConsumer, RevokeAction, TopicPartition
 from tests.membership.harness import FAST, wait_until
-from tests.processes import ROOT, ChildProcess, capgroup_env
+from tests.processes import ROOT, ChildProcess, capgroup_env, json_objects
 
 __all__ = ["FAST", "HOLD", "ROOT", "wait_until"]
 
@@ -204,15 +203,7 @@ async def read_topic(bootstrap: str, topic: str, expected: int, within: float = 
 
 def log_events(stderr: str) -> list[dict[str, Any]]:
     """The JSON log events a consumer process wrote (other lines are skipped)."""
-    events = []
-    for line in stderr.splitlines():
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(event, dict):
-            events.append(event)
-    return events
+    return list(json_objects(stderr.splitlines()))
 
 
 class ConsumerProcess(ChildProcess):
