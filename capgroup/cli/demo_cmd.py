@@ -32,7 +32,6 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 import capgroup
-from capgroup.assignor.model import CapacityAdvertisement
 from capgroup.errors import leaf_exceptions
 from capgroup.log import configure_logging
 from capgroup.operations.kafka_local import (
@@ -45,7 +44,7 @@ from capgroup.operations.kafka_local import (
 from capgroup.protocol import MetadataDecodeError, decode_advertisement, decode_assignment_info
 from capgroup.protocol.consumer import decode_member_metadata
 from capgroup.settings import partition_cost_bytes
-from capgroup.types import TopicPartition
+from capgroup.types import CapacityAdvertisement, TopicPartition
 
 #: Partitions of the demo topic.
 DEMO_PARTITIONS = 12

@@ -25,7 +25,8 @@ from aiokafka.client import AIOKafkaClient, ConnectionGroup, CoordinationType
 from anyio.abc import TaskStatus
 
 from capgroup.assignor.adapter import plan_group
-from capgroup.assignor.model import CapacityAdvertisement, OwnedPartition, PartitionSpec
+from capgroup.assignor.model import PartitionSpec
+from capgroup.connection import ClientRole, client_options
 from capgroup.errors import (
     CommitFailedError,
     CommitFencedError,
@@ -51,7 +52,7 @@ from capgroup.protocol._wire import MetadataDecodeError
 from capgroup.protocol.capacity import encode_advertisement
 from capgroup.protocol.consumer import decode_member_metadata, encode_member_metadata
 from capgroup.settings import CapgroupSettings
-from capgroup.types import TopicPartition
+from capgroup.types import CapacityAdvertisement, OwnedPartition, TopicPartition
 
 _log = get_logger("membership")
 
@@ -220,12 +221,7 @@ class MembershipEngine:
         continue.
         """
         bind_member(group_id=self._group)
-        self._client = AIOKafkaClient(
-            bootstrap_servers=self._settings.bootstrap_servers,
-            client_id=self._settings.client_id,
-            request_timeout_ms=self._settings.effective_request_timeout_ms,
-            retry_backoff_ms=100,
-        )
+        self._client = AIOKafkaClient(**client_options(self._settings, ClientRole.COORDINATOR))
         try:
             await self._client.bootstrap()
             self._client.set_topics(self._topics)

@@ -7,8 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from capgroup.assignor.model import CapacityAdvertisement
-from capgroup.types import TopicPartition
+from capgroup.types import CapacityAdvertisement, TopicPartition
 
 #: Name of our protocol inside the "consumer" protocol type. Members running another assignor
 #: share no protocol with us, and the broker rejects them with INCONSISTENT_GROUP_PROTOCOL.

@@ -50,7 +50,6 @@ import math
 from collections.abc import Iterable
 from dataclasses import replace
 
-from capgroup.assignor.model import CapacityAdvertisement, OwnedPartition
 from capgroup.protocol._wire import (
     INT32_MAX,
     INT63_MAX,
@@ -60,6 +59,7 @@ from capgroup.protocol._wire import (
     fits_float32,
     float32,
 )
+from capgroup.types import CapacityAdvertisement, OwnedPartition
 
 MAGIC = b"CG"
 MAJOR_VERSION = 1

@@ -40,7 +40,6 @@ import psutil
 from aiokafka.errors import KafkaError
 from anyio.abc import TaskGroup, TaskStatus
 
-from capgroup.assignor.model import CapacityAdvertisement
 from capgroup.errors import (
     CapgroupError,
     CommitFailedError,
@@ -88,7 +87,7 @@ from capgroup.settings import (
     SettingsError,
     load_settings,
 )
-from capgroup.types import TopicPartition
+from capgroup.types import CapacityAdvertisement, TopicPartition
 
 __all__ = ["RSS_SLACK_BYTES", "BatchingConsumer", "ShutdownForcedError", "rss_overhead_bytes"]
 

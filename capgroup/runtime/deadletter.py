@@ -11,6 +11,7 @@ import time
 
 from aiokafka import AIOKafkaProducer
 
+from capgroup.connection import ClientRole, client_options
 from capgroup.runtime.batch import Batch
 from capgroup.runtime.retry import dead_letter_records
 from capgroup.settings import CapgroupSettings
@@ -25,11 +26,9 @@ class DeadLetterProducer:
         """Create (not yet connect) the producer; call inside the event loop."""
         self.topic = topic
         self._producer = AIOKafkaProducer(
-            bootstrap_servers=settings.bootstrap_servers,
-            client_id=f"{settings.client_id}-dlq",
+            **client_options(settings, ClientRole.DEAD_LETTER),
             acks="all",
             enable_idempotence=True,
-            request_timeout_ms=settings.effective_request_timeout_ms,
         )
 
     async def start(self) -> None:

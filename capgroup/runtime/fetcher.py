@@ -21,6 +21,7 @@ import anyio
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition as KafkaTopicPartition
 
+from capgroup.connection import ClientRole, client_options
 from capgroup.log import get_logger
 from capgroup.settings import CapgroupSettings
 from capgroup.types import TopicPartition
@@ -41,8 +42,7 @@ class PartitionFetcher:
         self._settings = settings
         self._topics = tuple(sorted(set(settings.topics)))
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.bootstrap_servers,
-            client_id=f"{settings.client_id}-fetch",
+            **client_options(settings, ClientRole.FETCHER),
             group_id=None,
             enable_auto_commit=False,
             auto_offset_reset=settings.auto_offset_reset,
