@@ -37,8 +37,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from capgroup.devkafka.admin import create_topic
+from capgroup.devkafka.cluster import LocalKafkaCluster
 from capgroup.log import configure_logging
-from capgroup.operations.kafka_local import LocalKafkaCluster, create_topic
 from tests.membership.harness import (
     EventLog,
     MemberProcess,

@@ -44,7 +44,8 @@ from aiokafka.structs import TopicPartition as KafkaTopicPartition
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from capgroup import Batch, BatchingConsumer
-from capgroup.operations.kafka_local import LocalKafkaCluster, admin_client, create_topic
+from capgroup.devkafka.admin import admin_client, create_topic
+from capgroup.devkafka.cluster import LocalKafkaCluster
 
 PARTITIONS = 12
 RECORD_BYTES = 200

@@ -11,12 +11,14 @@ aiokafka, so reading settings stays cheap.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from enum import StrEnum
 from typing import Any
 
 from capgroup.settings import CapgroupSettings
 
-__all__ = ["ClientRole", "client_options"]
+__all__ = ["ClientRole", "admin_client", "client_options"]
 
 #: Wait before retrying a failed request or metadata refresh (aiokafka's default).
 RETRY_BACKOFF_MS = 100
@@ -50,3 +52,19 @@ def client_options(settings: CapgroupSettings, role: ClientRole) -> dict[str, An
         "request_timeout_ms": settings.effective_request_timeout_ms,
         "retry_backoff_ms": RETRY_BACKOFF_MS,
     }
+
+
+@contextlib.asynccontextmanager
+async def admin_client(settings: CapgroupSettings, **overrides: Any) -> AsyncIterator[Any]:
+    """A started ``AIOKafkaAdminClient`` built from :func:`client_options`, closed on exit.
+
+    ``overrides`` replace individual options (a short request timeout for a CLI command).
+    """
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    client = AIOKafkaAdminClient(**{**client_options(settings, ClientRole.ADMIN), **overrides})
+    try:
+        await client.start()
+        yield client
+    finally:
+        await client.close()

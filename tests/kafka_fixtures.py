@@ -1,6 +1,6 @@
 """Pytest fixtures for Kafka-backed tests; ``tests/conftest.py`` imports them.
 
-The broker logic lives in :mod:`capgroup.operations.testing`; this module only maps "no broker"
+The broker logic lives in :mod:`tests.brokers`; this module only maps "no broker"
 to a skip, or to a failure when ``CI=true`` (CI must never pass by skipping Kafka tests).
 """
 
@@ -14,8 +14,8 @@ from typing import Any, NoReturn
 import anyio
 import pytest
 
-from capgroup.operations.kafka_local import LocalKafkaCluster
-from capgroup.operations.testing import (
+from capgroup.devkafka.cluster import LocalKafkaCluster
+from tests.brokers import (
     KafkaEndpoint,
     KafkaUnavailable,
     acquire_kafka,

@@ -9,7 +9,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
-from capgroup.operations.testing import KafkaEndpoint
+from tests.brokers import KafkaEndpoint
 
 pytestmark = [pytest.mark.kafka, pytest.mark.anyio]
 

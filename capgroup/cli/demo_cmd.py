@@ -32,15 +32,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
 import capgroup
+from capgroup.devkafka.admin import admin_client, create_topic, delete_topics
+from capgroup.devkafka.cluster import LocalKafkaCluster
+from capgroup.devkafka.jars import KafkaLocalError
 from capgroup.errors import leaf_exceptions
 from capgroup.log import configure_logging
-from capgroup.operations.kafka_local import (
-    KafkaLocalError,
-    LocalKafkaCluster,
-    admin_client,
-    create_topic,
-    delete_topics,
-)
 from capgroup.protocol import MetadataDecodeError, decode_advertisement, decode_assignment_info
 from capgroup.protocol.consumer import decode_member_metadata
 from capgroup.settings import partition_cost_bytes

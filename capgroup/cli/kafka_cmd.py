@@ -8,8 +8,9 @@ import threading
 from types import FrameType
 from typing import Any
 
+from capgroup.devkafka.cluster import LocalKafkaCluster
+from capgroup.devkafka.jars import KafkaLocalError, ensure_jars
 from capgroup.log import configure_logging
-from capgroup.operations.kafka_local import KafkaLocalError, LocalKafkaCluster, ensure_jars
 
 #: Exit code when the local Kafka cannot be fetched or started.
 EXIT_KAFKA = 3

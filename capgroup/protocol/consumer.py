@@ -22,11 +22,6 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from aiokafka.coordinator.protocol import (
-    ConsumerProtocolMemberAssignment,
-    ConsumerProtocolMemberMetadata,
-)
-
 from capgroup.protocol._wire import INT32_MAX, INT63_MAX, MetadataDecodeError, Reader, Writer
 from capgroup.types import TopicPartition
 
@@ -65,9 +60,25 @@ class AssignmentInfo:
     pending: int = 0
 
 
+def _string(value: str) -> bytes:
+    encoded = value.encode("utf-8")
+    return _I16.pack(len(encoded)) + encoded
+
+
+def _bytes(value: bytes) -> bytes:
+    return _I32.pack(len(value)) + value
+
+
 def encode_member_metadata(topics: Iterable[str], user_data: bytes) -> bytes:
-    """Encode version-0 consumer protocol metadata (topics sorted for determinism)."""
-    return bytes(ConsumerProtocolMemberMetadata(0, sorted(set(topics)), user_data).encode())
+    """Encode version-0 consumer protocol metadata (topics sorted for determinism).
+
+    Byte for byte what Kafka's ``ConsumerProtocolSubscription`` v0 (and aiokafka's
+    ``ConsumerProtocolMemberMetadata``) writes; a test compares the two.
+    """
+    names = sorted(set(topics))
+    return b"".join(
+        (_I16.pack(0), _I32.pack(len(names)), *map(_string, names), _bytes(bytes(user_data)))
+    )
 
 
 def decode_member_metadata(data: bytes) -> MemberSubscription:
@@ -116,18 +127,17 @@ def decode_member_metadata(data: bytes) -> MemberSubscription:
 def encode_member_assignment(
     partitions: Iterable[TopicPartition], info: AssignmentInfo | None = None
 ) -> bytes:
-    """Encode a version-0 ``ConsumerProtocolMemberAssignment`` (sorted, grouped by topic)."""
+    """Encode a version-0 ``ConsumerProtocolMemberAssignment`` (sorted, grouped by topic),
+    byte for byte as Kafka and aiokafka write it."""
     by_topic: dict[str, list[int]] = {}
     for tp in sorted(partitions):
         by_topic.setdefault(tp.topic, []).append(tp.partition)
     user_data = encode_assignment_info(info) if info is not None else b""
-    return bytes(
-        ConsumerProtocolMemberAssignment(
-            0,
-            [ConsumerProtocolMemberAssignment.Assignment(t, ps) for t, ps in by_topic.items()],
-            user_data,
-        ).encode()
-    )
+    topics = [
+        _string(topic) + _I32.pack(len(ids)) + b"".join(map(_I32.pack, ids))
+        for topic, ids in by_topic.items()
+    ]
+    return b"".join((_I16.pack(0), _I32.pack(len(topics)), *topics, _bytes(user_data)))
 
 
 def encode_assignment_info(info: AssignmentInfo) -> bytes:

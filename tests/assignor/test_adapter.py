@@ -16,12 +16,12 @@ from aiokafka.protocol.metadata import MetadataResponse_v1
 from structlog.testing import capture_logs
 
 from capgroup.assignor.adapter import (
-    CapacityAwareAssignor,
     GroupPlan,
     plan_group,
     with_claimed_rates,
 )
 from capgroup.assignor.model import CapacityAdvertisement, MemberSpec, OwnedPartition, PartitionSpec
+from capgroup.membership.aiokafka_assignor import CapacityAwareAssignor
 from capgroup.protocol import (
     AssignmentInfo,
     decode_advertisement,

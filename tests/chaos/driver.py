@@ -34,14 +34,10 @@ from typing import Any, Self
 
 import anyio
 
-from capgroup.operations.kafka_local import (
-    LocalKafkaCluster,
-    admin_client,
-    create_topic,
-    find_group_coordinator,
-)
-from capgroup.operations.testing import unique_name
+from capgroup.devkafka.admin import admin_client, create_topic, find_group_coordinator
+from capgroup.devkafka.cluster import LocalKafkaCluster
 from capgroup.settings import load_settings
+from tests.brokers import unique_name
 from tests.chaos import invariants
 from tests.chaos.invariants import Limits
 from tests.chaos.logs import JsonLines, load_run

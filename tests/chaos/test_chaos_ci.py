@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from capgroup.operations.kafka_local import LocalKafkaCluster
-from capgroup.operations.testing import KafkaEndpoint
+from capgroup.devkafka.cluster import LocalKafkaCluster
+from tests.brokers import KafkaEndpoint
 from tests.chaos.driver import ChaosConfig, run_chaos
 from tests.chaos.report import summary
 from tests.kafka_fixtures import unavailable

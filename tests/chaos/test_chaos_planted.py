@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from capgroup.operations.testing import KafkaEndpoint
+from tests.brokers import KafkaEndpoint
 from tests.chaos.driver import ChaosConfig, run_chaos
 from tests.chaos.report import summary
 

@@ -7,9 +7,9 @@ from typing import Any
 import anyio
 import pytest
 
-from capgroup.operations.kafka_local import LocalKafkaCluster
-from capgroup.operations.testing import KafkaEndpoint
+from capgroup.devkafka.cluster import LocalKafkaCluster
 from capgroup.types import TopicPartition
+from tests.brokers import KafkaEndpoint
 from tests.membership.harness import (
     EventLog,
     in_process_group,

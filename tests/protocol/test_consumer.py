@@ -74,3 +74,38 @@ def test_assignment_info_tolerates_newer_minor_and_unknown_fields() -> None:
 def test_assignment_info_rejects_foreign_or_future_bytes(data: bytes) -> None:
     with pytest.raises(MetadataDecodeError):
         decode_assignment_info(data)
+
+
+_topic = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=20)
+
+
+@settings(max_examples=300, deadline=None)
+@given(topics=st.lists(_topic, max_size=8), user_data=st.binary(max_size=64))
+def test_metadata_encoding_is_byte_identical_to_aiokafka(
+    topics: list[str], user_data: bytes
+) -> None:
+    # Our encoder is pure (no client import); it must write exactly Kafka's v0 layout.
+    theirs = ConsumerProtocolMemberMetadata(0, sorted(set(topics)), user_data).encode()
+    assert encode_member_metadata(topics, user_data) == bytes(theirs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    partitions=st.sets(st.tuples(_topic, st.integers(0, 2**31 - 1)), max_size=20),
+    generation=st.integers(-1, 2**31 - 1),
+    with_info=st.booleans(),
+)
+def test_assignment_encoding_is_byte_identical_to_aiokafka(
+    partitions: set[tuple[str, int]], generation: int, with_info: bool
+) -> None:
+    tps = [TopicPartition(t, p) for t, p in partitions]
+    info = AssignmentInfo(generation, 3, 1) if with_info else None
+    by_topic: dict[str, list[int]] = {}
+    for tp in sorted(tps):
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    theirs = ConsumerProtocolMemberAssignment(
+        0,
+        [ConsumerProtocolMemberAssignment.Assignment(t, ps) for t, ps in by_topic.items()],
+        encode_assignment_info(info) if info is not None else b"",
+    ).encode()
+    assert encode_member_assignment(tps, info) == bytes(theirs)

@@ -14,19 +14,19 @@ from pathlib import Path
 import anyio
 import pytest
 
-from capgroup.operations import kafka_local
-from capgroup.operations.kafka_local import (
-    MARKER_NAME,
-    KafkaLocalError,
+from capgroup.devkafka import admin as kafka_admin
+from capgroup.devkafka import cluster as kafka_cluster
+from capgroup.devkafka import jars as kafka_jars
+from capgroup.devkafka.cluster import (
     LocalKafkaCluster,
     NodeSpec,
     free_ports,
-    jars_complete,
     new_cluster_id,
     render_log4j2,
     render_node_config,
     render_properties,
 )
+from capgroup.devkafka.jars import MARKER_NAME, KafkaLocalError, jars_complete
 from tests.kafka_fixtures import unavailable
 
 
@@ -100,7 +100,7 @@ def test_jar_cache_needs_marker_and_every_listed_jar(tmp_path: Path) -> None:
 def test_missing_maven_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(KafkaLocalError, match="'mvn' is not on PATH"):
-        kafka_local.ensure_jars("4.1.1", cache=tmp_path / "cache")
+        kafka_jars.ensure_jars("4.1.1", cache=tmp_path / "cache")
 
 
 @pytest.mark.kafka
@@ -114,7 +114,7 @@ def test_start_answers_then_stop_reaps_jvm_and_workdir() -> None:
         unavailable(str(exc))
     try:
         assert cluster.is_running(1)
-        assert anyio.run(kafka_local.broker_ids, cluster.bootstrap_servers) == {1}
+        assert anyio.run(kafka_admin.broker_ids, cluster.bootstrap_servers) == {1}
         pid = cluster._procs[1].pid
         assert cluster.node(1).server_log.parent.is_dir()
     finally:
@@ -141,7 +141,7 @@ def test_cli_kafka_start_prints_bootstrap_and_stops_on_sigterm() -> None:
             proc.kill()
             unavailable(f"capgroup kafka start printed {line!r}: {proc.stderr.read()[-2000:]}")
         bootstrap = line.split(":", 1)[1].strip()
-        assert anyio.run(kafka_local.broker_ids, bootstrap) == {1}
+        assert anyio.run(kafka_admin.broker_ids, bootstrap) == {1}
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         host, port = bootstrap.rsplit(":", 1)
@@ -160,17 +160,17 @@ def test_sweep_removes_only_dirs_of_dead_owners(tmp_path: Path) -> None:
         text=True,
         check=True,
     )
-    base = Path(kafka_local.tempfile.gettempdir())
+    base = Path(kafka_cluster.tempfile.gettempdir())
     stale = base / f"capgroup-kafka-test-stale-{uuid.uuid4().hex[:6]}"
     live = base / f"capgroup-kafka-test-live-{uuid.uuid4().hex[:6]}"
     for directory, pid in ((stale, dead.stdout.strip()), (live, str(os.getpid()))):
         directory.mkdir()
         (directory / "owner.pid").write_text(pid)
     try:
-        removed = kafka_local.sweep_stale_workdirs()
+        removed = kafka_cluster.sweep_stale_workdirs()
         assert stale in removed
         assert not stale.exists()
         assert live.exists()
     finally:
         for directory in (stale, live):
-            kafka_local.shutil.rmtree(directory, ignore_errors=True)
+            kafka_cluster.shutil.rmtree(directory, ignore_errors=True)

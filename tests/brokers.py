@@ -4,7 +4,7 @@ Order of preference, as :func:`acquire_kafka` applies it:
 
 1. ``KAFKA_BOOTSTRAP_SERVERS`` from the environment: a cluster someone else runs;
 2. testcontainers' ``KafkaContainer`` in KRaft mode, if a Docker daemon answers a ping;
-3. :class:`~capgroup.operations.kafka_local.LocalKafkaCluster` from the Maven jars.
+3. :class:`~capgroup.devkafka.LocalKafkaCluster` from the Maven jars.
 
 Whatever cannot be had raises :class:`KafkaUnavailable` with the reason, so the caller decides
 whether that skips or fails a test.
@@ -20,8 +20,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from capgroup.operations import kafka_local
-from capgroup.operations.kafka_local import KafkaLocalError, LocalKafkaCluster
+from capgroup.devkafka import admin as kafka_admin
+from capgroup.devkafka.cluster import LocalKafkaCluster
+from capgroup.devkafka.jars import KafkaLocalError
 
 #: Environment variable naming an existing cluster to test against.
 BOOTSTRAP_ENV = "KAFKA_BOOTSTRAP_SERVERS"
@@ -56,22 +57,22 @@ class KafkaEndpoint:
         configs: Mapping[str, str] | None = None,
     ) -> str:
         """Create topic ``name``, wait for its leaders, and return the name."""
-        await kafka_local.create_topic(
+        await kafka_admin.create_topic(
             self.bootstrap_servers, name, partitions, replication_factor, configs
         )
         return name
 
     async def delete_topics(self, names: list[str]) -> None:
         """Delete topics ``names``."""
-        await kafka_local.delete_topics(self.bootstrap_servers, names)
+        await kafka_admin.delete_topics(self.bootstrap_servers, names)
 
     async def broker_ids(self) -> set[int]:
         """Node ids of the brokers the cluster reports as alive."""
-        return await kafka_local.broker_ids(self.bootstrap_servers)
+        return await kafka_admin.broker_ids(self.bootstrap_servers)
 
     async def find_coordinator(self, group_id: str, within: float = 30.0) -> int:
         """Node id of ``group_id``'s group coordinator (FindCoordinator)."""
-        return await kafka_local.find_group_coordinator(self.bootstrap_servers, group_id, within)
+        return await kafka_admin.find_group_coordinator(self.bootstrap_servers, group_id, within)
 
     def close(self) -> None:
         """Stop whatever this endpoint started (nothing for an external cluster)."""

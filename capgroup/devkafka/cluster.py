@@ -1,10 +1,9 @@
 """A real Apache Kafka (KRaft) on 127.0.0.1, run from Maven Central jars, for tests and the demo.
 
-The broker jars come from Maven (``kafka-pom.xml`` ships beside this module) into a cache that
-survives between runs. :class:`LocalKafkaCluster` formats KRaft storage and starts one combined
-broker+controller node, or three such nodes with a static controller quorum, on ports chosen at
-run time so that several checkouts can run their suites at once. Nodes can be stopped, killed and
-restarted one at a time for failure tests, and every JVM is reaped when the cluster is closed,
+:class:`LocalKafkaCluster` formats KRaft storage and starts one combined broker+controller node,
+or three such nodes with a static controller quorum, on ports chosen at run time so that
+several checkouts can run their suites at once. Nodes can be stopped, killed and restarted one
+at a time for failure tests, and every JVM is reaped when the cluster is closed,
 garbage-collected, or the interpreter exits (and killed by the kernel if the interpreter dies).
 
 Typical use::
@@ -18,8 +17,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import ctypes
-import fcntl
-import importlib.resources
 import os
 import shutil
 import signal
@@ -31,7 +28,7 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -39,14 +36,10 @@ from typing import Any, Self
 
 import anyio
 
+from capgroup.devkafka.admin import broker_ids
+from capgroup.devkafka.jars import KAFKA_VERSION, KafkaLocalError, ensure_jars, require_tool
 from capgroup.log import get_logger
 
-#: Kafka version fetched by default; it must exist as ``org.apache.kafka:kafka_2.13`` on Maven.
-KAFKA_VERSION = "4.1.1"
-#: Environment variable naming the jar cache's base directory.
-CACHE_ENV = "CAPGROUP_KAFKA_CACHE"
-#: Written last into a jar directory, listing its jars; a directory without it is incomplete.
-MARKER_NAME = ".complete"
 #: Host every node binds to and advertises.
 HOST = "127.0.0.1"
 #: JVM options of a broker: small heap, few GC threads, quick start (C1 only) on 2-core machines.
@@ -58,9 +51,8 @@ JVM_OPTS: tuple[str, ...] = (
     "-Djava.awt.headless=true",
 )
 
-_log = get_logger("kafka_local")
 
-_MAVEN_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.7.1:copy-dependencies"
+_log = get_logger("devkafka")
 
 _LOG4J2_TEMPLATE = """\
 # Broker logs stay quiet: warnings and worse go to a file in the node directory.
@@ -74,10 +66,6 @@ appender.file.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = WARN
 rootLogger.appenderRef.file.ref = FILE
 """
-
-
-class KafkaLocalError(RuntimeError):
-    """The local Kafka could not be fetched, formatted, started or reached."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,96 +199,6 @@ def free_ports(count: int) -> list[int]:
     finally:
         for s in sockets:
             s.close()
-
-
-# --- jars -----------------------------------------------------------------------------------
-
-
-def cache_root() -> Path:
-    """Base directory of the jar cache: ``$CAPGROUP_KAFKA_CACHE`` or ``~/.cache/capgroup``."""
-    configured = os.environ.get(CACHE_ENV)
-    if configured:
-        return Path(configured).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "capgroup"
-
-
-def jars_complete(directory: Path) -> bool:
-    """Whether ``directory`` holds a complete jar set: the marker and every jar it lists."""
-    marker = directory / MARKER_NAME
-    if not marker.is_file():
-        return False
-    names = [line for line in marker.read_text().splitlines() if line]
-    return bool(names) and all((directory / name).is_file() for name in names)
-
-
-def require_tool(name: str) -> str:
-    """Return the path of executable ``name`` or raise :class:`KafkaLocalError` saying so."""
-    found = shutil.which(name)
-    if found is None:
-        hint = {
-            "java": "install a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless)",
-            "mvn": "install Apache Maven (e.g. apt-get install maven)",
-        }.get(name, "install it")
-        raise KafkaLocalError(f"{name!r} is not on PATH; the local Kafka needs it: {hint}")
-    return found
-
-
-def ensure_jars(version: str = KAFKA_VERSION, cache: Path | None = None) -> Path:
-    """Return a directory with the Kafka broker jars, fetching them with Maven if needed.
-
-    Concurrent callers (several clones, several test sessions) serialise on a lock file; the
-    jars are gathered in a scratch directory and renamed into place, marker written last.
-    """
-    root = cache if cache is not None else cache_root()
-    target = root / f"kafka-{version}"
-    if jars_complete(target):
-        return target
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / f"kafka-{version}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if jars_complete(target):
-            return target
-        mvn = require_tool("mvn")
-        scratch = Path(tempfile.mkdtemp(prefix=f".kafka-{version}-", dir=root))
-        started = time.monotonic()
-        try:
-            pom = importlib.resources.files("capgroup.operations").joinpath("kafka-pom.xml")
-            with importlib.resources.as_file(pom) as pom_path:
-                command = [
-                    mvn,
-                    "-q",
-                    "-B",
-                    _MAVEN_PLUGIN,
-                    f"-DoutputDirectory={scratch}",
-                    "-DincludeScope=runtime",
-                    f"-Dkafka.version={version}",
-                    "-f",
-                    str(pom_path),
-                ]
-                _log.info("kafka_jars_fetching", version=version, directory=str(target))
-                result = subprocess.run(command, capture_output=True, text=True, check=False)
-            if result.returncode != 0:
-                output = (result.stdout + result.stderr)[-4000:]
-                raise KafkaLocalError(
-                    f"maven could not fetch Kafka {version} (exit {result.returncode}):\n{output}"
-                )
-            jars = sorted(p.name for p in scratch.glob("*.jar"))
-            if not any(name.startswith("kafka_2.13-") for name in jars):
-                raise KafkaLocalError(f"maven fetched no kafka_2.13 jar into {scratch}")
-            (scratch / MARKER_NAME).write_text("\n".join(jars) + "\n")
-            if target.exists():
-                shutil.rmtree(target)
-            scratch.rename(target)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
-        _log.info(
-            "kafka_jars_fetched",
-            version=version,
-            jars=len(jars),
-            seconds=round(time.monotonic() - started, 1),
-        )
-    return target
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -696,101 +594,6 @@ class LocalKafkaCluster:
     def wait_ready_sync(self, within: float | None = None) -> None:
         """Blocking :meth:`wait_ready`, for code outside an event loop."""
         anyio.run(self.wait_ready, within)
-
-
-# --- clients --------------------------------------------------------------------------------
-
-
-@contextlib.asynccontextmanager
-async def admin_client(bootstrap_servers: str, **kwargs: Any) -> AsyncIterator[Any]:
-    """A started ``AIOKafkaAdminClient``, closed on exit."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    client = AIOKafkaAdminClient(
-        bootstrap_servers=bootstrap_servers, request_timeout_ms=5000, **kwargs
-    )
-    try:
-        await client.start()
-        yield client
-    finally:
-        await client.close()
-
-
-async def broker_ids(bootstrap_servers: str) -> set[int]:
-    """Node ids of the brokers the cluster reports as alive."""
-    async with admin_client(bootstrap_servers) as admin:
-        cluster = await admin.describe_cluster()
-    return {int(b["node_id"]) for b in cluster["brokers"]}
-
-
-async def find_group_coordinator(
-    bootstrap_servers: str, group_id: str, within: float = 30.0
-) -> int:
-    """Return the node id of ``group_id``'s coordinator, asking the cluster (FindCoordinator).
-
-    Retries while the cluster answers "coordinator not available", which it does while it
-    creates the offsets topic or moves a coordinator after a node failure.
-    """
-    from aiokafka.client import AIOKafkaClient, CoordinationType
-    from aiokafka.errors import KafkaError
-
-    deadline = time.monotonic() + within
-    client = AIOKafkaClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=5000)
-    try:
-        await client.bootstrap()
-        while True:
-            try:
-                return int(await client.coordinator_lookup(CoordinationType.GROUP, group_id))
-            except KafkaError as exc:
-                if time.monotonic() >= deadline:
-                    raise KafkaLocalError(
-                        f"no coordinator for group {group_id!r} after {within:.0f} s: {exc!r}"
-                    ) from exc
-                await anyio.sleep(0.2)
-    finally:
-        await client.close()
-
-
-async def create_topic(
-    bootstrap_servers: str,
-    name: str,
-    partitions: int = 1,
-    replication_factor: int = 1,
-    configs: Mapping[str, str] | None = None,
-) -> None:
-    """Create topic ``name`` and wait until every partition has a leader."""
-    from aiokafka.admin import NewTopic
-    from aiokafka.errors import for_code
-
-    topic = NewTopic(
-        name=name,
-        num_partitions=partitions,
-        replication_factor=replication_factor,
-        topic_configs=dict(configs or {}),
-    )
-    async with admin_client(bootstrap_servers) as admin:
-        response = await admin.create_topics([topic], timeout_ms=30_000)
-        for entry in response.topic_errors:
-            code = entry[1]
-            if code != 0:
-                raise KafkaLocalError(f"creating topic {name!r} failed: {for_code(code).__name__}")
-        deadline = time.monotonic() + 30
-        while True:
-            described = await admin.describe_topics([name])
-            parts = described[0]["partitions"] if described else []
-            if len(parts) == partitions and all(p["leader"] >= 0 for p in parts):
-                return
-            if time.monotonic() >= deadline:
-                raise KafkaLocalError(f"topic {name!r} has no leader for every partition yet")
-            await anyio.sleep(0.1)
-
-
-async def delete_topics(bootstrap_servers: str, names: Sequence[str]) -> None:
-    """Delete topics ``names`` (errors such as unknown topics are ignored)."""
-    if not names:
-        return
-    async with admin_client(bootstrap_servers) as admin:
-        await admin.delete_topics(list(names), timeout_ms=30_000)
 
 
 @contextlib.contextmanager

@@ -6,8 +6,8 @@ import anyio
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from capgroup.operations.kafka_local import LocalKafkaCluster
-from capgroup.operations.testing import KafkaEndpoint
+from capgroup.devkafka.cluster import LocalKafkaCluster
+from tests.brokers import KafkaEndpoint
 from tests.test_integration_produce_consume import consume_exactly
 
 pytestmark = [pytest.mark.kafka, pytest.mark.cluster3, pytest.mark.slow, pytest.mark.anyio]

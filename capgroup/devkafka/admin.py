@@ -1,0 +1,109 @@
+"""Small admin operations on a cluster, for the demo, the benchmarks and the tests."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import anyio
+
+from capgroup import connection
+from capgroup.devkafka.jars import KafkaLocalError
+from capgroup.settings import CapgroupSettings, load_settings
+
+
+def connection_settings(bootstrap_servers: str) -> CapgroupSettings:
+    """Settings for reaching ``bootstrap_servers``; other connection settings (security, once
+    there are some) still come from ``CAPGROUP_*`` variables."""
+    return load_settings(bootstrap_servers=bootstrap_servers.split(","))
+
+
+@contextlib.asynccontextmanager
+async def admin_client(bootstrap_servers: str, **overrides: Any) -> AsyncIterator[Any]:
+    """A started ``AIOKafkaAdminClient`` for ``bootstrap_servers``, closed on exit."""
+    async with connection.admin_client(
+        connection_settings(bootstrap_servers), **{"request_timeout_ms": 5000, **overrides}
+    ) as client:
+        yield client
+
+
+async def broker_ids(bootstrap_servers: str) -> set[int]:
+    """Node ids of the brokers the cluster reports as alive."""
+    async with admin_client(bootstrap_servers) as admin:
+        cluster = await admin.describe_cluster()
+    return {int(b["node_id"]) for b in cluster["brokers"]}
+
+
+async def find_group_coordinator(
+    bootstrap_servers: str, group_id: str, within: float = 30.0
+) -> int:
+    """Return the node id of ``group_id``'s coordinator, asking the cluster (FindCoordinator).
+
+    Retries while the cluster answers "coordinator not available", which it does while it
+    creates the offsets topic or moves a coordinator after a node failure.
+    """
+    from aiokafka.client import AIOKafkaClient, CoordinationType
+    from aiokafka.errors import KafkaError
+
+    deadline = time.monotonic() + within
+    options = connection.client_options(
+        connection_settings(bootstrap_servers), connection.ClientRole.ADMIN
+    )
+    client = AIOKafkaClient(**{**options, "request_timeout_ms": 5000})
+    try:
+        await client.bootstrap()
+        while True:
+            try:
+                return int(await client.coordinator_lookup(CoordinationType.GROUP, group_id))
+            except KafkaError as exc:
+                if time.monotonic() >= deadline:
+                    raise KafkaLocalError(
+                        f"no coordinator for group {group_id!r} after {within:.0f} s: {exc!r}"
+                    ) from exc
+                await anyio.sleep(0.2)
+    finally:
+        await client.close()
+
+
+async def create_topic(
+    bootstrap_servers: str,
+    name: str,
+    partitions: int = 1,
+    replication_factor: int = 1,
+    configs: Mapping[str, str] | None = None,
+) -> None:
+    """Create topic ``name`` and wait until every partition has a leader."""
+    from aiokafka.admin import NewTopic
+    from aiokafka.errors import for_code
+
+    topic = NewTopic(
+        name=name,
+        num_partitions=partitions,
+        replication_factor=replication_factor,
+        topic_configs=dict(configs or {}),
+    )
+    async with admin_client(bootstrap_servers) as admin:
+        response = await admin.create_topics([topic], timeout_ms=30_000)
+        for entry in response.topic_errors:
+            code = entry[1]
+            if code != 0:
+                raise KafkaLocalError(f"creating topic {name!r} failed: {for_code(code).__name__}")
+        deadline = time.monotonic() + 30
+        while True:
+            described = await admin.describe_topics([name])
+            parts = described[0]["partitions"] if described else []
+            if len(parts) == partitions and all(p["leader"] >= 0 for p in parts):
+                return
+            if time.monotonic() >= deadline:
+                raise KafkaLocalError(f"topic {name!r} has no leader for every partition yet")
+            await anyio.sleep(0.1)
+
+
+async def delete_topics(bootstrap_servers: str, names: Sequence[str]) -> None:
+    """Delete topics ``names`` (errors such as unknown topics are ignored)."""
+    if not names:
+        return
+    async with admin_client(bootstrap_servers) as admin:
+        await admin.delete_topics(list(names), timeout_ms=30_000)
