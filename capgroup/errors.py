@@ -6,6 +6,15 @@ from collections.abc import Iterable
 
 from capgroup.types import TopicPartition
 
+__all__ = [
+    "CapgroupError",
+    "CommitFailedError",
+    "CommitFencedError",
+    "FencedInstanceError",
+    "GroupFatalError",
+    "leaf_exceptions",
+]
+
 
 class CapgroupError(Exception):
     """Base class of capgroup's errors."""

@@ -13,6 +13,12 @@ from typing import Any, TextIO
 
 import structlog
 
+__all__ = [
+    "bind_member",
+    "configure_logging",
+    "get_logger",
+]
+
 _configured = False
 
 

@@ -14,6 +14,18 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+__all__ = [
+    "ENV_PREFIX",
+    "MAX_SESSION_TIMEOUT_MS",
+    "MIN_SESSION_TIMEOUT_MS",
+    "RECORD_OVERHEAD_BYTES",
+    "CapgroupSettings",
+    "SettingsError",
+    "batch_footprint_bytes",
+    "load_settings",
+    "partition_cost_bytes",
+]
+
 ENV_PREFIX = "CAPGROUP_"
 
 #: Lowest session timeout we accept. Brokers default group.min.session.timeout.ms to 6000 and

@@ -34,6 +34,14 @@ from capgroup.protocol.consumer import (
 )
 from capgroup.types import TopicPartition
 
+__all__ = [
+    "ASSIGNOR_NAME",
+    "GroupPlan",
+    "plan_group",
+    "plan_subscriptions",
+    "with_claimed_rates",
+]
+
 #: Protocol name announced in JoinGroup; every member of a group must offer it.
 ASSIGNOR_NAME = "capgroup-cooperative"
 #: How many unassigned partitions the shortfall warning lists by name.

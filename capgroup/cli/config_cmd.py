@@ -10,6 +10,12 @@ from pydantic_core import PydanticUndefined
 
 from capgroup.settings import ENV_PREFIX, CapgroupSettings, load_settings
 
+__all__ = [
+    "register",
+    "run",
+    "settings_table",
+]
+
 
 def register(sub: Any) -> None:
     """Add the ``config`` sub-command."""

@@ -42,6 +42,31 @@ from capgroup.protocol.consumer import decode_member_metadata
 from capgroup.settings import partition_cost_bytes
 from capgroup.types import CapacityAdvertisement, TopicPartition
 
+__all__ = [
+    "ARCHIVER",
+    "BATCH_MAX_BYTES",
+    "BATCH_MAX_RECORDS",
+    "DEMO_PARTITIONS",
+    "EXIT_FAILED",
+    "EXIT_USAGE",
+    "FETCH_BYTES",
+    "MEMBERS",
+    "MIB",
+    "PARTITION_COST",
+    "PRODUCE_RATE",
+    "SESSION_TIMEOUT_MS",
+    "DemoError",
+    "GroupView",
+    "MemberPlan",
+    "MemberView",
+    "blind_comparison",
+    "describe_group",
+    "register",
+    "render",
+    "repository_root",
+    "run",
+]
+
 #: Partitions of the demo topic.
 DEMO_PARTITIONS = 12
 #: The consumer class the members run (from the repository's examples).
@@ -383,15 +408,3 @@ def blind_comparison(view: GroupView, topic: str) -> str:
 def _archive_summary(archive: Path) -> str:
     files = list(archive.rglob("*.jsonl.gz")) if archive.exists() else []
     return f"archived so far: {len(files)} files under the members' ARCHIVER_DIR"
-
-
-__all__ = [
-    "DemoError",
-    "GroupView",
-    "MemberView",
-    "blind_comparison",
-    "describe_group",
-    "register",
-    "render",
-    "run",
-]

@@ -12,6 +12,14 @@ from capgroup.devkafka.cluster import LocalKafkaCluster
 from capgroup.devkafka.jars import KafkaLocalError, ensure_jars
 from capgroup.log import configure_logging
 
+__all__ = [
+    "EXIT_KAFKA",
+    "register",
+    "run_fetch",
+    "run_start",
+    "wait_for_stop_signal",
+]
+
 #: Exit code when the local Kafka cannot be fetched or started.
 EXIT_KAFKA = 3
 

@@ -8,6 +8,13 @@ from collections.abc import Callable, Sequence
 
 from capgroup.settings import SettingsError
 
+__all__ = [
+    "EXIT_USAGE",
+    "Handler",
+    "build_parser",
+    "main",
+]
+
 #: Exit code for usage and configuration errors (bad settings, bad scenario files).
 EXIT_USAGE = 2
 

@@ -27,6 +27,23 @@ from capgroup.assignor.model import (
 )
 from capgroup.types import TopicPartition
 
+__all__ = [
+    "EXIT_USAGE",
+    "MemberModel",
+    "Name",
+    "NonNegInt",
+    "OwnedModel",
+    "PartitionModel",
+    "Rate",
+    "Scenario",
+    "ScenarioError",
+    "load_scenario",
+    "plan_scenario",
+    "register",
+    "render_table",
+    "run",
+]
+
 #: Same value as :data:`capgroup.cli.main.EXIT_USAGE`; not imported to avoid a cycle.
 EXIT_USAGE = 2
 
@@ -272,6 +289,3 @@ def render_table(scenario: Scenario, lost: list[str], result: dict[str, Any]) ->
 
 def _gb(n: int) -> str:
     return f"{n / 1e9:.2f} GB"
-
-
-__all__ = ["Scenario", "ScenarioError", "load_scenario", "plan_scenario", "register", "run"]

@@ -13,6 +13,15 @@ from capgroup import connection
 from capgroup.devkafka.jars import KafkaLocalError
 from capgroup.settings import CapgroupSettings, load_settings
 
+__all__ = [
+    "admin_client",
+    "broker_ids",
+    "connection_settings",
+    "create_topic",
+    "delete_topics",
+    "find_group_coordinator",
+]
+
 
 def connection_settings(bootstrap_servers: str) -> CapgroupSettings:
     """Settings for reaching ``bootstrap_servers``; other connection settings (security, once

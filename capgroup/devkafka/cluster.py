@@ -40,6 +40,20 @@ from capgroup.devkafka.admin import broker_ids
 from capgroup.devkafka.jars import KAFKA_VERSION, KafkaLocalError, ensure_jars, require_tool
 from capgroup.log import get_logger
 
+__all__ = [
+    "HOST",
+    "JVM_OPTS",
+    "LocalKafkaCluster",
+    "NodeSpec",
+    "free_ports",
+    "local_kafka",
+    "new_cluster_id",
+    "render_log4j2",
+    "render_node_config",
+    "render_properties",
+    "sweep_stale_workdirs",
+]
+
 #: Host every node binds to and advertises.
 HOST = "127.0.0.1"
 #: JVM options of a broker: small heap, few GC threads, quick start (C1 only) on 2-core machines.

@@ -17,6 +17,17 @@ from pathlib import Path
 
 from capgroup.log import get_logger
 
+__all__ = [
+    "CACHE_ENV",
+    "KAFKA_VERSION",
+    "MARKER_NAME",
+    "KafkaLocalError",
+    "cache_root",
+    "ensure_jars",
+    "jars_complete",
+    "require_tool",
+]
+
 #: Kafka version fetched by default; it must exist as ``org.apache.kafka:kafka_2.13`` on Maven.
 KAFKA_VERSION = "4.1.1"
 #: Environment variable naming the jar cache's base directory.

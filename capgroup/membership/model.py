@@ -9,6 +9,20 @@ from typing import Protocol
 
 from capgroup.types import CapacityAdvertisement, TopicPartition
 
+__all__ = [
+    "COMMITTABLE_STATES",
+    "NO_GENERATION",
+    "PROTOCOL_NAME",
+    "PROTOCOL_TYPE",
+    "AssignmentChange",
+    "AssignmentListener",
+    "CapacitySource",
+    "Generation",
+    "MemberState",
+    "MembershipSnapshot",
+    "RateSource",
+]
+
 #: Name of our protocol inside the "consumer" protocol type. Members running another assignor
 #: share no protocol with us, and the broker rejects them with INCONSISTENT_GROUP_PROTOCOL.
 PROTOCOL_NAME = "capgroup-cooperative"

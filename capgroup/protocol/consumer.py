@@ -25,6 +25,20 @@ from dataclasses import dataclass
 from capgroup.protocol._wire import INT32_MAX, INT63_MAX, MetadataDecodeError, Reader, Writer
 from capgroup.types import TopicPartition
 
+__all__ = [
+    "INFO_MAGIC",
+    "INFO_MAJOR_VERSION",
+    "INFO_MINOR_VERSION",
+    "MAX_MEMBER_METADATA_BYTES",
+    "AssignmentInfo",
+    "MemberSubscription",
+    "decode_assignment_info",
+    "decode_member_metadata",
+    "encode_assignment_info",
+    "encode_member_assignment",
+    "encode_member_metadata",
+]
+
 #: Largest member metadata the leader parses; real metadata is a few KiB plus our user_data.
 MAX_MEMBER_METADATA_BYTES = 1024 * 1024
 INFO_MAGIC = b"CA"
