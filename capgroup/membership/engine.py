@@ -2,7 +2,8 @@
 
 aiokafka's own coordinator is eager (every rebalance revokes everything) and cannot commit
 under our generation, so this engine drives FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
-LeaveGroup and OffsetCommit/OffsetFetch over an :class:`aiokafka.AIOKafkaClient`.
+LeaveGroup and OffsetCommit/OffsetFetch through a :class:`CoordinatorTransport` (in production
+aiokafka's client, see :mod:`capgroup.membership.transport`).
 
 The manage loop reads like the protocol: join, sync, apply the assignment (revoke, then
 assign), then wait while heartbeats run in their own task until something asks for a rejoin.
@@ -15,18 +16,16 @@ from __future__ import annotations
 import contextlib
 import itertools
 import random
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
 import anyio
-from aiokafka import errors as kafka_errors
-from aiokafka.client import AIOKafkaClient, ConnectionGroup, CoordinationType
+from aiokafka import errors as Errors  # noqa: N812 (aiokafka's own idiom)
 from anyio.abc import TaskStatus
 
 from capgroup.assignor.adapter import plan_group
 from capgroup.assignor.model import PartitionSpec
-from capgroup.connection import ClientRole, client_options
 from capgroup.errors import (
     CommitFailedError,
     CommitFencedError,
@@ -48,6 +47,11 @@ from capgroup.membership.model import (
     MemberState,
     RateSource,
 )
+from capgroup.membership.transport import (
+    CONNECTION_ERRORS,
+    AiokafkaTransport,
+    CoordinatorTransport,
+)
 from capgroup.protocol._wire import MetadataDecodeError
 from capgroup.protocol.capacity import encode_advertisement
 from capgroup.protocol.consumer import decode_member_metadata, encode_member_metadata
@@ -56,46 +60,35 @@ from capgroup.types import CapacityAdvertisement, OwnedPartition, TopicPartition
 
 _log = get_logger("membership")
 
-# Kafka error codes the engine reacts to (see the protocol guide's error table).
-NONE = 0
-UNKNOWN_TOPIC_OR_PARTITION = 3
-REQUEST_TIMED_OUT = 7
-COORDINATOR_LOAD_IN_PROGRESS = 14
-COORDINATOR_NOT_AVAILABLE = 15
-NOT_COORDINATOR = 16
-ILLEGAL_GENERATION = 22
-INCONSISTENT_GROUP_PROTOCOL = 23
-INVALID_GROUP_ID = 24
-UNKNOWN_MEMBER_ID = 25
-INVALID_SESSION_TIMEOUT = 26
-REBALANCE_IN_PROGRESS = 27
-GROUP_AUTHORIZATION_FAILED = 30
-MEMBER_ID_REQUIRED = 79
+# Kafka error codes the engine reacts to, from aiokafka's error classes.
+NONE: int = Errors.NoError.errno
+UNKNOWN_MEMBER_ID: int = Errors.UnknownMemberIdError.errno
+REBALANCE_IN_PROGRESS: int = Errors.RebalanceInProgressError.errno
+MEMBER_ID_REQUIRED: int = Errors.MemberIdRequired.errno
+# aiokafka 0.14 has no class for these two (Errors.for_code answers UnknownError), so the
+# codes are spelled out here.
 GROUP_MAX_SIZE_REACHED = 81
 FENCED_INSTANCE_ID = 82
 
-_COORDINATOR_MOVED = frozenset({COORDINATOR_NOT_AVAILABLE, NOT_COORDINATOR})
-_GENERATION_GONE = frozenset({ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID})
+_COORDINATOR_MOVED = frozenset(
+    {Errors.GroupCoordinatorNotAvailableError.errno, Errors.NotCoordinatorForGroupError.errno}
+)
+#: Answers after which the same request may succeed at the (possibly re-found) coordinator.
+_COORDINATOR_BUSY = _COORDINATOR_MOVED | {
+    Errors.GroupLoadInProgressError.errno,
+    Errors.RequestTimedOutError.errno,
+}
+_GENERATION_GONE = frozenset({Errors.IllegalGenerationError.errno, UNKNOWN_MEMBER_ID})
 _FATAL_JOIN = {
-    INCONSISTENT_GROUP_PROTOCOL: "another member of the group uses a different protocol "
-    "(all members must run the capgroup assignor)",
-    INVALID_GROUP_ID: "the group id is invalid (CAPGROUP_GROUP_ID)",
-    INVALID_SESSION_TIMEOUT: "the broker refuses the session timeout "
+    Errors.InconsistentGroupProtocolError.errno: "another member of the group uses a different "
+    "protocol (all members must run the capgroup assignor)",
+    Errors.InvalidGroupIdError.errno: "the group id is invalid (CAPGROUP_GROUP_ID)",
+    Errors.InvalidSessionTimeoutError.errno: "the broker refuses the session timeout "
     "(CAPGROUP_SESSION_TIMEOUT_MS is outside group.min/max.session.timeout.ms)",
-    GROUP_AUTHORIZATION_FAILED: "not authorized to join the group",
+    Errors.GroupAuthorizationFailedError.errno: "not authorized to join the group",
     GROUP_MAX_SIZE_REACHED: "the group is at group.max.size",
 }
-_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    kafka_errors.KafkaConnectionError,
-    kafka_errors.NodeNotReadyError,
-    kafka_errors.RequestTimedOutError,
-    kafka_errors.StaleMetadata,
-    kafka_errors.CorrelationIdError,
-    ConnectionError,
-    TimeoutError,
-)
-
-_LEAVE_ERRORS: tuple[type[BaseException], ...] = (*_CONNECTION_ERRORS, NotImplementedError)
+_LEAVE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, NotImplementedError)
 
 
 class _RetryableError(Exception):
@@ -121,7 +114,11 @@ class MembershipEngine:
         listener: AssignmentListener,
         capacity: CapacitySource,
         rates: RateSource | None = None,
+        *,
+        transport: CoordinatorTransport | None = None,
     ) -> None:
+        """``transport`` reaches the coordinator; by default aiokafka's client
+        (:class:`AiokafkaTransport`), a scripted peer in tests."""
         if not settings.group_id:
             raise GroupFatalError("CAPGROUP_GROUP_ID (group_id) must be set to join a group")
         if not settings.topics:
@@ -134,7 +131,8 @@ class MembershipEngine:
         self._instance_id = settings.group_instance_id
         self._topics = tuple(sorted(set(settings.topics)))
 
-        self._client: AIOKafkaClient | None = None
+        self._transport: CoordinatorTransport = transport or AiokafkaTransport(settings)
+        self._connected = False
         self._coordinator_id: int | None = None
         self._member_id = ""
         self._generation = NO_GENERATION
@@ -221,10 +219,9 @@ class MembershipEngine:
         continue.
         """
         bind_member(group_id=self._group)
-        self._client = AIOKafkaClient(**client_options(self._settings, ClientRole.COORDINATOR))
+        self._connected = True
         try:
-            await self._client.bootstrap()
-            self._client.set_topics(self._topics)
+            await self._transport.start(self._topics)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._heartbeat_loop)
                 tg.start_soon(self._metadata_watch_loop)
@@ -327,7 +324,7 @@ class MembershipEngine:
                 PROTOCOL_TYPE,
                 [(PROTOCOL_NAME, metadata)],
             ),
-            ConnectionGroup.COORDINATION,
+            coordination=True,
         )
         error = join.error_code
         if error == MEMBER_ID_REQUIRED:
@@ -359,7 +356,7 @@ class MembershipEngine:
                 self._instance_id,
                 assignments,
             ),
-            ConnectionGroup.COORDINATION,
+            coordination=True,
         )
         error = sync.error_code
         if error == REBALANCE_IN_PROGRESS:
@@ -393,15 +390,12 @@ class MembershipEngine:
         return list(group_plan.assignments.items())
 
     async def _partitions_of(self, topics: list[str]) -> list[PartitionSpec]:
-        assert self._client is not None
-        self._client.set_topics(sorted(set(self._topics) | set(topics)))
-        await self._client.force_metadata_update()
-        cluster = self._client.cluster
-        specs: list[PartitionSpec] = []
-        for topic in topics:
-            for partition in sorted(cluster.partitions_for_topic(topic) or ()):
-                specs.append(PartitionSpec(topic, partition))
-        return specs
+        known = await self._transport.partitions(topics)
+        return [
+            PartitionSpec(topic, partition)
+            for topic in topics
+            for partition in sorted(known.get(topic, ()))
+        ]
 
     async def _apply(self, generation: Generation, assigned: frozenset[TopicPartition]) -> None:
         began = anyio.current_time()
@@ -515,7 +509,7 @@ class MembershipEngine:
                             generation.member_id,
                             self._instance_id,
                         ),
-                        ConnectionGroup.DEFAULT,
+                        coordination=False,
                     )
             except (_RetryableError, TimeoutError) as exc:
                 _log.debug("heartbeat_failed", reason=str(exc))
@@ -551,19 +545,15 @@ class MembershipEngine:
 
     async def _metadata_watch_loop(self) -> None:
         """Rejoin when a subscribed topic gains partitions, so the leader places them."""
-        assert self._client is not None
         while True:
             await anyio.sleep(max(self._settings.heartbeat_interval_ms / 1000, 1.0) * 3)
             if self._state is not MemberState.STABLE:
                 continue
             try:
-                await self._client.force_metadata_update()
-            except _CONNECTION_ERRORS:
+                known = await self._transport.partitions(self._topics)
+            except CONNECTION_ERRORS:
                 continue
-            current = {
-                t: frozenset(self._client.cluster.partitions_for_topic(t) or ())
-                for t in self._topics
-            }
+            current = {t: frozenset(known.get(t, ())) for t in self._topics}
             if self._known_partitions and current != self._known_partitions:
                 self.request_rejoin("subscribed topics changed partitions")
             self._known_partitions = current
@@ -609,28 +599,23 @@ class MembershipEngine:
         # again while this commit waits is a different ownership.
         ownership = {tp: self._gained_at.get(tp) for tp in wanted}
         deadline = anyio.current_time() + self._settings.rebalance_timeout_ms / 1000
-        failures = 0
-        refused_generation: Generation | None = None
+        refused: Generation | None = None
+        generation = NO_GENERATION
+
+        async def prepare() -> wire.OffsetCommit:
+            nonlocal generation
+            generation = await self._committable_generation(deadline, refused)
+            self._check_commit(wanted, ownership)
+            return self._commit_request(generation, wanted, metadata)
+
         while True:
-            generation = await self._committable_generation(deadline, refused_generation)
-            not_owned = wanted.keys() - self._committable
-            if not_owned:
-                raise CommitFencedError("partitions not owned by this member", not_owned)
-            changed = [tp for tp, gained in ownership.items() if self._gained_at.get(tp) != gained]
-            if changed:
-                raise CommitFencedError("ownership changed while the commit waited", changed)
-            session = self._settings.session_timeout_ms / 1000
-            if anyio.current_time() - self._last_heartbeat_ok > session:
-                self._mark_lost("commit attempted after a whole session without heartbeat")
-                raise CommitFencedError("session expired locally", wanted)
-            try:
-                errors = await self._send_commit(generation, wanted, metadata)
-            except _RetryableError as retry:
-                failures += 1
-                if anyio.current_time() >= deadline:
-                    raise CommitFailedError(f"commit did not complete: {retry.reason}") from None
-                await self._backoff(failures)
-                continue
+            response = await self._until_answered("commit", deadline, prepare, _partition_errors)
+            errors = {
+                TopicPartition(topic, partition): error
+                for topic, partitions in response.topics
+                for partition, error in partitions
+                if error != NONE
+            }
             if not errors:
                 _log.debug(
                     "offsets_committed",
@@ -652,19 +637,26 @@ class MembershipEngine:
             if REBALANCE_IN_PROGRESS in codes:
                 # The group is between generations: retry under the next one, if we still own
                 # the partitions then; never under this one again.
-                refused_generation = generation
+                refused = generation
                 if not self._rejoin.is_set():
                     self.request_rejoin("commit answered REBALANCE_IN_PROGRESS")
                 continue
-            if codes & (_COORDINATOR_MOVED | {COORDINATOR_LOAD_IN_PROGRESS, REQUEST_TIMED_OUT}):
-                failures += 1
-                if codes & _COORDINATOR_MOVED:
-                    self._coordinator_unknown("commit: coordinator moved")
-                if anyio.current_time() >= deadline:
-                    raise CommitFailedError(f"commit did not complete: errors {sorted(codes)}")
-                await self._backoff(failures)
-                continue
             raise CommitFailedError(f"commit refused with errors {sorted(codes)}")
+
+    def _check_commit(
+        self, wanted: Mapping[TopicPartition, int], ownership: Mapping[TopicPartition, int | None]
+    ) -> None:
+        """Raise :class:`CommitFencedError` unless this member may commit ``wanted`` now."""
+        not_owned = wanted.keys() - self._committable
+        if not_owned:
+            raise CommitFencedError("partitions not owned by this member", not_owned)
+        changed = [tp for tp, gained in ownership.items() if self._gained_at.get(tp) != gained]
+        if changed:
+            raise CommitFencedError("ownership changed while the commit waited", changed)
+        session = self._settings.session_timeout_ms / 1000
+        if anyio.current_time() - self._last_heartbeat_ok > session:
+            self._mark_lost("commit attempted after a whole session without heartbeat")
+            raise CommitFencedError("session expired locally", wanted)
 
     async def _committable_generation(
         self, deadline: float, refused: Generation | None
@@ -684,28 +676,15 @@ class MembershipEngine:
             with anyio.move_on_after(remaining):
                 await waiting.wait()
 
-    async def _send_commit(
-        self, generation: Generation, offsets: dict[TopicPartition, int], metadata: str
-    ) -> dict[TopicPartition, int]:
+    def _commit_request(
+        self, generation: Generation, offsets: Mapping[TopicPartition, int], metadata: str
+    ) -> wire.OffsetCommit:
         by_topic: dict[str, list[tuple[int, int, str]]] = {}
         for tp, offset in sorted(offsets.items()):
             by_topic.setdefault(tp.topic, []).append((tp.partition, offset, metadata))
-        response = await self._coordinated(
-            wire.OffsetCommit(
-                self._group,
-                generation.generation_id,
-                generation.member_id,
-                self._instance_id,
-                by_topic,
-            ),
-            ConnectionGroup.DEFAULT,
+        return wire.OffsetCommit(
+            self._group, generation.generation_id, generation.member_id, self._instance_id, by_topic
         )
-        errors: dict[TopicPartition, int] = {}
-        for topic, partitions in response.topics:
-            for partition, error in partitions:
-                if error != NONE:
-                    errors[TopicPartition(topic, partition)] = error
-        return errors
 
     async def committed(
         self, partitions: Iterable[TopicPartition]
@@ -720,59 +699,76 @@ class MembershipEngine:
         for tp in wanted:
             by_topic.setdefault(tp.topic, []).append(tp.partition)
         deadline = anyio.current_time() + self._settings.rebalance_timeout_ms / 1000
-        failures = 0
-        while True:
-            if failures and anyio.current_time() >= deadline:
-                raise CommitFailedError("committed offsets could not be fetched in time")
-            try:
-                response = await self._coordinated(
-                    wire.OffsetFetchRequest(self._group, list(by_topic.items())),
-                    ConnectionGroup.DEFAULT,
-                )
-            except _RetryableError:
-                failures += 1
-                await self._backoff(failures)
-                continue
-            top_error = getattr(response, "error_code", NONE)
-            if top_error in _COORDINATOR_MOVED | {COORDINATOR_LOAD_IN_PROGRESS}:
-                self._coordinator_unknown("offset fetch: coordinator moved")
-                failures += 1
-                await self._backoff(failures)
-                continue
-            result: dict[TopicPartition, int | None] = dict.fromkeys(wanted)
-            retry = False
-            for topic, parts in response.topics:
-                for part in parts:
-                    partition, offset, error = part[0], part[1], part[-1]
-                    if error in (COORDINATOR_LOAD_IN_PROGRESS, *_COORDINATOR_MOVED):
-                        retry = True
-                    tp = TopicPartition(topic, partition)
-                    if tp in result:
-                        result[tp] = offset if offset >= 0 else None
-            if not retry:
-                return result
-            failures += 1
-            self._coordinator_unknown("offset fetch: partition error")
-            await self._backoff(failures)
+
+        async def prepare() -> Any:
+            return wire.OffsetFetchRequest(self._group, list(by_topic.items()))
+
+        def errors_of(response: Any) -> list[int]:
+            return [getattr(response, "error_code", NONE), *_partition_errors(response)]
+
+        response = await self._until_answered("offset fetch", deadline, prepare, errors_of)
+        result: dict[TopicPartition, int | None] = dict.fromkeys(wanted)
+        for topic, parts in response.topics:
+            for part in parts:
+                tp = TopicPartition(topic, part[0])
+                if tp in result:
+                    result[tp] = part[1] if part[1] >= 0 else None
+        return result
 
     # ------------------------------------------------------------------ transport -----
-    async def _coordinated(self, request: Any, connection: ConnectionGroup) -> Any:
-        """Send ``request`` to the group coordinator, finding it first if needed."""
-        assert self._client is not None
+    async def _coordinated(self, request: Any, *, coordination: bool) -> Any:
+        """Send ``request`` to the group coordinator, finding it first if needed.
+
+        ``coordination`` puts it on the connection the broker may hold for a rebalance
+        (JoinGroup, SyncGroup); heartbeats and commits never queue behind those.
+        """
         node = await self._find_coordinator()
         try:
-            return await self._client.send(node, request, group=connection)
-        except _CONNECTION_ERRORS as exc:
+            return await self._transport.send(node, request, coordination=coordination)
+        except CONNECTION_ERRORS as exc:
             self._coordinator_unknown(f"{type(exc).__name__}: {exc}")
             raise _RetryableError(f"coordinator unreachable: {type(exc).__name__}") from exc
 
+    async def _until_answered(
+        self,
+        what: str,
+        deadline: float,
+        prepare: Callable[[], Awaitable[Any]],
+        errors_of: Callable[[Any], Iterable[int]],
+    ) -> Any:
+        """Send the request ``prepare`` builds to the coordinator until it is answered.
+
+        Connection failures and busy or moved coordinators (the codes ``errors_of`` finds in
+        the response) are retried, with backoff by consecutive failures and a fresh
+        ``prepare()`` each time (it may wait, or raise when the request no longer makes
+        sense); any other answer is returned. Raises :class:`CommitFailedError` when a
+        failure happens at or after ``deadline``.
+        """
+        failures = 0
+        while True:
+            request = await prepare()
+            try:
+                response = await self._coordinated(request, coordination=False)
+            except _RetryableError as retry:
+                reason = retry.reason
+            else:
+                busy = set(errors_of(response)) & _COORDINATOR_BUSY
+                if not busy:
+                    return response
+                reason = f"errors {sorted(busy)}"
+                if busy & _COORDINATOR_MOVED:
+                    self._coordinator_unknown(f"{what}: coordinator moved")
+            failures += 1
+            if anyio.current_time() >= deadline:
+                raise CommitFailedError(f"{what} did not complete: {reason}") from None
+            await self._backoff(failures)
+
     async def _find_coordinator(self) -> int:
-        assert self._client is not None
         failures = 0
         while self._coordinator_id is None:
             try:
-                node = await self._client.coordinator_lookup(CoordinationType.GROUP, self._group)
-            except (*_CONNECTION_ERRORS, kafka_errors.KafkaError) as exc:
+                node = await self._transport.find_coordinator(self._group)
+            except (*CONNECTION_ERRORS, Errors.KafkaError) as exc:
                 failures += 1
                 _log.info("coordinator_lookup_failed", error=type(exc).__name__)
                 if failures >= 3:
@@ -787,8 +783,8 @@ class MembershipEngine:
         if self._coordinator_id is not None:
             _log.info("coordinator_lost", node_id=self._coordinator_id, reason=reason)
         self._coordinator_id = None
-        if self._client is not None:
-            self._client.force_metadata_update()
+        if self._connected:
+            self._transport.coordinator_unknown()
 
     def _raise_for_coordinator(self, error: int, step: str) -> None:
         if error == NONE:
@@ -809,16 +805,16 @@ class MembershipEngine:
         generation = self._generation
         self._generation = NO_GENERATION
         self._committable = frozenset()
-        client, self._client = self._client, None
-        if client is None:
+        if not self._connected:
             return
+        self._connected = False
         try:
             if self._leave_on_stop and self._member_id and self._coordinator_id is not None:
                 with anyio.move_on_after(5):
-                    response = await client.send(
+                    response = await self._transport.send(
                         self._coordinator_id,
                         wire.LeaveGroup(self._group, self._member_id, self._instance_id),
-                        group=ConnectionGroup.DEFAULT,
+                        coordination=False,
                     )
                     _log.info(
                         "group_left",
@@ -829,9 +825,14 @@ class MembershipEngine:
             _log.warning("leave_group_failed", error=type(exc).__name__)
         finally:
             with contextlib.suppress(Exception):
-                await client.close()
+                await self._transport.close()
         if self._fatal is not None:
             raise self._fatal
+
+
+def _partition_errors(response: Any) -> list[int]:
+    """The partition error codes of an OffsetCommit or OffsetFetch response."""
+    return [part[-1] for _, parts in response.topics for part in parts]
 
 
 def _decode_assignment(raw: bytes | None) -> frozenset[TopicPartition]:
