@@ -2,9 +2,11 @@
 
 Like ``uvicorn app:app``: the module is imported (the current directory is on the import path),
 the class is instantiated with settings from ``CAPGROUP_*`` variables, and it runs until
-SIGTERM/SIGINT. Exit codes: 0 after a graceful stop, 2 for a bad target or invalid settings,
-3 when the member cannot continue in its group (e.g. fenced by another process with the same
-static id), 128 + signal number after a forced second signal, 1 for anything unexpected.
+SIGTERM/SIGINT, with the operations HTTP server beside it when ``CAPGROUP_HTTP_PORT`` is set
+(:func:`~capgroup.operations.serve.run_with_operations`). Exit codes: 0 after a graceful stop,
+2 for a bad target or invalid settings (an HTTP port that cannot be bound included), 3 when the
+member cannot continue in its group (e.g. fenced by another process with the same static id),
+128 + signal number after a forced second signal, 1 for anything unexpected.
 """
 
 from __future__ import annotations
@@ -20,7 +22,17 @@ import anyio
 
 from capgroup.errors import GroupFatalError
 from capgroup.log import configure_logging, get_logger
+from capgroup.operations.serve import run_with_operations
 from capgroup.runtime.consumer import BatchingConsumer, ShutdownForcedError
+
+__all__ = [
+    "EXIT_GROUP_FATAL",
+    "EXIT_USAGE",
+    "TargetError",
+    "load_consumer_class",
+    "register",
+    "run",
+]
 
 #: Same values as :mod:`capgroup.cli.main`; not imported to avoid a cycle.
 EXIT_USAGE = 2
@@ -82,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     consumer = cls()
     configure_logging(consumer.settings.log_level, consumer.settings.log_format)
     try:
-        anyio.run(consumer.run)
+        anyio.run(run_with_operations, consumer)
     except ShutdownForcedError as exc:
         print(
             f"capgroup run: {exc}; uncommitted work is re-read by the next owner", file=sys.stderr

@@ -1,9 +1,10 @@
 """The operations HTTP server: ``/metrics``, ``/healthz`` and ``/readyz``.
 
 A deliberately small HTTP/1.1 server on anyio streams (one request per connection, GET and
-HEAD only), run as a task of the consumer's own task group, so it starts before the member
-joins (probes answer during a long first join) and stops with the consumer; no task outlives
-it. ``BatchingConsumer.run`` starts it when ``CAPGROUP_HTTP_PORT`` is set.
+HEAD only). :func:`capgroup.operations.serve.run_with_operations` (what ``capgroup run`` uses)
+starts it beside the consumer when ``CAPGROUP_HTTP_PORT`` is set: before the member joins
+(probes answer during a long first join), stopped when the consumer returns; no task outlives
+it. The runtime itself never imports this module.
 
 - ``/metrics``: Prometheus text (or OpenMetrics, when the scraper asks for it) from
   :mod:`capgroup.operations.metrics`.

@@ -26,6 +26,8 @@ from capgroup.log import get_logger
 from capgroup.settings import CapgroupSettings
 from capgroup.types import TopicPartition
 
+__all__ = ["PartitionFetcher"]
+
 _log = get_logger("fetcher")
 
 

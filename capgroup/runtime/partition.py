@@ -7,14 +7,16 @@ order; revoke, loss and shutdown close it through the flags and events here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import anyio
 
 from capgroup.runtime.batch import FlushReason, PartitionBuffer
+from capgroup.settings import RECORD_OVERHEAD_BYTES
 from capgroup.types import TopicPartition
 
-__all__ = ["PartitionState"]
+__all__ = ["PartitionState", "footprint", "partition_names"]
 
 
 @dataclass(eq=False, slots=True)
@@ -70,3 +72,14 @@ class PartitionState:
         """Ask the worker to stop once its current flush (if any) has settled."""
         self.closing = True
         self.poke()
+
+
+def partition_names(partitions: Iterable[TopicPartition]) -> list[str]:
+    """``topic-partition`` names, sorted, for log events."""
+    return [f"{tp.topic}-{tp.partition}" for tp in sorted(partitions)]
+
+
+def footprint(payload_bytes: int, records: int) -> int:
+    """Memory ``records`` buffered records of ``payload_bytes`` in all hold (what the ledger
+    counts)."""
+    return payload_bytes + records * RECORD_OVERHEAD_BYTES

@@ -1,6 +1,7 @@
-"""The operations HTTP server: /metrics, /healthz and /readyz against a real BatchingConsumer
-on the test broker, the server started by ``BatchingConsumer.run`` itself, and requests that
-must not hurt the consumer."""
+"""The operations HTTP server: /metrics, /healthz and /readyz for a stub consumer (no broker)
+and against a real BatchingConsumer on the test broker, the server started beside it by
+``run_with_operations`` (as ``capgroup run`` does), and requests that must not hurt the
+consumer."""
 
 from __future__ import annotations
 
@@ -19,12 +20,14 @@ import pytest
 from capgroup import (
     FencedInstanceError,
     GroupFatalError,
-    OperationsServerError,
     SettingsError,
     TopicPartition,
     load_settings,
-    serve_operations,
 )
+from capgroup.membership.model import MembershipSnapshot, MemberState
+from capgroup.operations.http import OperationsServerError, serve_operations
+from capgroup.operations.serve import run_with_operations
+from capgroup.runtime.stats import ConsumerStats, Counters
 from tests.operations.test_metrics import parse_samples, value
 from tests.runtime.harness import Recorder, consumer_settings, produce, running, wait_until
 from tests.runtime.test_consumer_process import capgroup_run
@@ -136,8 +139,8 @@ async def test_run_serves_metrics_that_move_with_consumed_records(
     consumer = make_consumer(
         kafka, topic, group, http_port=port, http_host="127.0.0.1", group_instance_id="http-a"
     )
-    async with running(consumer):
-        # run() started the server itself, before it joined.
+    async with running(consumer, operations=True):
+        # run_with_operations started the server before the consumer joined.
         first = await request(port, "/metrics")
         assert first.status == 200
         assert first.headers["content-type"].startswith("text/plain")
@@ -162,7 +165,7 @@ async def test_run_serves_metrics_that_move_with_consumed_records(
         head = await request(port, "/metrics", method="HEAD")
         assert (head.status, head.body) == (200, b"")
         assert int(head.headers["content-length"]) > 0
-    # The server ended with the consumer's task group: nothing listens any more.
+    # The server stopped when the consumer returned: nothing listens any more.
     with pytest.raises(OSError, match="connection attempts failed"):
         await request(port, "/healthz")
 
@@ -182,7 +185,7 @@ async def test_a_stopped_partition_fails_readiness_but_not_liveness(
         flush_failure_policy="stop_partition",
     )
     consumer.fail = lambda _batch: True
-    async with running(consumer):
+    async with running(consumer, operations=True):
         await produce(kafka.bootstrap_servers, topic, 0, 5)
         await wait_until(lambda: not consumer.healthy, 20, "the partition to stop")
         ready = await request(port, "/readyz")
@@ -201,7 +204,7 @@ async def test_bad_requests_are_answered_and_do_not_hurt_the_consumer(
     topic = await topic_factory(partitions=1)
     port = free_port()
     consumer = make_consumer(kafka, topic, unique_id("g"), http_port=port)
-    async with running(consumer):
+    async with running(consumer, operations=True):
         assert (await request(port, "/nope")).status == 404
         assert (await request(port, "/metrics", method="POST")).status == 405
         assert (await request(port, "", raw=b"garbage\r\n\r\n")).status == 400
@@ -226,11 +229,10 @@ async def test_a_port_in_use_stops_run_with_a_settings_error(
     with taken_port() as port:
         consumer = make_consumer(kafka, topic, unique_id("g"), http_port=port)
         with anyio.fail_after(30), pytest.raises(OperationsServerError) as caught:
-            await consumer.run(handle_signals=False)
+            await run_with_operations(consumer, handle_signals=False)
     assert isinstance(caught.value, SettingsError)
     assert "CAPGROUP_HTTP_PORT" in str(caught.value)
-    assert consumer.membership is not None
-    assert consumer.membership.generation_id == -1, "it must fail before joining"
+    assert consumer.membership is None, "it must fail before the consumer starts to join"
 
 
 def test_urllib_sees_503_for_an_unready_member_without_kafka() -> None:
@@ -349,3 +351,163 @@ async def test_a_fenced_member_fails_liveness(
             ]
             assert (await request(port, "/readyz")).status == 503
         tg.cancel_scope.cancel()
+
+
+class StubConsumer:
+    """An :class:`~capgroup.operations.metrics.ObservableConsumer` without a broker: a test
+    sets its membership state and stopped partitions; ``run`` waits for :meth:`stop` (or
+    raises ``error``) and reports started once ``joined`` is set."""
+
+    def __init__(self, **overrides: Any) -> None:
+        self.settings = load_settings(group_id="g", topics=["t"], **overrides)
+        self.state: MemberState | None = None
+        self.stopped: frozenset[TopicPartition] = frozenset()
+        self.fatal = False
+        self.error: BaseException | None = None
+        self.ran = False
+        self.joined = anyio.Event()
+        self.done = anyio.Event()
+
+    @property
+    def membership(self) -> MembershipSnapshot | None:
+        if self.state is None:
+            return None
+        return MembershipSnapshot(
+            group_id="g",
+            member_id="m-1",
+            instance_id=None,
+            state=self.state,
+            generation_id=3 if self.state is MemberState.STABLE else -1,
+            is_leader=True,
+            assigned=frozenset({TopicPartition("t", 0)}),
+            advertised=None,
+            rebalances=1,
+            last_rebalance_seconds=0.1,
+        )
+
+    @property
+    def healthy(self) -> bool:
+        return not self.stopped and not self.fatal
+
+    @property
+    def stats(self) -> ConsumerStats:
+        return ConsumerStats(
+            counters=Counters(),
+            owned_partitions=1,
+            advertised_max_partitions=4,
+            budget_bytes=1000,
+            buffered_bytes=0,
+            buffered_bytes_by_partition={},
+            utilisation=0.0,
+            rss_bytes=0,
+            peak_rss_bytes=0,
+            memory_pressure="off",
+            fetch_paused=False,
+            stopped_partitions=self.stopped,
+            flush_bytes_per_second=0.0,
+            ingress_rates={},
+        )
+
+    def stop(self) -> None:
+        self.done.set()
+
+    async def run(
+        self, *, handle_signals: bool = True, task_status: Any = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        self.ran = True
+        self.state = MemberState.JOINING
+        await self.joined.wait()
+        if self.error is not None:
+            self.state, self.fatal = MemberState.STOPPED, True
+            raise self.error
+        self.state = MemberState.STABLE
+        task_status.started()
+        await self.done.wait()
+        self.state = MemberState.STOPPED
+
+
+async def test_probes_of_a_stub_consumer_follow_its_state_without_kafka() -> None:
+    consumer = StubConsumer()
+    async with anyio.create_task_group() as tg:
+        port = await tg.start(serve_operations, consumer, "127.0.0.1", 0)
+        assert (await request(port, "/healthz")).status == 200
+        ready = await request(port, "/readyz")
+        assert (ready.status, ready.json()["reasons"]) == (
+            503,
+            ["the consumer is not running yet"],
+        )
+        consumer.state = MemberState.STABLE
+        ready = await request(port, "/readyz")
+        assert ready.status == 200, ready.body
+        assert ready.json() == {
+            "status": "ok",
+            "reasons": [],
+            "state": "stable",
+            "generation": 3,
+            "assigned_partitions": 1,
+            "stopped_partitions": [],
+        }
+        consumer.stopped = frozenset({TopicPartition("t", 0)})
+        assert (await request(port, "/readyz")).status == 503
+        assert (await request(port, "/healthz")).status == 200, "a stopped partition stays alive"
+        consumer.fatal, consumer.stopped = True, frozenset()
+        consumer.state = MemberState.STOPPED
+        live = await request(port, "/healthz")
+        assert live.status == 503
+        assert live.json()["state"] == "stopped"
+        assert (await request(port, "/metrics")).status == 200
+        tg.cancel_scope.cancel()
+
+
+async def test_run_with_operations_serves_before_the_join_and_stops_with_the_consumer() -> None:
+    port = free_port()
+    consumer = StubConsumer(http_port=port)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: run_with_operations(consumer, handle_signals=False))
+        # Probes answer while the first join is in flight.
+        await wait_until(lambda: consumer.ran, 5, "the consumer to start joining")
+        ready = await request(port, "/readyz")
+        assert ready.status == 503
+        assert ready.json()["state"] == "joining"
+        assert (await request(port, "/healthz")).status == 200
+        consumer.joined.set()
+        await wait_until(lambda: consumer.state is MemberState.STABLE, 5, "stable")
+        assert (await request(port, "/readyz")).status == 200
+        consumer.stop()
+    with pytest.raises(OSError, match="connection attempts failed"):
+        await request(port, "/healthz")
+
+
+async def test_run_with_operations_reports_started_once_the_consumer_has() -> None:
+    consumer = StubConsumer(http_port=free_port())
+    consumer.joined.set()
+    async with anyio.create_task_group() as tg:
+        await tg.start(lambda task_status: run_with_operations(consumer, task_status=task_status))
+        assert consumer.state is MemberState.STABLE
+        consumer.stop()
+
+
+async def test_run_with_operations_raises_the_consumers_error_unwrapped() -> None:
+    consumer = StubConsumer(http_port=free_port())
+    consumer.error = FencedInstanceError("twin joined with the same instance id")
+    consumer.joined.set()
+    with anyio.fail_after(5), pytest.raises(FencedInstanceError):
+        await run_with_operations(consumer, handle_signals=False)
+
+
+async def test_run_with_operations_fails_on_a_taken_port_before_the_consumer_runs() -> None:
+    with taken_port() as port:
+        consumer = StubConsumer(http_port=port)
+        with anyio.fail_after(5), pytest.raises(OperationsServerError, match="CAPGROUP_HTTP_PORT"):
+            await run_with_operations(consumer, handle_signals=False)
+    assert not consumer.ran
+
+
+async def test_run_with_operations_without_a_port_only_runs_the_consumer() -> None:
+    consumer = StubConsumer()
+    consumer.joined.set()
+    async with anyio.create_task_group() as tg:
+        await tg.start(lambda task_status: run_with_operations(consumer, task_status=task_status))
+        assert consumer.state is MemberState.STABLE
+        consumer.stop()
+    assert consumer.state is MemberState.STOPPED

@@ -15,6 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition as KafkaTopicPartition
 
 from capgroup import Batch, BatchingConsumer, RevokeAction, TopicPartition
+from capgroup.operations.serve import run_with_operations
 from tests.membership.harness import FAST, wait_until
 from tests.processes import ROOT, ChildProcess, capgroup_env, json_objects
 
@@ -100,16 +101,24 @@ class Recorder(BatchingConsumer):
 
 
 @asynccontextmanager
-async def running(*consumers: BatchingConsumer) -> AsyncIterator[Any]:
+async def running(*consumers: BatchingConsumer, operations: bool = False) -> AsyncIterator[Any]:
     """Run consumers in this event loop (each returns from start once it has an assignment);
-    stop them all on exit and wait for their graceful shutdown."""
+    stop them all on exit and wait for their graceful shutdown. With ``operations``, each runs
+    with its operations HTTP server beside it (``run_with_operations``, as ``capgroup run``)."""
     async with anyio.create_task_group() as tg:
         started: list[BatchingConsumer] = []
 
         async def start(consumer: BatchingConsumer) -> None:
-            await tg.start(
-                lambda task_status: consumer.run(handle_signals=False, task_status=task_status)
-            )
+            if operations:
+                await tg.start(
+                    lambda task_status: run_with_operations(
+                        consumer, handle_signals=False, task_status=task_status
+                    )
+                )
+            else:
+                await tg.start(
+                    lambda task_status: consumer.run(handle_signals=False, task_status=task_status)
+                )
             started.append(consumer)
 
         try:

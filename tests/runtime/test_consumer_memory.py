@@ -5,7 +5,7 @@ pressure flushes, pauses and sheds partitions, then recovers; ingress rates are 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import psutil
@@ -84,7 +84,7 @@ async def test_burst_larger_than_budget_keeps_rss_within_budget(
         peak = baseline
 
         def flushed() -> int:
-            return sum(len(b["offsets"]) for b in read_batches(sink))  # type: ignore[arg-type]
+            return sum(len(cast("list[int]", b["offsets"])) for b in read_batches(sink))
 
         async with anyio.create_task_group() as tg:
 
@@ -149,7 +149,9 @@ async def test_rss_pressure_flushes_pauses_sheds_and_recovers(
         assert consumer.batches == []
         # Pressure is simulated by lowering the limits under the running watchdog: real RSS
         # cannot be pushed past a limit reproducibly inside a test runner.
-        consumer._watchdog = RssWatchdog(soft_limit_bytes=1, hard_limit_bytes=2, hysteresis=0.0)
+        consumer._pressure.watchdog = RssWatchdog(
+            soft_limit_bytes=1, hard_limit_bytes=2, hysteresis=0.0
+        )
         await wait_until(lambda: consumer.stats.memory_pressure == "hard", 10, "hard pressure")
         # Hard: everything buffered is flushed at once and fetching stops...
         await wait_until(lambda: sum(len(b) for b in consumer.batches) == 20, 10, "forced flush")
@@ -158,7 +160,7 @@ async def test_rss_pressure_flushes_pauses_sheds_and_recovers(
         assert consumer.stats.advertised_max_partitions == 0
         await wait_until(lambda: not consumer.assignment, 30, "partitions to be shed")
         await wait_committed(bootstrap, group, dict.fromkeys(tps, 5), 10)
-        consumer._watchdog = RssWatchdog(1 << 40, 1 << 41, 0.0)
+        consumer._pressure.watchdog = RssWatchdog(1 << 40, 1 << 41, 0.0)
         await wait_until(lambda: len(consumer.assignment) == 4, 30, "partitions taken back")
         assert consumer.stats.memory_pressure == "normal"
         assert not consumer.stats.fetch_paused
