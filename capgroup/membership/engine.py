@@ -58,6 +58,16 @@ from capgroup.protocol.consumer import decode_member_metadata, encode_member_met
 from capgroup.settings import CapgroupSettings
 from capgroup.types import CapacityAdvertisement, OwnedPartition, TopicPartition
 
+__all__ = [
+    "FENCED_INSTANCE_ID",
+    "GROUP_MAX_SIZE_REACHED",
+    "MEMBER_ID_REQUIRED",
+    "NONE",
+    "REBALANCE_IN_PROGRESS",
+    "UNKNOWN_MEMBER_ID",
+    "MembershipEngine",
+]
+
 _log = get_logger("membership")
 
 # Kafka error codes the engine reacts to, from aiokafka's error classes.

@@ -30,10 +30,16 @@ from aiokafka.protocol.types import Array, Int16, Int32, Int64, Schema, String
 
 __all__ = [
     "Heartbeat",
+    "HeartbeatRequestV3",
+    "HeartbeatResponseV3",
     "JoinGroupRequest",
     "LeaveGroup",
+    "LeaveGroupRequestV3",
+    "LeaveGroupResponseV3",
     "MemberAssignment",
     "OffsetCommit",
+    "OffsetCommitRequestV7",
+    "OffsetCommitResponseV7",
     "OffsetFetchRequest",
     "SyncGroupRequest",
 ]
