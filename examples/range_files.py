@@ -10,7 +10,8 @@ from typing import Any, ClassVar
 
 import anyio
 
-from capgroup import Batch, BatchingConsumer, CapgroupSettings, TopicPartition, get_logger
+from capgroup import Batch, BatchingConsumer, CapgroupSettings, TopicPartition
+from capgroup.log import get_logger
 
 _log = get_logger("examples")
 
