@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -161,46 +162,72 @@ class ChaosAudit:
             self.rss(buffered(), owned(), generation())
             await anyio.sleep(period)
 
-    def wrap_send_commit(self, engine: Any) -> None:
+    def wrap_transport(self, engine: Any, drop: Callable[[], bool] = lambda: False) -> None:
         """Audit every OffsetCommit the engine puts on the wire.
 
-        The engine's ``_send_commit`` is the single place a commit leaves the process, so
-        wrapping it records exactly what the broker was asked (and answered), including
-        commits the runtime makes internally. Private API, on purpose: this is a test probe.
+        Every request of the engine goes through its coordinator transport (the seam of
+        ``capgroup.membership.transport``), so wrapping it records exactly what the broker was
+        asked (and answered), including commits the runtime makes internally. ``drop`` plants
+        a fault: while it answers True, a commit is answered "done" without being sent.
+        Private attribute, on purpose: this is a test probe.
         """
-        original: Callable[..., Awaitable[Mapping[TopicPartition, int]]] = engine._send_commit
-
-        async def send_commit(
-            generation: Any, offsets: dict[TopicPartition, int], meta: str
-        ) -> Any:
-            sent = time.time()
-            rows = sorted([tp.topic, tp.partition, o] for tp, o in offsets.items())
-            try:
-                errors = await original(generation, offsets, meta)
-            except BaseException as exc:
-                self.event(
-                    "commit",
-                    t_sent=sent,
-                    gen=generation.generation_id,
-                    offsets=rows,
-                    ok=False,
-                    error=type(exc).__name__,
-                )
-                raise
-            self.event(
-                "commit",
-                t_sent=sent,
-                gen=generation.generation_id,
-                offsets=rows,
-                ok=not errors,
-                error=sorted(set(errors.values())) if errors else None,
-            )
-            return errors
-
-        engine._send_commit = send_commit
+        engine._transport = _AuditedTransport(engine._transport, self, drop)
 
     def stop(self) -> None:
         """The member is exiting normally."""
         self.event("exit")
         self.sink.close()
         self.audit.close()
+
+
+def _commit_rows(request: Any) -> list[list[Any]]:
+    return sorted(
+        [topic, partition, offset]
+        for topic, parts in request._offsets.items()
+        for partition, offset, _ in parts
+    )
+
+
+class _AuditedTransport:
+    """A coordinator transport that records each OffsetCommit and the broker's answer."""
+
+    def __init__(self, inner: Any, audit: ChaosAudit, drop: Callable[[], bool]) -> None:
+        self._inner = inner
+        self._audit = audit
+        self._drop = drop
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def send(self, node_id: int, request: Any, *, coordination: bool) -> Any:
+        from capgroup.membership.wire import OffsetCommit
+
+        if not isinstance(request, OffsetCommit):
+            return await self._inner.send(node_id, request, coordination=coordination)
+        if self._drop():
+            # Planted: the commit never leaves the process, yet the engine hears "done".
+            return SimpleNamespace(topics=[])
+        sent = time.time()
+        rows = _commit_rows(request)
+        try:
+            response = await self._inner.send(node_id, request, coordination=coordination)
+        except BaseException as exc:
+            self._audit.event(
+                "commit",
+                t_sent=sent,
+                gen=request._generation,
+                offsets=rows,
+                ok=False,
+                error=type(exc).__name__,
+            )
+            raise
+        errors = sorted({part[-1] for _, parts in response.topics for part in parts} - {0})
+        self._audit.event(
+            "commit",
+            t_sent=sent,
+            gen=request._generation,
+            offsets=rows,
+            ok=not errors,
+            error=errors or None,
+        )
+        return response

@@ -47,7 +47,7 @@ class EngineChaosMember:
         self.plant = plant
         self.fetcher = PartitionFetcher(settings)
         self.engine = MembershipEngine(settings, self, self._capacity)
-        audit.wrap_send_commit(self.engine)
+        audit.wrap_transport(self.engine)
         self.budget = settings.memory_budget_bytes or (
             settings.partition_cost_bytes * settings.max_partitions
         )
@@ -121,7 +121,9 @@ class EngineChaosMember:
         if self.plant == "no_fencing" and self._assigned_generation is not None:
             # Planted: commit straight under the generation we last joined, skipping every
             # local check (frozen past the session, generation lost) the engine makes.
-            await self.engine._send_commit(self._assigned_generation, offsets, "")
+            engine = self.engine
+            request = engine._commit_request(self._assigned_generation, offsets, "")
+            await engine._coordinated(request, coordination=False)
             return
         # A refused commit is fine: the audit recorded what reached the broker, and the next
         # owner re-reads from the last accepted commit.

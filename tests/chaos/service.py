@@ -19,8 +19,8 @@ exist only here, in tests:
                          ``PLANTED_FLUSH_DELAY_S`` later (invariants 3 and 4);
 ``drop_revoke_commits``  flushes revoked and shut-down partitions but silently skips their
                          final commit (invariant 5);
-``slow_takeover``        sits 20 s in ``on_assign`` for every gain except a first start's, so
-                         taken-over partitions wait (invariant 6);
+``slow_takeover``        sits 20 s in ``on_partitions_assigned`` for every gain except a first
+                         start's, so taken-over partitions wait (invariant 6);
 ``no_fencing``           no local fencing: the engine ignores its own evidence of a lost
                          session (no heartbeat for a whole session, e.g. after SIGSTOP), and
                          commits go straight to the wire under the generation of the last
@@ -33,21 +33,19 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from collections.abc import Mapping
 from typing import Any
 
 import anyio
 
 from capgroup import Batch, BatchingConsumer, RevokeAction
 from capgroup.assignor.model import CapacityAdvertisement
-from capgroup.errors import CommitFailedError, CommitFencedError
 from capgroup.membership.model import AssignmentChange, Generation
 from capgroup.types import TopicPartition
 from tests.chaos.audit import PLANTED_FLUSH_DELAY_S, PLANTS, ChaosAudit
 
 #: Local reasons for declaring the generation lost that ``no_fencing`` ignores.
 _LOCAL_FENCING = ("no successful heartbeat", "without heartbeat")
-#: How long ``slow_takeover`` sits in ``on_assign``.
+#: How long ``slow_takeover`` sits in ``on_partitions_assigned``.
 SLOW_TAKEOVER_S = 20.0
 
 
@@ -90,12 +88,19 @@ class ChaosService(BatchingConsumer):
             self.audit.rss(self._buffered(), len(self._owned), self.generation.generation_id)
 
     def _instrument(self) -> None:
-        """Wrap the engine once it exists (the first assignment comes before any commit)."""
+        """Wrap the engine once it exists (the first assignment comes before any commit).
+
+        Test probes reach into the engine's private parts on purpose: its coordinator
+        transport (every commit leaves through it), its listener (the runtime's revoke step)
+        and, for the planted faults, the checks a fault switches off.
+        """
         engine = self.engine
         if self._instrumented or engine is None:
             return
         self._instrumented = True
-        self.audit.wrap_send_commit(engine)
+        dropping = self.plant == "drop_revoke_commits"
+        self.audit.wrap_transport(engine, drop=lambda: dropping and self._revoking)
+        self._wrap_revoke(engine)
         if self.plant == "no_fencing":
             mark_lost = engine._mark_lost
 
@@ -103,30 +108,40 @@ class ChaosService(BatchingConsumer):
                 if not any(marker in reason for marker in _LOCAL_FENCING):
                     mark_lost(reason)
 
-            async def unfenced(offsets: Mapping[TopicPartition, int], metadata: str = "") -> None:
+            async def stale_generation(deadline: float, refused: Any) -> Generation:
                 # Straight to the wire under the generation of the last assignment: none of
                 # the engine's checks (committable state, session expired locally).
-                generation = self._last_generation or self.generation
-                try:
-                    errors = await engine._send_commit(generation, dict(offsets), metadata)
-                except Exception as exc:
-                    raise CommitFailedError(f"commit did not complete: {exc!r}") from exc
-                if errors:
-                    mark_lost(f"commit refused with errors {sorted(set(errors.values()))}")
-                    raise CommitFencedError("commit refused", errors)
+                return self._last_generation or self.generation
 
             # Monkeypatching the instance is the point of a planted fault.
             engine._mark_lost = lenient  # type: ignore[method-assign]
-            engine.commit = unfenced  # type: ignore[method-assign]
-        if self.plant == "drop_revoke_commits":
-            commit = engine.commit
+            engine._committable_generation = stale_generation  # type: ignore[method-assign]
+            engine._check_commit = lambda *args: None  # type: ignore[method-assign]
 
-            async def forgetful(offsets: Mapping[TopicPartition, int], metadata: str = "") -> None:
-                if self._revoking or self._stopping:
-                    return
-                await commit(offsets, metadata)
+    def _wrap_revoke(self, engine: Any) -> None:
+        """Audit the runtime's revoke step (partitions are given up once it returns); with
+        ``ignore_revoke`` planted, skip it: the member keeps consuming what it gave up."""
+        listener = engine._listener
+        revoke = listener.on_partitions_revoked
 
-            engine.commit = forgetful  # type: ignore[method-assign]
+        async def audited(change: AssignmentChange) -> None:
+            if self.plant == "ignore_revoke":
+                return
+            self._revoking = True
+            try:
+                await revoke(change)
+            finally:
+                self._revoking = False
+            self._owned = self._owned - change.partitions
+            self.audit.assignment(
+                "revoke",
+                change.generation.generation_id,
+                self._owned,
+                change.partitions,
+                self._buffered(),
+            )
+
+        listener.on_partitions_revoked = audited
 
     def _capacity(self) -> CapacityAdvertisement:
         advertised = super()._capacity()
@@ -148,14 +163,14 @@ class ChaosService(BatchingConsumer):
             await anyio.sleep(PLANTED_FLUSH_DELAY_S)
         self.audit.flushed(batch.tp, (r.offset for r in batch.records), generation)
 
-    async def on_revoke(self, batch: Batch, deadline: float) -> RevokeAction:
+    async def revoke_action(self, batch: Batch, deadline: float) -> RevokeAction:
         """The runtime's default decision, audited when it drops the batch."""
-        action = await super().on_revoke(batch, deadline)
+        action = await super().revoke_action(batch, deadline)
         if action is RevokeAction.DISCARD:
             self.audit.discarded(batch.tp, batch.first_offset, batch.last_offset, "revoke")
         return action
 
-    async def on_assign(self, partitions: frozenset[TopicPartition]) -> None:
+    async def on_partitions_assigned(self, partitions: frozenset[TopicPartition]) -> None:
         """Record the full assignment after a gain (the engine sets it before calling us)."""
         self._instrument()
         self._owned = self.assignment
@@ -169,7 +184,7 @@ class ChaosService(BatchingConsumer):
             await anyio.sleep(SLOW_TAKEOVER_S)
         self._assigned_once = True
 
-    async def on_lost(self, partitions: frozenset[TopicPartition]) -> None:
+    async def on_partitions_lost(self, partitions: frozenset[TopicPartition]) -> None:
         """Record the loss (buffers already discarded, nothing committed)."""
         self._owned = self._owned - partitions
         self.audit.assignment("lost", -1, self._owned, partitions, self._buffered())
@@ -185,23 +200,4 @@ class ChaosService(BatchingConsumer):
         released, self._owned = self._owned, frozenset()
         self.audit.assignment(
             "stop", self.generation.generation_id, self._owned, released, self._buffered()
-        )
-
-    async def _on_revoked(self, change: AssignmentChange) -> None:
-        # Revokes of partitions with empty buffers never reach on_revoke, so the audit hooks
-        # the runtime's own revoke step: the partitions are given up once it returns.
-        if self.plant == "ignore_revoke":
-            return
-        self._revoking = True
-        try:
-            await super()._on_revoked(change)
-        finally:
-            self._revoking = False
-        self._owned = self._owned - change.partitions
-        self.audit.assignment(
-            "revoke",
-            change.generation.generation_id,
-            self._owned,
-            change.partitions,
-            self._buffered(),
         )
