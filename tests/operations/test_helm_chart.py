@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -130,15 +131,23 @@ def helm_binary() -> str:
     pytest.skip(problem)
 
 
-def helm(*args: str, values: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """Run helm on the chart with ``REQUIRED`` as a values file, then ``values`` as --set."""
+def helm(
+    *args: str, values: dict[str, str] | None = None, overlay: dict[str, Any] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run helm on the chart with ``REQUIRED`` as a values file, then ``overlay`` as a second
+    values file (for lists and maps), then ``values`` as --set."""
     binary = helm_binary()
     with tempfile.TemporaryDirectory() as scratch:
         required = Path(scratch) / "required.yaml"
         required.write_text(yaml.safe_dump(REQUIRED), encoding="utf-8")
+        files = ["-f", str(required)]
+        if overlay is not None:
+            extra = Path(scratch) / "overlay.yaml"
+            extra.write_text(yaml.safe_dump(overlay), encoding="utf-8")
+            files += ["-f", str(extra)]
         sets = [f"--set={key}={value}" for key, value in (values or {}).items()]
         return subprocess.run(
-            [binary, *args, str(CHART), "-f", str(required), *sets],
+            [binary, *args, str(CHART), *files, *sets],
             capture_output=True,
             text=True,
             timeout=60,
@@ -146,9 +155,11 @@ def helm(*args: str, values: dict[str, str] | None = None) -> subprocess.Complet
         )
 
 
-def render(values: dict[str, str] | None = None) -> dict[str, dict[str, Any]]:
+def render(
+    values: dict[str, str] | None = None, overlay: dict[str, Any] | None = None
+) -> dict[str, dict[str, Any]]:
     """Rendered manifests by kind."""
-    result = helm("template", "rel", values=values)
+    result = helm("template", "rel", values=values, overlay=overlay)
     assert result.returncode == 0, result.stderr
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
     by_kind = {d["kind"]: d for d in docs}
@@ -250,14 +261,31 @@ def test_values_become_the_documented_environment() -> None:
     assert settings.shutdown_timeout_ms * 1 < pod["terminationGracePeriodSeconds"] * 1000
 
 
-def settings_from(env: dict[str, Any], *, pod_name: str, memory_limit: int) -> CapgroupSettings:
-    """Load settings from a rendered env, resolving the downward API as the kubelet would."""
+def settings_from(
+    env: dict[str, Any],
+    *,
+    pod_name: str,
+    memory_limit: int,
+    secrets: Mapping[tuple[str, str], str] | None = None,
+    mounts: Mapping[str, Path] | None = None,
+) -> CapgroupSettings:
+    """Load settings from a rendered env, resolving the downward API as the kubelet would.
+
+    ``secrets`` resolves a ``secretKeyRef`` (``(secret name, key)`` -> value); ``mounts`` maps
+    a container mount path to the local directory standing in for it, so file settings
+    (which the settings check exist) point at real files."""
     resolved = {}
     for name, value in env.items():
         if not name.startswith("CAPGROUP_"):
             continue
         if isinstance(value, str):
+            for mount_path, local in (mounts or {}).items():
+                if value.startswith(mount_path.rstrip("/") + "/"):
+                    value = str(local / value[len(mount_path.rstrip("/")) + 1 :])
             resolved[name] = value
+        elif "secretKeyRef" in value:
+            ref = value["secretKeyRef"]
+            resolved[name] = (secrets or {})[(ref["name"], ref["key"])]
         elif "fieldRef" in value:
             assert value["fieldRef"]["fieldPath"] == "metadata.name"
             resolved[name] = pod_name
@@ -363,3 +391,399 @@ def test_bad_values_fail_the_render_with_a_clear_message(
 def test_a_grace_period_that_fits_is_kept() -> None:
     pod = render({"terminationGracePeriodSeconds": "60"})["StatefulSet"]["spec"]["template"]["spec"]
     assert pod["terminationGracePeriodSeconds"] == 60
+
+
+# ------------------------------------------------------------- secured clusters ------
+#: A password that must never appear in a render, a values file or an error message.
+PASSWORD = "correct-horse-battery-staple"
+
+
+def volumes_of(manifests: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The pod's volumes by name."""
+    pod = manifests["StatefulSet"]["spec"]["template"]["spec"]
+    return {v["name"]: v for v in pod.get("volumes", [])}
+
+
+def mounts_of(manifests: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The consumer container's volume mounts by volume name."""
+    return {m["name"]: m for m in container(manifests).get("volumeMounts", [])}
+
+
+def test_no_security_values_render_no_security_env_and_no_volumes() -> None:
+    manifests = render()
+    assert not {name for name in env_of(manifests) if "SSL" in name or "SASL" in name}
+    assert "CAPGROUP_SECURITY_PROTOCOL" not in env_of(manifests)
+    assert volumes_of(manifests) == {}
+    assert "volumeMounts" not in container(manifests)
+    assert "envFrom" not in container(manifests)
+    assert "volumeClaimTemplates" not in manifests["StatefulSet"]["spec"]
+    assert "serviceAccountName" not in manifests["StatefulSet"]["spec"]["template"]["spec"]
+    assert "ServiceAccount" not in manifests
+
+
+def test_sasl_scram_password_comes_from_a_secret_key_ref(tmp_path: Path) -> None:
+    overlay = {
+        "kafka": {
+            "securityProtocol": "SASL_SSL",
+            "tls": {"existingSecret": "kafka-ca"},
+            "sasl": {
+                "mechanism": "SCRAM-SHA-512",
+                "username": "archiver",
+                "existingSecret": "archiver-kafka",
+                "passwordKey": "scram-password",
+            },
+        }
+    }
+    result = helm("template", "rel", overlay=overlay)
+    assert result.returncode == 0, result.stderr
+    manifests = {d["kind"]: d for d in yaml.safe_load_all(result.stdout) if d}
+    env = env_of(manifests)
+    assert env["CAPGROUP_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert env["CAPGROUP_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert env["CAPGROUP_SASL_USERNAME"] == "archiver"
+    assert env["CAPGROUP_SASL_PASSWORD"] == {
+        "secretKeyRef": {"name": "archiver-kafka", "key": "scram-password"}
+    }
+    assert "CAPGROUP_SASL_PASSWORD_FILE" not in env
+    # The CA (public part) is a mounted file; the password is not.
+    assert env["CAPGROUP_SSL_CAFILE"] == "/etc/capgroup/kafka-tls/ca.crt"
+    assert set(volumes_of(manifests)) == {"kafka-tls"}
+    assert "CAPGROUP_SSL_CHECK_HOSTNAME" not in env  # the setting's default (true) applies
+
+    (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = settings_from(
+        env,
+        pod_name="rel-capgroup-0",
+        memory_limit=1024**3,
+        secrets={("archiver-kafka", "scram-password"): PASSWORD},
+        mounts={"/etc/capgroup/kafka-tls": tmp_path},
+    )
+    assert settings.security_protocol == "SASL_SSL"
+    assert settings.sasl_mechanism == "SCRAM-SHA-512"
+    assert settings.sasl_username == "archiver"
+    assert settings.sasl_password_value() == PASSWORD
+    assert settings.ssl_cafile == tmp_path / "ca.crt"
+    assert settings.ssl_check_hostname is True
+    assert PASSWORD not in repr(settings)
+
+
+def test_sasl_plain_password_can_be_a_mounted_file_and_the_username_a_secret(
+    tmp_path: Path,
+) -> None:
+    overlay = {
+        "kafka": {
+            "securityProtocol": "SASL_SSL",
+            "sasl": {
+                "mechanism": "PLAIN",
+                "existingSecret": "confluent-api-key",
+                "usernameKey": "key",
+                "passwordKey": "secret",
+                "passwordAsFile": True,
+            },
+        }
+    }
+    manifests = render(overlay=overlay)
+    env = env_of(manifests)
+    assert env["CAPGROUP_SASL_USERNAME"] == {
+        "secretKeyRef": {"name": "confluent-api-key", "key": "key"}
+    }
+    assert "CAPGROUP_SASL_PASSWORD" not in env
+    assert env["CAPGROUP_SASL_PASSWORD_FILE"] == "/etc/capgroup/kafka-sasl/secret"
+    assert "CAPGROUP_SSL_CAFILE" not in env  # public CA: the system trust store
+    volume = volumes_of(manifests)["kafka-sasl"]
+    assert volume["secret"]["secretName"] == "confluent-api-key"
+    assert volume["secret"]["items"] == [{"key": "secret", "path": "secret"}]
+    assert mounts_of(manifests)["kafka-sasl"] == {
+        "name": "kafka-sasl",
+        "mountPath": "/etc/capgroup/kafka-sasl",
+        "readOnly": True,
+    }
+    (tmp_path / "secret").write_text(PASSWORD + "\n")
+    settings = settings_from(
+        env,
+        pod_name="rel-capgroup-0",
+        memory_limit=1024**3,
+        secrets={("confluent-api-key", "key"): "ABCDEFGH"},
+        mounts={"/etc/capgroup/kafka-sasl": tmp_path},
+    )
+    assert settings.sasl_mechanism == "PLAIN"
+    assert settings.sasl_username == "ABCDEFGH"
+    assert settings.sasl_password is None
+    assert settings.sasl_password_value() == PASSWORD
+
+
+def test_mtls_certificates_are_mounted_from_a_secret_and_env_points_into_it(
+    tmp_path: Path,
+) -> None:
+    overlay = {
+        "kafka": {
+            "securityProtocol": "SSL",
+            "tls": {
+                "existingSecret": "aiven-client",
+                "mountPath": "/var/run/kafka-tls",
+                "caKey": "ca.pem",
+                "certKey": "service.cert",
+                "keyKey": "service.key",
+                "keyPasswordKey": "key-password",
+                "checkHostname": False,
+                "defaultMode": 0o440,
+            },
+        },
+        "podSecurityContext": {"fsGroup": 10001},
+    }
+    manifests = render(overlay=overlay)
+    env = env_of(manifests)
+    files = {
+        "CAPGROUP_SSL_CAFILE": "ca.pem",
+        "CAPGROUP_SSL_CERTFILE": "service.cert",
+        "CAPGROUP_SSL_KEYFILE": "service.key",
+        "CAPGROUP_SSL_KEY_PASSWORD_FILE": "key-password",
+    }
+    for name, key in files.items():
+        assert env[name] == f"/var/run/kafka-tls/{key}"
+    assert env["CAPGROUP_SSL_CHECK_HOSTNAME"] == "false"
+    assert "CAPGROUP_SASL_MECHANISM" not in env
+    volume = volumes_of(manifests)["kafka-tls"]["secret"]
+    assert volume["secretName"] == "aiven-client"
+    assert volume["defaultMode"] == 0o440
+    assert volume["items"] == [{"key": k, "path": k} for k in files.values()]
+    assert mounts_of(manifests)["kafka-tls"] == {
+        "name": "kafka-tls",
+        "mountPath": "/var/run/kafka-tls",
+        "readOnly": True,
+    }
+    # Every file setting points into the mount, at a file the volume provides.
+    mount = mounts_of(manifests)["kafka-tls"]["mountPath"]
+    provided = {f"{mount}/{item['path']}" for item in volume["items"]}
+    assert {env[name] for name in files} == provided
+
+    for key in files.values():
+        (tmp_path / key).write_text("pem\n")
+    settings = settings_from(
+        env,
+        pod_name="rel-capgroup-0",
+        memory_limit=1024**3,
+        mounts={"/var/run/kafka-tls": tmp_path},
+    )
+    assert settings.security_protocol == "SSL"
+    assert settings.ssl_cafile == tmp_path / "ca.pem"
+    assert settings.ssl_certfile == tmp_path / "service.cert"
+    assert settings.ssl_keyfile == tmp_path / "service.key"
+    assert settings.ssl_key_password_file == tmp_path / "key-password"
+    assert settings.ssl_check_hostname is False
+
+
+def test_msk_iam_uses_oauthbearer_the_region_and_an_annotated_service_account() -> None:
+    role = "arn:aws:iam::123456789012:role/archiver-msk"
+    overlay = {
+        "kafka": {
+            "securityProtocol": "SASL_SSL",
+            "sasl": {"mechanism": "OAUTHBEARER"},
+            "msk": {"region": "eu-west-1"},
+        },
+        "serviceAccount": {
+            "create": True,
+            "annotations": {"eks.amazonaws.com/role-arn": role},
+        },
+    }
+    manifests = render(overlay=overlay)
+    env = env_of(manifests)
+    assert env["CAPGROUP_SASL_MECHANISM"] == "OAUTHBEARER"
+    assert env["CAPGROUP_MSK_REGION"] == "eu-west-1"
+    assert "CAPGROUP_SASL_OAUTH_TOKEN_PROVIDER" not in env
+    assert "CAPGROUP_SASL_PASSWORD" not in env
+    account = manifests["ServiceAccount"]["metadata"]
+    assert account["name"] == "rel-capgroup"
+    assert account["annotations"] == {"eks.amazonaws.com/role-arn": role}
+    pod = manifests["StatefulSet"]["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "rel-capgroup"
+    settings = settings_from(env, pod_name="rel-capgroup-0", memory_limit=1024**3)
+    assert settings.sasl_mechanism == "OAUTHBEARER"
+    assert settings.msk_region == "eu-west-1"
+
+    # An existing service account (e.g. made by eksctl) is used as named, not created.
+    named = render(
+        overlay={**overlay, "serviceAccount": {"create": False}},
+        values={"serviceAccountName": "archiver-irsa"},
+    )
+    assert "ServiceAccount" not in named
+    assert named["StatefulSet"]["spec"]["template"]["spec"]["serviceAccountName"] == (
+        "archiver-irsa"
+    )
+
+
+def test_a_custom_oauth_token_provider_is_passed_through() -> None:
+    overlay = {
+        "kafka": {
+            "securityProtocol": "SASL_SSL",
+            "sasl": {
+                "mechanism": "OAUTHBEARER",
+                "oauthTokenProvider": "myservice.auth:fetch_token",
+            },
+        }
+    }
+    env = env_of(render(overlay=overlay))
+    assert env["CAPGROUP_SASL_OAUTH_TOKEN_PROVIDER"] == "myservice.auth:fetch_token"
+    settings = settings_from(env, pod_name="rel-capgroup-0", memory_limit=1024**3)
+    assert settings.sasl_oauth_token_provider == "myservice.auth:fetch_token"
+
+
+def test_extra_env_env_from_volumes_and_volume_claim_templates_render() -> None:
+    overlay = {
+        "extraEnv": [
+            {"name": "CAPGROUP_FLUSH_FAILURE_POLICY", "value": "dead_letter"},
+            {"name": "CAPGROUP_DEAD_LETTER_TOPIC", "value": "archiver-dlq"},
+            {
+                "name": "SINK_TOKEN",
+                "valueFrom": {"secretKeyRef": {"name": "sink", "key": "token"}},
+            },
+        ],
+        "envFrom": [{"configMapRef": {"name": "archiver-config"}}],
+        "extraVolumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "1Gi"}}],
+        "extraVolumeMounts": [
+            {"name": "scratch", "mountPath": "/tmp/scratch"},
+            {"name": "data", "mountPath": "/var/lib/archiver"},
+        ],
+        "volumeClaimTemplates": [
+            {
+                "metadata": {"name": "data"},
+                "spec": {
+                    "accessModes": ["ReadWriteOnce"],
+                    "storageClassName": "gp3",
+                    "resources": {"requests": {"storage": "20Gi"}},
+                },
+            }
+        ],
+    }
+    manifests = render(overlay=overlay)
+    main = container(manifests)
+    env = env_of(manifests)
+    assert env["CAPGROUP_FLUSH_FAILURE_POLICY"] == "dead_letter"
+    assert env["SINK_TOKEN"] == {"secretKeyRef": {"name": "sink", "key": "token"}}
+    # extraEnv comes after the chart's own variables.
+    names = [e["name"] for e in main["env"]]
+    assert names[-3:] == [
+        "CAPGROUP_FLUSH_FAILURE_POLICY",
+        "CAPGROUP_DEAD_LETTER_TOPIC",
+        "SINK_TOKEN",
+    ]
+    assert main["envFrom"] == [{"configMapRef": {"name": "archiver-config"}}]
+    assert volumes_of(manifests) == {
+        "scratch": {"name": "scratch", "emptyDir": {"sizeLimit": "1Gi"}}
+    }
+    assert main["volumeMounts"] == overlay["extraVolumeMounts"]
+    spec = manifests["StatefulSet"]["spec"]
+    assert spec["volumeClaimTemplates"] == overlay["volumeClaimTemplates"]
+    settings = settings_from(env, pod_name="rel-capgroup-0", memory_limit=1024**3)
+    assert settings.flush_failure_policy == "dead_letter"
+    assert settings.dead_letter_topic == "archiver-dlq"
+
+
+def test_security_volumes_come_before_the_extra_ones() -> None:
+    overlay = {
+        "kafka": {
+            "securityProtocol": "SASL_SSL",
+            "tls": {"existingSecret": "kafka-ca"},
+            "sasl": {
+                "mechanism": "SCRAM-SHA-256",
+                "username": "u",
+                "existingSecret": "kafka-user",
+                "passwordAsFile": True,
+            },
+        },
+        "extraVolumes": [{"name": "scratch", "emptyDir": {}}],
+        "extraVolumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+    }
+    manifests = render(overlay=overlay)
+    assert list(volumes_of(manifests)) == ["kafka-tls", "kafka-sasl", "scratch"]
+    assert list(mounts_of(manifests)) == ["kafka-tls", "kafka-sasl", "scratch"]
+
+
+SECURED = {"securityProtocol": "SASL_SSL"}
+SCRAM = {"mechanism": "SCRAM-SHA-512", "username": "u", "existingSecret": "s"}
+
+
+@pytest.mark.parametrize(
+    ("overlay", "message"),
+    [
+        (
+            {"kafka": {**SECURED, "sasl": {**SCRAM, "password": PASSWORD}}},
+            "kafka.sasl.password is not a value of this chart",
+        ),
+        (
+            {"extraEnv": [{"name": "CAPGROUP_SASL_PASSWORD", "value": PASSWORD}]},
+            "extraEnv CAPGROUP_SASL_PASSWORD has a plain value",
+        ),
+        ({"kafka": {"securityProtocol": "TLS"}}, "kafka.securityProtocol (TLS) must be"),
+        ({"kafka": SECURED}, "kafka.sasl.mechanism is required with kafka.securityProtocol"),
+        (
+            {"kafka": {"securityProtocol": "SSL", "sasl": SCRAM}},
+            "needs kafka.securityProtocol SASL_SSL or SASL_PLAINTEXT, not SSL",
+        ),
+        (
+            {"kafka": {**SECURED, "sasl": {"mechanism": "SCRAM-SHA-512", "username": "u"}}},
+            "kafka.sasl.existingSecret is required with SCRAM-SHA-512",
+        ),
+        (
+            {"kafka": {**SECURED, "sasl": {"mechanism": "PLAIN", "existingSecret": "s"}}},
+            "kafka.sasl.username (or kafka.sasl.usernameKey) is required with PLAIN",
+        ),
+        (
+            {"kafka": {**SECURED, "sasl": {"mechanism": "OAUTHBEARER"}}},
+            "OAUTHBEARER needs exactly one of",
+        ),
+        (
+            {
+                "kafka": {
+                    **SECURED,
+                    "sasl": {"mechanism": "OAUTHBEARER", "oauthTokenProvider": "a.b:c"},
+                    "msk": {"region": "eu-west-1"},
+                }
+            },
+            "OAUTHBEARER needs exactly one of",
+        ),
+        (
+            {"kafka": {"msk": {"region": "eu-west-1"}}},
+            "need kafka.sasl.mechanism OAUTHBEARER",
+        ),
+        (
+            {"kafka": {"tls": {"existingSecret": "kafka-ca"}}},
+            "kafka.tls.existingSecret is set but kafka.securityProtocol is PLAINTEXT",
+        ),
+        (
+            {"kafka": {"securityProtocol": "SSL", "tls": {"existingSecret": "c", "certKey": "a"}}},
+            "kafka.tls.certKey and kafka.tls.keyKey go together",
+        ),
+        (
+            {"kafka": {"securityProtocol": "SSL", "tls": {"certKey": "a", "keyKey": "b"}}},
+            "keys of kafka.tls.existingSecret, which is not set",
+        ),
+        (
+            {"volumeClaimTemplates": [{"spec": {"accessModes": ["ReadWriteOnce"]}}]},
+            "each of volumeClaimTemplates needs metadata.name",
+        ),
+    ],
+    ids=[
+        "plain-password",
+        "plain-password-in-extra-env",
+        "bad-protocol",
+        "sasl-without-mechanism",
+        "mechanism-without-sasl",
+        "scram-without-secret",
+        "plain-without-username",
+        "oauth-without-provider",
+        "oauth-with-two-providers",
+        "msk-without-oauth",
+        "tls-secret-with-plaintext",
+        "cert-without-key",
+        "cert-without-secret",
+        "claim-without-name",
+    ],
+)
+def test_bad_security_values_fail_the_render_without_echoing_secrets(
+    overlay: dict[str, Any], message: str
+) -> None:
+    result = helm("template", "rel", overlay=overlay)
+    assert result.returncode != 0, result.stdout
+    assert message in result.stderr, result.stderr
+    assert PASSWORD not in result.stdout + result.stderr

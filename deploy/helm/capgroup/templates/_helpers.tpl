@@ -23,6 +23,108 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end -}}
 
+{{/* The service account the pods run as: serviceAccountName, or the release's full name when
+the chart creates one without a name; empty for the namespace's default. */}}
+{{- define "capgroup.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "capgroup.fullname" .) .Values.serviceAccountName -}}
+{{- else -}}
+{{- .Values.serviceAccountName -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Keys of kafka.tls.existingSecret mounted as files, as a JSON list (empty without a
+Secret). */}}
+{{- define "capgroup.tlsKeys" -}}
+{{- $tls := .Values.kafka.tls -}}
+{{- $keys := list -}}
+{{- if $tls.existingSecret -}}
+{{- range (list $tls.caKey $tls.certKey $tls.keyKey $tls.keyPasswordKey) -}}
+{{- if . -}}
+{{- $keys = append $keys (toString .) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- $keys | uniq | toJson -}}
+{{- end -}}
+
+{{/* Fail on inconsistent security values, naming them (the consumer would refuse them at
+start-up, in a crash loop). */}}
+{{- define "capgroup.validateSecurity" -}}
+{{- $k := .Values.kafka -}}
+{{- $protocol := $k.securityProtocol | default "PLAINTEXT" | toString -}}
+{{- if not (has $protocol (list "PLAINTEXT" "SSL" "SASL_PLAINTEXT" "SASL_SSL")) -}}
+{{- fail (printf "kafka.securityProtocol (%s) must be PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL" $protocol) -}}
+{{- end -}}
+{{- $tls := has $protocol (list "SSL" "SASL_SSL") -}}
+{{- $sasl := has $protocol (list "SASL_PLAINTEXT" "SASL_SSL") -}}
+{{- if hasKey $k.sasl "password" -}}
+{{- fail "kafka.sasl.password is not a value of this chart: put the password in a Secret and name it with kafka.sasl.existingSecret (and kafka.sasl.passwordKey)" -}}
+{{- end -}}
+{{- if and $k.tls.existingSecret (not $tls) -}}
+{{- fail (printf "kafka.tls.existingSecret is set but kafka.securityProtocol is %s: TLS files need SSL or SASL_SSL" $protocol) -}}
+{{- end -}}
+{{- if and $k.tls.existingSecret (not (or $k.tls.caKey $k.tls.certKey)) -}}
+{{- fail "kafka.tls.existingSecret is set but names no file: set kafka.tls.caKey and/or kafka.tls.certKey with kafka.tls.keyKey" -}}
+{{- end -}}
+{{- if and $k.tls.caKey (not $k.tls.existingSecret) (ne (toString $k.tls.caKey) "ca.crt") -}}
+{{- fail "kafka.tls.caKey is a key of kafka.tls.existingSecret, which is not set" -}}
+{{- end -}}
+{{- if and (or $k.tls.certKey $k.tls.keyKey $k.tls.keyPasswordKey) (not $k.tls.existingSecret) -}}
+{{- fail "kafka.tls.certKey, keyKey and keyPasswordKey are keys of kafka.tls.existingSecret, which is not set" -}}
+{{- end -}}
+{{- if ne (empty $k.tls.certKey) (empty $k.tls.keyKey) -}}
+{{- fail "kafka.tls.certKey and kafka.tls.keyKey go together (the client certificate and its private key, for mTLS)" -}}
+{{- end -}}
+{{- if and $k.tls.keyPasswordKey (not $k.tls.keyKey) -}}
+{{- fail "kafka.tls.keyPasswordKey needs kafka.tls.keyKey" -}}
+{{- end -}}
+{{- $mechanism := $k.sasl.mechanism | default "" | toString -}}
+{{- if and $sasl (not $mechanism) -}}
+{{- fail (printf "kafka.sasl.mechanism is required with kafka.securityProtocol %s (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER)" $protocol) -}}
+{{- end -}}
+{{- if and $mechanism (not $sasl) -}}
+{{- fail (printf "kafka.sasl.mechanism (%s) needs kafka.securityProtocol SASL_SSL or SASL_PLAINTEXT, not %s" $mechanism $protocol) -}}
+{{- end -}}
+{{- if and $mechanism (not (has $mechanism (list "PLAIN" "SCRAM-SHA-256" "SCRAM-SHA-512" "OAUTHBEARER" "GSSAPI"))) -}}
+{{- fail (printf "kafka.sasl.mechanism (%s) must be PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER or GSSAPI" $mechanism) -}}
+{{- end -}}
+{{- if has $mechanism (list "PLAIN" "SCRAM-SHA-256" "SCRAM-SHA-512") -}}
+{{- if not $k.sasl.existingSecret -}}
+{{- fail (printf "kafka.sasl.existingSecret is required with %s: the Secret holding the password (key kafka.sasl.passwordKey)" $mechanism) -}}
+{{- end -}}
+{{- if not (or $k.sasl.username $k.sasl.usernameKey) -}}
+{{- fail (printf "kafka.sasl.username (or kafka.sasl.usernameKey) is required with %s" $mechanism) -}}
+{{- end -}}
+{{- end -}}
+{{- if and $k.sasl.usernameKey (not $k.sasl.existingSecret) -}}
+{{- fail "kafka.sasl.usernameKey is a key of kafka.sasl.existingSecret, which is not set" -}}
+{{- end -}}
+{{- if and $k.sasl.existingSecret (not $k.sasl.passwordKey) -}}
+{{- fail "kafka.sasl.passwordKey must name the password's key in kafka.sasl.existingSecret" -}}
+{{- end -}}
+{{- if eq $mechanism "OAUTHBEARER" -}}
+{{- if eq (empty $k.sasl.oauthTokenProvider) (empty $k.msk.region) -}}
+{{- fail "OAUTHBEARER needs exactly one of kafka.sasl.oauthTokenProvider (package.module:callable) and kafka.msk.region (Amazon MSK IAM)" -}}
+{{- end -}}
+{{- else if or $k.sasl.oauthTokenProvider $k.msk.region -}}
+{{- fail "kafka.sasl.oauthTokenProvider and kafka.msk.region need kafka.sasl.mechanism OAUTHBEARER (and kafka.securityProtocol SASL_SSL)" -}}
+{{- end -}}
+{{- if and $k.msk.roleArn (not $k.msk.region) -}}
+{{- fail "kafka.msk.roleArn needs kafka.msk.region" -}}
+{{- end -}}
+{{- range .Values.extraEnv -}}
+{{- if and (has .name (list "CAPGROUP_SASL_PASSWORD" "CAPGROUP_SSL_KEY_PASSWORD")) (hasKey . "value") -}}
+{{- fail (printf "extraEnv %s has a plain value: take it from a Secret with valueFrom.secretKeyRef (or use kafka.sasl.existingSecret)" .name) -}}
+{{- end -}}
+{{- end -}}
+{{- range .Values.volumeClaimTemplates -}}
+{{- if not (and (kindIs "map" .) .metadata .metadata.name) -}}
+{{- fail "each of volumeClaimTemplates needs metadata.name (mount it with extraVolumeMounts under that name)" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
 {{/*
 Seconds the shutdown needs before SIGKILL: CAPGROUP_SHUTDOWN_TIMEOUT_MS, then up to 5 s for
 the membership engine to leave the group (ENGINE_STOP_GRACE_SECONDS in the runtime), then
@@ -88,4 +190,5 @@ the membership engine to leave the group (ENGINE_STOP_GRACE_SECONDS in the runti
 {{- fail "drain.fromOrdinal must be a pod ordinal (>= 0) or null" -}}
 {{- end -}}
 {{- end -}}
+{{- include "capgroup.validateSecurity" . -}}
 {{- end -}}
