@@ -86,3 +86,29 @@ async def test_the_admin_client_is_built_from_the_shared_options(
         assert admin is built[0]
         seen = _seen(admin._client)
     assert seen == {**_expected(ClientRole.ADMIN), "request_timeout_ms": 5000}
+
+
+async def test_tls_and_sasl_reach_every_runtime_client() -> None:
+    secured = load_settings(
+        group_id="g",
+        topics=["events"],
+        bootstrap_servers="broker-a.example:9093",
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-512",
+        sasl_username="svc",
+        sasl_password="pw-from-a-secret",
+    )
+    clients = AiokafkaClients(secured)
+    built = [
+        clients.fetcher(1 << 20)._consumer._client,
+        clients.dead_letter("events.dlq")._producer.client,
+    ]
+    for client in built:
+        assert client._security_protocol == "SASL_SSL"
+        assert client._sasl_mechanism == "SCRAM-SHA-512"
+        assert client._sasl_plain_username == "svc"
+        assert client._sasl_plain_password == "pw-from-a-secret"
+        assert client._ssl_context is not None
+    options = clients.coordinator_transport()._options
+    assert options["security_protocol"] == "SASL_SSL"
+    assert options["ssl_context"] is not None

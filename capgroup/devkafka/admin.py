@@ -23,30 +23,41 @@ __all__ = [
 ]
 
 
-def connection_settings(bootstrap_servers: str) -> CapgroupSettings:
-    """Settings for reaching ``bootstrap_servers``; other connection settings (security, once
-    there are some) still come from ``CAPGROUP_*`` variables."""
+def connection_settings(
+    bootstrap_servers: str, settings: CapgroupSettings | None = None
+) -> CapgroupSettings:
+    """Settings for reaching ``bootstrap_servers``: ``settings`` (TLS, SASL) with that address,
+    or without them, the other connection settings from ``CAPGROUP_*`` variables."""
+    if settings is not None:
+        return settings.model_copy(update={"bootstrap_servers": bootstrap_servers.split(",")})
     return load_settings(bootstrap_servers=bootstrap_servers.split(","))
 
 
 @contextlib.asynccontextmanager
-async def admin_client(bootstrap_servers: str, **overrides: Any) -> AsyncIterator[Any]:
-    """A started ``AIOKafkaAdminClient`` for ``bootstrap_servers``, closed on exit."""
+async def admin_client(
+    bootstrap_servers: str, settings: CapgroupSettings | None = None, **overrides: Any
+) -> AsyncIterator[Any]:
+    """A started ``AIOKafkaAdminClient`` for ``bootstrap_servers``, closed on exit; connection
+    settings (TLS, SASL) from ``settings`` (see :func:`connection_settings`)."""
     async with connection.admin_client(
-        connection_settings(bootstrap_servers), **{"request_timeout_ms": 5000, **overrides}
+        connection_settings(bootstrap_servers, settings),
+        **{"request_timeout_ms": 5000, **overrides},
     ) as client:
         yield client
 
 
-async def broker_ids(bootstrap_servers: str) -> set[int]:
+async def broker_ids(bootstrap_servers: str, settings: CapgroupSettings | None = None) -> set[int]:
     """Node ids of the brokers the cluster reports as alive."""
-    async with admin_client(bootstrap_servers) as admin:
+    async with admin_client(bootstrap_servers, settings) as admin:
         cluster = await admin.describe_cluster()
     return {int(b["node_id"]) for b in cluster["brokers"]}
 
 
 async def find_group_coordinator(
-    bootstrap_servers: str, group_id: str, within: float = 30.0
+    bootstrap_servers: str,
+    group_id: str,
+    within: float = 30.0,
+    settings: CapgroupSettings | None = None,
 ) -> int:
     """Return the node id of ``group_id``'s coordinator, asking the cluster (FindCoordinator).
 
@@ -58,7 +69,7 @@ async def find_group_coordinator(
 
     deadline = time.monotonic() + within
     options = connection.client_options(
-        connection_settings(bootstrap_servers), connection.ClientRole.ADMIN
+        connection_settings(bootstrap_servers, settings), connection.ClientRole.ADMIN
     )
     client = AIOKafkaClient(**{**options, "request_timeout_ms": 5000})
     try:
@@ -82,6 +93,7 @@ async def create_topic(
     partitions: int = 1,
     replication_factor: int = 1,
     configs: Mapping[str, str] | None = None,
+    settings: CapgroupSettings | None = None,
 ) -> None:
     """Create topic ``name`` and wait until every partition has a leader."""
     from aiokafka.admin import NewTopic
@@ -93,7 +105,7 @@ async def create_topic(
         replication_factor=replication_factor,
         topic_configs=dict(configs or {}),
     )
-    async with admin_client(bootstrap_servers) as admin:
+    async with admin_client(bootstrap_servers, settings) as admin:
         response = await admin.create_topics([topic], timeout_ms=30_000)
         for entry in response.topic_errors:
             code = entry[1]
@@ -110,9 +122,11 @@ async def create_topic(
             await anyio.sleep(0.1)
 
 
-async def delete_topics(bootstrap_servers: str, names: Sequence[str]) -> None:
+async def delete_topics(
+    bootstrap_servers: str, names: Sequence[str], settings: CapgroupSettings | None = None
+) -> None:
     """Delete topics ``names`` (errors such as unknown topics are ignored)."""
     if not names:
         return
-    async with admin_client(bootstrap_servers) as admin:
+    async with admin_client(bootstrap_servers, settings) as admin:
         await admin.delete_topics(list(names), timeout_ms=30_000)

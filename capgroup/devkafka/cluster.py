@@ -36,9 +36,17 @@ from typing import Any, Self
 
 import anyio
 
-from capgroup.devkafka.admin import broker_ids
+from capgroup.devkafka.admin import admin_client, broker_ids
 from capgroup.devkafka.jars import KAFKA_VERSION, KafkaLocalError, ensure_jars, require_tool
+from capgroup.devkafka.secure import (
+    CLIENT_USERS,
+    SECURITY_MODES,
+    SecurityMode,
+    SecurityStore,
+    create_acls,
+)
 from capgroup.log import get_logger
+from capgroup.settings import CapgroupSettings, load_settings
 
 __all__ = [
     "HOST",
@@ -133,18 +141,27 @@ def new_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
 
 
+def _major(version: str) -> int:
+    """The major number of a Kafka version such as ``3.9.1`` (0 if it does not parse)."""
+    head = version.split(".", 1)[0]
+    return int(head) if head.isdigit() else 0
+
+
 def render_node_config(
     node: NodeSpec,
     voters: Sequence[NodeSpec],
     *,
     offsets_partitions: int = 3,
     extra: Mapping[str, str] | None = None,
+    version: str = KAFKA_VERSION,
 ) -> dict[str, str]:
     """Return the ``server.properties`` of ``node`` in a cluster whose controllers are ``voters``.
 
     Tuned for fast tests: no initial rebalance delay, 1 s minimum session timeout, no topic
     auto-creation, quick fencing of dead brokers. A single-node cluster gets replication-factor 1
     for internal topics; a larger one keeps Kafka's defaults so internal topics are replicated.
+    ``version`` is the Kafka version the node runs: the static ``controller.quorum.voters``
+    form works from 3.x on, and the share-group coordinator (KIP-932) exists only from 4.0.
     """
     quorum = ",".join(f"{v.node_id}@{HOST}:{v.controller_port}" for v in voters)
     config = {
@@ -178,9 +195,12 @@ def render_node_config(
             "offsets.topic.replication.factor": "1",
             "transaction.state.log.replication.factor": "1",
             "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
         }
+        if _major(version) >= 4:
+            config |= {
+                "share.coordinator.state.topic.replication.factor": "1",
+                "share.coordinator.state.topic.min.isr": "1",
+            }
     if extra:
         config |= dict(extra)
     return config
@@ -324,9 +344,14 @@ class LocalKafkaCluster:
         offsets_partitions: int = 3,
         extra_config: Mapping[str, str] | None = None,
         start_timeout: float = 90.0,
+        security: SecurityMode = "plaintext",
     ) -> None:
+        """``security`` secures the client listener: ``ssl`` (mutual TLS) or ``sasl_ssl``
+        (SCRAM-SHA-512 and PLAIN over TLS), with ACLs (:mod:`capgroup.devkafka.secure`)."""
         if nodes < 1:
             raise ValueError("nodes must be at least 1")
+        if security not in SECURITY_MODES:
+            raise ValueError(f"security must be one of {', '.join(SECURITY_MODES)}")
         self.node_count = nodes
         self.version = version
         self.start_timeout = start_timeout
@@ -339,6 +364,9 @@ class LocalKafkaCluster:
             workdir = Path(tempfile.mkdtemp(prefix=_WORKDIR_PREFIX))
             (workdir / _OWNER_FILE).write_text(str(os.getpid()))
         self.workdir = workdir
+        self.security: SecurityMode = security
+        #: Certificates, keys and passwords of a secured cluster.
+        self.security_store = SecurityStore(security, workdir / "security")
         self.cluster_id = new_cluster_id()
         self.nodes: list[NodeSpec] = []
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
@@ -352,6 +380,48 @@ class LocalKafkaCluster:
     def bootstrap_servers(self) -> str:
         """Comma-separated ``host:port`` of every node's client listener."""
         return ",".join(n.bootstrap for n in self.nodes)
+
+    # -- security -------------------------------------------------------------------------
+
+    def client_env(self, user: str = "alice", mechanism: str = "SCRAM-SHA-512") -> dict[str, str]:
+        """The ``CAPGROUP_*`` variables a client needs to connect as ``user`` (``admin``,
+        ``alice``, ``bob`` or ``carol`` on a secured cluster; see
+        :mod:`capgroup.devkafka.secure`)."""
+        return self.security_store.client_env(self.bootstrap_servers, user, mechanism)
+
+    def client_settings(
+        self, user: str = "alice", mechanism: str = "SCRAM-SHA-512", **overrides: Any
+    ) -> CapgroupSettings:
+        """Settings connecting as ``user``; ``overrides`` set other fields (group id, ...).
+
+        Every security field is given explicitly, so the caller's ``CAPGROUP_*`` security
+        variables do not leak in.
+        """
+        fields = self.security_store.client_fields(self.bootstrap_servers, user, mechanism)
+        return load_settings(**{**fields, **overrides})
+
+    def admin_settings(self) -> CapgroupSettings:
+        """Settings of the super user (plaintext: no security at all)."""
+        return self.client_settings("admin")
+
+    async def _grant_acls(self) -> None:
+        async with admin_client(self.bootstrap_servers, self.admin_settings()) as admin:
+            await create_acls(admin, CLIENT_USERS)
+
+    def _security_config(self, spec: NodeSpec) -> dict[str, str]:
+        if self.security == "plaintext":
+            return {}
+        name = self.security_store.listener
+        config = {
+            "listeners": f"{name}://{HOST}:{spec.broker_port},"
+            f"CONTROLLER://{HOST}:{spec.controller_port}",
+            "advertised.listeners": f"{name}://{HOST}:{spec.broker_port}",
+            "inter.broker.listener.name": name,
+            "listener.security.protocol.map": f"CONTROLLER:PLAINTEXT,{name}:{name}",
+            **self.security_store.broker_config(),
+        }
+        # PEM blocks span lines: a properties file takes them as \n escapes.
+        return {key: value.replace("\n", "\\n") for key, value in config.items()}
 
     def node(self, node_id: int) -> NodeSpec:
         """The spec of node ``node_id`` (1-based Kafka node id)."""
@@ -385,6 +455,7 @@ class LocalKafkaCluster:
         if self._jar_dir is None:
             self._jar_dir = ensure_jars(self.version)
         started = time.monotonic()
+        self.security_store.generate()
         for attempt in range(1, 4):
             self._layout()
             try:
@@ -413,6 +484,8 @@ class LocalKafkaCluster:
                 _log.warning("kafka_port_clash_retrying", attempt=attempt, error=str(exc)[:200])
                 continue
             break
+        if self.security != "plaintext":
+            anyio.run(self._grant_acls)
         _log.info(
             "kafka_cluster_started",
             nodes=self.node_count,
@@ -438,7 +511,11 @@ class LocalKafkaCluster:
         for spec in self.nodes:
             spec.data_dir.mkdir(parents=True, exist_ok=True)
             config = render_node_config(
-                spec, self.nodes, offsets_partitions=self._offsets_partitions, extra=self._extra
+                spec,
+                self.nodes,
+                offsets_partitions=self._offsets_partitions,
+                extra={**self._security_config(spec), **self._extra},
+                version=self.version,
             )
             spec.properties_file.write_text(render_properties(config))
             spec.log4j_file.write_text(render_log4j2(spec.server_log))
@@ -468,6 +545,7 @@ class LocalKafkaCluster:
                 self.cluster_id,
                 "-c",
                 str(spec.properties_file),
+                *self.security_store.format_arguments(),
             )
             running.append(
                 (spec, subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
@@ -591,7 +669,7 @@ class LocalKafkaCluster:
                         # A bare TCP probe first: aiokafka logs every refused connection.
                         probe = await anyio.connect_tcp(HOST, spec.broker_port)
                         await probe.aclose()
-                        seen = await broker_ids(spec.bootstrap)
+                        seen = await broker_ids(spec.bootstrap, self.admin_settings())
                     unseen |= expected - seen
                 if not unseen:
                     return
