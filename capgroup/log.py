@@ -2,24 +2,118 @@
 
 Every event carries ``group_id`` and ``member_id``; components bind them with
 :func:`bind_member` (context variables, so each anyio task tree keeps its own values).
+
+Records of the standard library's :mod:`logging` (aiokafka's among them) go through the same
+renderer, so the stream stays JSON lines: they carry ``logger`` with the stdlib logger's name.
+A burst of the same message (aiokafka repeats its connection errors while a broker is down)
+is rate-limited: at most one line per logger and message template every
+:data:`FOREIGN_LOG_INTERVAL_S` seconds, the next one carrying ``suppressed``, the number of
+lines left out since the last.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import MutableMapping
+import threading
+import time
+from collections.abc import Iterator, MutableMapping
+from contextvars import ContextVar
 from typing import Any, TextIO
 
 import structlog
 
 __all__ = [
+    "FOREIGN_LOG_INTERVAL_S",
+    "StdlibBridge",
     "bind_member",
     "configure_logging",
     "get_logger",
+    "quiet_foreign_logs",
 ]
 
 _configured = False
+
+#: Shortest interval between two lines of one stdlib logger with the same message template.
+FOREIGN_LOG_INTERVAL_S = 10.0
+
+
+#: Set while capgroup reports a condition itself (bootstrap retries): stdlib records below
+#: CRITICAL from that context are dropped, see :func:`quiet_foreign_logs`.
+class _Held(list[str]):
+    """Messages held back by :func:`quiet_foreign_logs`, while ``active``."""
+
+    active = True
+
+
+_quiet: ContextVar[_Held | None] = ContextVar("capgroup_quiet_foreign_logs", default=None)
+
+
+@contextlib.contextmanager
+def quiet_foreign_logs() -> Iterator[list[str]]:
+    """Hold back other libraries' log records emitted from the current context (task) meanwhile;
+    yields the list their messages are collected in.
+
+    For code that logs one structured line per attempt itself (bootstrap retries), so that
+    aiokafka's own lines for the same failure do not double it; the caller may quote them.
+    Tasks started meanwhile inherit the context but log normally once the block is left.
+    """
+    held = _Held()
+    token = _quiet.set(held)
+    try:
+        yield held
+    finally:
+        held.active = False
+        _quiet.reset(token)
+
+
+class StdlibBridge(logging.Handler):
+    """Renders standard-library log records as capgroup structlog events, rate-limited.
+
+    Installed on the root logger by :func:`configure_logging`.
+    """
+
+    def __init__(self, interval_s: float = FOREIGN_LOG_INTERVAL_S) -> None:
+        super().__init__()
+        self.interval_s = interval_s
+        self._last: dict[tuple[str, str], float] = {}
+        self._suppressed: dict[tuple[str, str], int] = {}
+        self._lock_rate = threading.Lock()
+
+    def _admit(self, record: logging.LogRecord) -> int | None:
+        """None to drop the record; else how many of its kind were dropped before it."""
+        key = (record.name, str(record.msg))
+        now = time.monotonic()
+        with self._lock_rate:
+            last = self._last.get(key)
+            if last is not None and now - last < self.interval_s:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return None
+            self._last[key] = now
+            if len(self._last) > 1024:  # forget old keys; messages are templates, few differ
+                self._last = {k: v for k, v in self._last.items() if now - v < self.interval_s}
+            return self._suppressed.pop(key, 0)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Log ``record`` through structlog (unless rate-limited or quieted)."""
+        try:
+            held = _quiet.get()
+            if held is not None and held.active and record.levelno < logging.CRITICAL:
+                held.append(record.getMessage())
+                return
+            suppressed = self._admit(record)
+            if suppressed is None:
+                return
+            fields: dict[str, Any] = {"logger": record.name}
+            if suppressed:
+                fields["suppressed"] = suppressed
+            if record.exc_info and record.exc_info[0] is not None:
+                fields["exc_info"] = record.exc_info
+            logger = structlog.get_logger("capgroup", component="stdlib")
+            logger.log(record.levelno, record.getMessage(), **fields)
+        except Exception:
+            self.handleError(record)
 
 
 def configure_logging(
@@ -56,7 +150,16 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+    _install_stdlib_bridge(level)
     _configured = True
+
+
+def _install_stdlib_bridge(level: str) -> None:
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, StdlibBridge)]:
+        root.removeHandler(handler)
+    root.addHandler(StdlibBridge())
+    root.setLevel(logging.getLevelNamesMapping()[level.upper()])
 
 
 def _default_identity(

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 from collections.abc import Iterator
 
 import pytest
 import structlog
 
-from capgroup.log import bind_member, configure_logging, get_logger
+from capgroup.log import (
+    StdlibBridge,
+    bind_member,
+    configure_logging,
+    get_logger,
+    quiet_foreign_logs,
+)
 
 
 class FakeTTY(io.StringIO):
@@ -20,9 +27,14 @@ class FakeTTY(io.StringIO):
 @pytest.fixture(autouse=True)
 def fresh_context() -> Iterator[None]:
     structlog.contextvars.clear_contextvars()
+    root = logging.getLogger()
+    level = root.level
     yield
     structlog.contextvars.clear_contextvars()
     structlog.reset_defaults()
+    for handler in [h for h in root.handlers if isinstance(h, StdlibBridge)]:
+        root.removeHandler(handler)
+    root.setLevel(level)
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -95,3 +107,85 @@ def test_configure_is_once_unless_forced() -> None:
     get_logger("test").info("where")
     assert first.getvalue()
     assert not second.getvalue()
+
+
+# --- the standard library's records (aiokafka's) as JSON, rate-limited (issue 10) ------------
+
+
+def test_aiokafka_records_come_out_as_json_lines() -> None:
+    stream = io.StringIO()
+    configure_logging(stream=stream, force=True)
+    bind_member(group_id="g1")
+    logging.getLogger("aiokafka.conn").error('Unable connect to "%s:%s": %s', "h", 9092, "refused")
+    logging.getLogger("aiokafka.client").debug("below the level: dropped")
+    (event,) = lines(stream)
+    assert event["event"] == 'Unable connect to "h:9092": refused'
+    assert event["logger"] == "aiokafka.conn"
+    assert event["level"] == "error"
+    assert event["group_id"] == "g1"
+    assert "timestamp" in event
+
+
+def test_stdlib_exception_is_rendered_inside_the_json_line() -> None:
+    stream = io.StringIO()
+    configure_logging(stream=stream, force=True)
+    try:
+        raise ConnectionError("broker gone")
+    except ConnectionError:
+        logging.getLogger("asyncio").exception("task failed")
+    (event,) = lines(stream)
+    assert event["event"] == "task failed"
+    assert "ConnectionError: broker gone" in event["exception"]
+
+
+def test_repeated_stdlib_messages_are_rate_limited_with_a_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    stream = io.StringIO()
+    configure_logging(stream=stream, force=True)
+    clock = [1000.0]
+    monkeypatch.setattr("capgroup.log.time.monotonic", lambda: clock[0])
+    log = logging.getLogger("aiokafka.client")
+    for node in range(50):  # one template, different arguments: one kind of line
+        log.error("Unable connect to node with id %s: %s", node, "refused")
+    log.warning("Topic %s not found in cluster metadata", "t")  # another template passes
+    clock[0] += 10.5
+    log.error("Unable connect to node with id %s: %s", 99, "refused")
+    events = lines(stream)
+    assert [e["event"] for e in events] == [
+        "Unable connect to node with id 0: refused",
+        "Topic t not found in cluster metadata",
+        "Unable connect to node with id 99: refused",
+    ]
+    assert "suppressed" not in events[0]
+    assert events[2]["suppressed"] == 49
+
+
+def test_quiet_foreign_logs_holds_records_back_for_the_caller() -> None:
+    stream = io.StringIO()
+    configure_logging(stream=stream, force=True)
+    with quiet_foreign_logs() as held:
+        logging.getLogger("aiokafka").error("Unable to bootstrap")
+    assert held == ["Unable to bootstrap"]
+    assert lines(stream) == []
+    get_logger("test").info("own_events_still_flow")
+    assert [e["event"] for e in lines(stream)] == ["own_events_still_flow"]
+
+
+def test_tasks_started_while_quiet_log_normally_afterwards() -> None:
+    # aiokafka's metadata task is created during bootstrap and inherits that context.
+    import contextvars
+
+    stream = io.StringIO()
+    configure_logging(stream=stream, force=True)
+    with quiet_foreign_logs():
+        inherited = contextvars.copy_context()
+    inherited.run(logging.getLogger("aiokafka.client").error, "Unable to update metadata")
+    assert [e["event"] for e in lines(stream)] == ["Unable to update metadata"]
+
+
+def test_reconfiguring_keeps_one_bridge() -> None:
+    configure_logging(stream=io.StringIO(), force=True)
+    configure_logging(stream=io.StringIO(), force=True)
+    bridges = [h for h in logging.getLogger().handlers if isinstance(h, StdlibBridge)]
+    assert len(bridges) == 1

@@ -1,14 +1,16 @@
 """``capgroup demo``: three archiver members with different budgets; one dies; nobody overloads.
 
 The demo starts a local Kafka (or uses ``KAFKA_BOOTSTRAP_SERVERS``), creates a 12-partition
-topic, produces to it steadily, and starts three members of the archiver example
-(``examples/archiver``) as separate ``capgroup run`` processes with different partition caps
-and memory budgets. It prints the group as the broker describes it: every member's
-advertisement (decoded from its JoinGroup metadata) and its partitions (decoded from the
-assignment the leader sent). It then SIGKILLs the largest member and prints the group again
-once the survivors have rebalanced: each stays within its budget and the partitions nobody can
-hold are reported as unassigned, next to what a capacity-blind round-robin would have done.
-Everything it started (members, producer, temp directory, topic, broker) is cleaned up.
+topic, produces to it steadily, and starts three archiver members
+(:class:`~capgroup.cli.demo_archiver.DemoArchiver`, shipped with the package; the archiver
+example in ``examples/archiver`` is its documented source) as separate ``capgroup run``
+processes with different partition caps and memory budgets. It prints the group as the
+broker describes it: every member's advertisement (decoded from its JoinGroup metadata) and
+its partitions (decoded from the assignment the leader sent). It then SIGKILLs the largest
+member and prints the group again once the survivors have rebalanced: each stays within its
+budget and the partitions nobody can hold are reported as unassigned, next to what a
+capacity-blind round-robin would have done. Everything it started (members, producer, temp
+directory, topic, broker) is cleaned up.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ import anyio
 from aiokafka import AIOKafkaProducer
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
-import capgroup
 from capgroup.devkafka.admin import admin_client, create_topic, delete_topics
 from capgroup.devkafka.cluster import LocalKafkaCluster
 from capgroup.devkafka.jars import KafkaLocalError
@@ -63,14 +64,13 @@ __all__ = [
     "describe_group",
     "register",
     "render",
-    "repository_root",
     "run",
 ]
 
 #: Partitions of the demo topic.
 DEMO_PARTITIONS = 12
-#: The consumer class the members run (from the repository's examples).
-ARCHIVER = "examples.archiver.archiver:Archiver"
+#: The consumer class the members run (part of the installed package).
+ARCHIVER = "capgroup.cli.demo_archiver:DemoArchiver"
 MIB = 1024 * 1024
 #: Batch and fetch limits of every member; they set the per-partition cost each advertises.
 BATCH_MAX_BYTES = MIB
@@ -138,27 +138,13 @@ def register(sub: Any) -> None:
     parser.set_defaults(handler=run)
 
 
-def repository_root() -> Path | None:
-    """The checkout holding ``examples/archiver`` (the demo needs an editable install)."""
-    root = Path(capgroup.__file__).resolve().parents[1]
-    return root if (root / "examples" / "archiver" / "archiver.py").is_file() else None
-
-
 def run(_: argparse.Namespace) -> int:
     """Run the demo; returns the exit code."""
     configure_logging("warning")
-    root = repository_root()
-    if root is None:
-        print(
-            "capgroup demo: examples/archiver not found next to the capgroup package; "
-            "run the demo from a source checkout (pip install -e .)",
-            file=sys.stderr,
-        )
-        return EXIT_USAGE
     began = time.monotonic()
     try:
         with _broker() as bootstrap, tempfile.TemporaryDirectory(prefix="capgroup-demo-") as tmp:
-            anyio.run(_demo, bootstrap, root, Path(tmp))
+            anyio.run(_demo, bootstrap, Path(tmp))
     except (KafkaLocalError, DemoError) as exc:
         print(f"capgroup demo: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -190,7 +176,7 @@ def _broker() -> Iterator[str]:
         yield cluster.bootstrap_servers
 
 
-async def _demo(bootstrap: str, root: Path, tmp: Path) -> None:
+async def _demo(bootstrap: str, tmp: Path) -> None:
     suffix = uuid.uuid4().hex[:8]
     topic, group = f"capgroup-demo-{suffix}", f"capgroup-demo-{suffix}"
     await create_topic(bootstrap, topic, DEMO_PARTITIONS)
@@ -200,7 +186,7 @@ async def _demo(bootstrap: str, root: Path, tmp: Path) -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_produce, bootstrap, topic)
             for plan in MEMBERS:
-                members[plan.name] = _start_member(plan, bootstrap, topic, group, root, tmp)
+                members[plan.name] = _start_member(plan, bootstrap, topic, group, tmp)
             print(
                 "started " + ", ".join(f"{p.name} (pid {members[p.name].pid})" for p in MEMBERS),
                 flush=True,
@@ -234,7 +220,7 @@ async def _demo(bootstrap: str, root: Path, tmp: Path) -> None:
 
 
 def _start_member(
-    plan: MemberPlan, bootstrap: str, topic: str, group: str, root: Path, tmp: Path
+    plan: MemberPlan, bootstrap: str, topic: str, group: str, tmp: Path
 ) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAPGROUP_")}
     env.update(
@@ -256,14 +242,12 @@ def _start_member(
             "CAPGROUP_SHUTDOWN_TIMEOUT_MS": "8000",
             "CAPGROUP_LOG_FORMAT": "json",
             "ARCHIVER_DIR": str(tmp / "archive"),
-            # The archiver lives in the checkout, not in the installed package.
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")])),
         }
     )
     with open(tmp / f"{plan.name}.log", "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "capgroup.cli.main", "run", ARCHIVER],
-            cwd=root,
+            cwd=tmp,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
 from capgroup.settings import SettingsError
 
 __all__ = [
+    "EXIT_BROKEN_PIPE",
     "EXIT_USAGE",
     "Handler",
     "build_parser",
@@ -17,6 +19,9 @@ __all__ = [
 
 #: Exit code for usage and configuration errors (bad settings, bad scenario files).
 EXIT_USAGE = 2
+#: Exit code when stdout's reader went away (``capgroup plan ... | head``): the shell's status
+#: for a process killed by SIGPIPE.
+EXIT_BROKEN_PIPE = 141
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -47,12 +52,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return handler(args)
+        code = handler(args)
+        # Output still buffered is written now, while a closed pipe can be handled here.
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
     except SettingsError as exc:
         print(f"capgroup: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+    return code
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of what is still buffered
+    does not fail on the closed pipe again (the recipe of the ``signal`` module's docs)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is no real file (e.g. replaced in a test)
+        pass
+    finally:
+        os.close(devnull)
 
 
 if __name__ == "__main__":

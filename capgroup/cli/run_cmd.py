@@ -3,10 +3,17 @@
 Like ``uvicorn app:app``: the module is imported (the current directory is on the import path),
 the class is instantiated with settings from ``CAPGROUP_*`` variables, and it runs until
 SIGTERM/SIGINT, with the operations HTTP server beside it when ``CAPGROUP_HTTP_PORT`` is set
-(:func:`~capgroup.operations.serve.run_with_operations`). Exit codes: 0 after a graceful stop,
-2 for a bad target or invalid settings (an HTTP port that cannot be bound included), 3 when the
-member cannot continue in its group (e.g. fenced by another process with the same static id),
-128 + signal number after a forced second signal, 1 for anything unexpected.
+(:func:`~capgroup.operations.serve.run_with_operations`).
+
+Logging is configured from the ``CAPGROUP_LOG_*`` settings before anything else runs, so every
+line is JSON off a TTY. Exit codes (:mod:`capgroup.cli.startup_errors` maps errors to them,
+each reported as one log line without a traceback): 0 after a graceful stop; 2 for a bad
+target, invalid or missing settings, a topic of ``CAPGROUP_TOPICS`` that does not exist, or an
+HTTP port that cannot be bound; 3 when the member cannot continue in its group (e.g. fenced by
+another process with the same static id); 4 when no bootstrap server answered within
+``CAPGROUP_BOOTSTRAP_TIMEOUT_MS``; 5 when authentication, authorization (ACLs) or TLS fails
+(:mod:`capgroup.security`); 128 + signal number after a forced second signal; 1 for
+anything unexpected (logged with its traceback).
 """
 
 from __future__ import annotations
@@ -19,31 +26,34 @@ import sys
 from typing import Any
 
 import anyio
+from pydantic import ValidationError
 
+from capgroup.cli.startup_errors import (
+    EXIT_GROUP_FATAL,
+    EXIT_KAFKA_UNREACHABLE,
+    EXIT_USAGE,
+    TargetError,
+    describe_startup_error,
+)
 from capgroup.errors import GroupFatalError
 from capgroup.log import configure_logging, get_logger
 from capgroup.operations.serve import run_with_operations
 from capgroup.runtime.consumer import BatchingConsumer, ShutdownForcedError
+from capgroup.security import EXIT_SECURITY, check_access, describe_connection_error
+from capgroup.settings import CapgroupSettings
 
 __all__ = [
     "EXIT_GROUP_FATAL",
+    "EXIT_KAFKA_UNREACHABLE",
     "EXIT_USAGE",
     "TargetError",
+    "configure_run_logging",
     "load_consumer_class",
     "register",
     "run",
 ]
 
-#: Same values as :mod:`capgroup.cli.main`; not imported to avoid a cycle.
-EXIT_USAGE = 2
-#: The member cannot continue in its group.
-EXIT_GROUP_FATAL = 3
-
 _log = get_logger("cli.run")
-
-
-class TargetError(ValueError):
-    """``module:Class`` does not name a runnable BatchingConsumer subclass."""
 
 
 def register(sub: Any) -> None:
@@ -80,28 +90,56 @@ def load_consumer_class(target: str) -> type[BatchingConsumer]:
     return found
 
 
+def configure_run_logging() -> None:
+    """Configure logging from ``CAPGROUP_LOG_LEVEL`` and ``CAPGROUP_LOG_FORMAT`` before
+    anything logs; with invalid settings, the defaults (the error is reported once the
+    consumer loads its settings)."""
+    try:
+        settings = CapgroupSettings()
+    except ValidationError:
+        configure_logging()
+        return
+    configure_logging(settings.log_level, settings.log_format)
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the consumer class named by ``args.target``; returns the exit code.
 
-    A :class:`~capgroup.SettingsError` raised while building the consumer propagates to the
-    CLI entry point, which prints it and exits 2.
+    Known errors (:func:`~capgroup.cli.startup_errors.describe_startup_error`) end the run with
+    their exit code and one log line; anything else is logged with its traceback (exit 1).
     """
+    configure_run_logging()
+    consumer: BatchingConsumer | None = None
     try:
         cls = load_consumer_class(args.target)
-    except TargetError as exc:
-        print(f"capgroup run: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    consumer = cls()
-    configure_logging(consumer.settings.log_level, consumer.settings.log_format)
-    try:
+        consumer = cls()
+        if (line := check_access(consumer.settings)) is not None:
+            return _security_failed(line)
         anyio.run(run_with_operations, consumer)
     except ShutdownForcedError as exc:
         print(
             f"capgroup run: {exc}; uncommitted work is re-read by the next owner", file=sys.stderr
         )
         return 128 + exc.signum
-    except GroupFatalError as exc:
-        _log.error("consumer_fatal", error=str(exc), error_type=type(exc).__name__)
-        print(f"capgroup run: {exc}", file=sys.stderr)
-        return EXIT_GROUP_FATAL
+    except Exception as exc:
+        line = None if consumer is None else describe_connection_error(exc, consumer.settings)
+        if line is not None:
+            return _security_failed(line)
+        failure = describe_startup_error(exc)
+        if failure is None:
+            _log.exception("run_crashed", error=str(exc), error_type=type(exc).__name__)
+            return 1
+        _log.error(
+            "consumer_fatal" if isinstance(exc, GroupFatalError) else "startup_failed",
+            error=failure.message,
+            error_type=type(exc).__name__,
+            exit_code=failure.exit_code,
+        )
+        return failure.exit_code
     return 0
+
+
+def _security_failed(line: str) -> int:
+    """Report an authentication, authorization or TLS failure (one line, no secret)."""
+    _log.error("startup_failed", error=line, error_type="security", exit_code=EXIT_SECURITY)
+    return EXIT_SECURITY

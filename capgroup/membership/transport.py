@@ -15,15 +15,113 @@ Protocol-level errors travel in the responses' ``error_code`` fields, as on the 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
+import anyio
 from aiokafka import errors as kafka_errors
 
 from capgroup.connection import ClientRole, client_options
-from capgroup.settings import CapgroupSettings
+from capgroup.errors import CapgroupError
+from capgroup.log import get_logger, quiet_foreign_logs
+from capgroup.settings import ENV_PREFIX, CapgroupSettings
 
-__all__ = ["CONNECTION_ERRORS", "AiokafkaTransport", "CoordinatorTransport"]
+__all__ = [
+    "BOOTSTRAP_ERRORS",
+    "CONNECTION_ERRORS",
+    "AiokafkaTransport",
+    "CoordinatorTransport",
+    "KafkaUnreachableError",
+    "bootstrap_with_retries",
+]
+
+_log = get_logger("bootstrap")
+
+#: What a client's first connection raises while the bootstrap servers cannot be reached.
+BOOTSTRAP_ERRORS: tuple[type[BaseException], ...] = (
+    kafka_errors.KafkaConnectionError,
+    kafka_errors.NodeNotReadyError,
+    kafka_errors.RequestTimedOutError,
+    OSError,
+    TimeoutError,
+)
+#: Wait before the second bootstrap attempt; doubled per attempt up to the maximum.
+BOOTSTRAP_BACKOFF_INITIAL_S = 0.5
+BOOTSTRAP_BACKOFF_MAX_S = 5.0
+
+
+class KafkaUnreachableError(CapgroupError):
+    """No bootstrap server answered within ``bootstrap_timeout_ms`` at start-up
+    (``capgroup run`` exits 4)."""
+
+    def __init__(self, servers: Iterable[str], timeout_ms: int, attempts: int, error: str):
+        self.servers = tuple(servers)
+        self.timeout_ms = timeout_ms
+        self.attempts = attempts
+        self.error = error
+        super().__init__(
+            f"cannot reach Kafka at {','.join(self.servers)} ({ENV_PREFIX}BOOTSTRAP_SERVERS) "
+            f"after {attempts} attempt{'s' if attempts != 1 else ''} in "
+            f"{timeout_ms / 1000:g} s ({ENV_PREFIX}BOOTSTRAP_TIMEOUT_MS): {error}"
+        )
+
+
+async def bootstrap_with_retries(
+    connect: Callable[[], Awaitable[Any]],
+    settings: CapgroupSettings,
+    *,
+    client: str,
+) -> None:
+    """Await ``connect()`` (a client's start or bootstrap) until it succeeds, retrying
+    :data:`BOOTSTRAP_ERRORS` with exponential backoff for up to ``bootstrap_timeout_ms``.
+
+    Each failed attempt logs one ``kafka_unreachable`` warning naming the servers (the
+    client library's own lines for it are dropped); then :class:`KafkaUnreachableError` is
+    raised. Other errors (e.g. authentication) propagate at once.
+    """
+    servers = list(settings.bootstrap_servers)
+    timeout_s = settings.bootstrap_timeout_ms / 1000
+    began = anyio.current_time()
+    deadline = began + timeout_s
+    backoff = BOOTSTRAP_BACKOFF_INITIAL_S
+    attempt = 0
+    while True:
+        attempt += 1
+        remaining = deadline - anyio.current_time()
+        error: BaseException
+        try:
+            with quiet_foreign_logs() as held, anyio.fail_after(max(remaining, 0.1)):
+                await connect()
+        except BOOTSTRAP_ERRORS as exc:
+            error = exc
+        else:
+            if attempt > 1:
+                _log.info(
+                    "kafka_reachable", servers=",".join(servers), client=client, attempts=attempt
+                )
+            return
+        # aiokafka's per-server lines say why ("Connect call failed"); its exception does not.
+        described = "; ".join(dict.fromkeys(held)) or (
+            f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        )
+        if isinstance(error, TimeoutError) and not held:
+            described = "no answer before the bootstrap timeout"
+        remaining = deadline - anyio.current_time()
+        wait = min(backoff, remaining)
+        _log.warning(
+            "kafka_unreachable",
+            servers=",".join(servers),
+            client=client,
+            attempt=attempt,
+            error=described,
+            retry_in_s=round(wait, 2) if wait > 0 else None,
+            gives_up_in_s=round(max(remaining, 0.0), 2),
+        )
+        if wait <= 0:
+            raise KafkaUnreachableError(servers, settings.bootstrap_timeout_ms, attempt, described)
+        await anyio.sleep(wait)
+        backoff = min(backoff * 2, BOOTSTRAP_BACKOFF_MAX_S)
+
 
 #: What a transport raises when a node cannot be reached or does not answer in time.
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -73,6 +171,7 @@ class AiokafkaTransport:
     def __init__(self, settings: CapgroupSettings) -> None:
         """Remember the options; the client is created in :meth:`start` (it needs the running
         event loop)."""
+        self._settings = settings
         self._options = client_options(settings, ClientRole.COORDINATOR)
         self._topics: set[str] = set()
         self._client: Any = None
@@ -83,7 +182,7 @@ class AiokafkaTransport:
 
         self._topics = set(topics)
         self._client = AIOKafkaClient(**self._options)
-        await self._client.bootstrap()
+        await bootstrap_with_retries(self._client.bootstrap, self._settings, client="coordinator")
         self._client.set_topics(sorted(self._topics))
 
     async def find_coordinator(self, group_id: str) -> int:

@@ -23,12 +23,35 @@ from aiokafka.structs import TopicPartition as KafkaTopicPartition
 
 from capgroup.connection import ClientRole, client_options
 from capgroup.log import get_logger
-from capgroup.settings import CapgroupSettings
+from capgroup.membership.transport import bootstrap_with_retries
+from capgroup.settings import ENV_PREFIX, CapgroupSettings, SettingsError
 from capgroup.types import TopicPartition
 
-__all__ = ["PartitionFetcher"]
+__all__ = ["MISSING_TOPIC_WAIT_S", "MissingTopicError", "PartitionFetcher"]
 
 _log = get_logger("fetcher")
+
+#: At start-up, how long a subscribed topic may be missing from the metadata before the member
+#: gives up (a topic created a moment ago takes a metadata refresh or two to show).
+MISSING_TOPIC_WAIT_S = 5.0
+
+
+class MissingTopicError(SettingsError):
+    """A topic of ``CAPGROUP_TOPICS`` does not exist on the cluster (``capgroup run`` exits
+    2, like any setting that cannot work)."""
+
+    def __init__(self, topics: list[str], servers: list[str]) -> None:
+        self.topics = topics
+        names = ", ".join(repr(t) for t in topics)
+        many = len(topics) > 1
+        problem = (
+            f"{ENV_PREFIX}TOPICS (topics): topic{'s' if many else ''} {names} "
+            f"{'do' if many else 'does'} not exist on the cluster at {','.join(servers)}; "
+            f"create {'them' if many else 'it'} or fix {ENV_PREFIX}TOPICS"
+        )
+        super().__init__([problem])
+        # The settings are valid; the cluster lacks the topic: say just that.
+        self.args = (problem,)
 
 
 def _kafka(tp: TopicPartition) -> KafkaTopicPartition:
@@ -63,18 +86,28 @@ class PartitionFetcher:
         return frozenset(self._owned)
 
     async def start(self) -> None:
-        """Connect, assign every partition of the subscribed topics, and pause them all."""
-        await self._consumer.start()
-        await self.refresh_partitions()
+        """Connect, assign every partition of the subscribed topics, and pause them all.
 
-    async def refresh_partitions(self) -> None:
+        Unreachable bootstrap servers are retried for ``bootstrap_timeout_ms``
+        (:class:`~capgroup.membership.transport.KafkaUnreachableError` after that); a topic
+        still missing after :data:`MISSING_TOPIC_WAIT_S` raises :class:`MissingTopicError`.
+        """
+        await bootstrap_with_retries(self._consumer.start, self._settings, client="fetch")
+        await self.refresh_partitions(wait_s=MISSING_TOPIC_WAIT_S)
+
+    async def refresh_partitions(self, wait_s: float | None = None) -> None:
         """Pick up partitions added to subscribed topics.
 
         Re-assigning drops every position, so owned partitions are seeked back to where they
-        were; this happens only when a topic really gained partitions.
+        were; this happens only when a topic really gained partitions. A topic missing from
+        the metadata is looked up again for ``wait_s`` (default: the request timeout), then
+        :class:`MissingTopicError` names it.
         """
         partitions: set[TopicPartition] = set()
-        deadline = anyio.current_time() + self._settings.effective_request_timeout_ms / 1000
+        if wait_s is None:
+            wait_s = self._settings.effective_request_timeout_ms / 1000
+        deadline = anyio.current_time() + wait_s
+        missing: list[str] = []
         for topic in self._topics:
             while True:
                 found = self._consumer.partitions_for_topic(topic)
@@ -82,9 +115,12 @@ class PartitionFetcher:
                     partitions.update(TopicPartition(topic, p) for p in found)
                     break
                 if anyio.current_time() > deadline:
-                    raise LookupError(f"topic {topic!r} (CAPGROUP_TOPICS) does not exist")
+                    missing.append(topic)
+                    break
                 await self._consumer._client.force_metadata_update()
                 await anyio.sleep(0.1)
+        if missing:
+            raise MissingTopicError(missing, list(self._settings.bootstrap_servers))
         if partitions == self._all:
             return
         positions = {tp: await self._consumer.position(_kafka(tp)) for tp in self._owned}
