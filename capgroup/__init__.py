@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     )
     from capgroup.log import configure_logging
     from capgroup.operations.metrics import metrics_registry
-    from capgroup.runtime.batch import Batch, FlushReason, Record, make_record
+    from capgroup.runtime.batch import Batch, FlushReason, Record, make_record, with_value
     from capgroup.runtime.consumer import BatchingConsumer, ShutdownForcedError
     from capgroup.runtime.policy import RevokeAction
     from capgroup.runtime.retry import FailurePolicy
@@ -65,6 +65,7 @@ __all__ = [
     "load_settings",
     "make_record",
     "metrics_registry",
+    "with_value",
 ]
 
 _EXPORTS = {
@@ -73,6 +74,7 @@ _EXPORTS = {
     "FlushReason": "capgroup.runtime.batch",
     "Record": "capgroup.runtime.batch",
     "make_record": "capgroup.runtime.batch",
+    "with_value": "capgroup.runtime.batch",
     "BatchingConsumer": "capgroup.runtime.consumer",
     "ShutdownForcedError": "capgroup.runtime.consumer",
     "RevokeAction": "capgroup.runtime.policy",

@@ -8,10 +8,20 @@ which are checked where they are needed). Invalid values fail at start-up with a
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 __all__ = [
@@ -22,8 +32,11 @@ __all__ = [
     "CapgroupSettings",
     "SettingsError",
     "batch_footprint_bytes",
+    "check_topic_name",
     "load_settings",
     "partition_cost_bytes",
+    "security_problems",
+    "unknown_variables",
 ]
 
 ENV_PREFIX = "CAPGROUP_"
@@ -62,6 +75,20 @@ class SettingsError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = problems
         super().__init__("invalid capgroup settings:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+#: Kafka's rule for topic names (``org.apache.kafka.common.internals.Topic``).
+_TOPIC_NAME = re.compile(r"[a-zA-Z0-9._-]{1,249}")
+
+
+def check_topic_name(name: str) -> str:
+    """``name`` if Kafka accepts it as a topic name, else ``ValueError`` saying why."""
+    if not _TOPIC_NAME.fullmatch(name) or name in (".", ".."):
+        raise ValueError(
+            f"{name!r} is not a valid Kafka topic name: 1 to 249 characters of a-z, A-Z, 0-9, "
+            "'.', '_' and '-', and not '.' or '..'"
+        )
+    return name
 
 
 def _split_csv(value: Any) -> Any:
@@ -127,10 +154,84 @@ class CapgroupSettings(BaseSettings):
         description="Client request timeout; defaults to rebalance timeout + 10 s (JoinGroup is "
         "held by the broker for up to the rebalance timeout).",
     )
+    bootstrap_timeout_ms: int = Field(
+        default=60_000,
+        ge=1_000,
+        le=3_600_000,
+        description="At start-up, how long to keep retrying bootstrap servers that cannot be "
+        "reached (one log line per attempt) before giving up; capgroup run then exits 4.",
+    )
     leave_group_on_shutdown: bool | None = Field(
         default=None,
         description="Leave the group on shutdown. Defaults to true for dynamic members and false "
         "for static members (a restart within the session keeps the assignment).",
+    )
+
+    # --- security: TLS and SASL (issue 11) -----------------------------------------------
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT",
+        description="How clients reach the brokers: PLAINTEXT, SSL (TLS, mTLS with a client "
+        "certificate), SASL_PLAINTEXT or SASL_SSL (SASL over TLS).",
+    )
+    ssl_cafile: Path | None = Field(
+        default=None,
+        description="PEM file of the CA certificates that sign the broker certificates; the "
+        "system CAs when unset. With SSL or SASL_SSL only.",
+    )
+    ssl_certfile: Path | None = Field(
+        default=None,
+        description="PEM file of this client's certificate chain, for mutual TLS (mTLS).",
+    )
+    ssl_keyfile: Path | None = Field(
+        default=None,
+        description="PEM file of the private key of ssl_certfile (unless ssl_certfile holds it).",
+    )
+    ssl_key_password: SecretStr | None = Field(
+        default=None,
+        description="Password of an encrypted ssl_keyfile; never printed.",
+    )
+    ssl_key_password_file: Path | None = Field(
+        default=None,
+        description="File holding ssl_key_password (a mounted Kubernetes Secret); read at "
+        "connect time.",
+    )
+    ssl_check_hostname: bool = Field(
+        default=True,
+        description="Check that the broker certificate names the host connected to.",
+    )
+    sasl_mechanism: (
+        Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER", "GSSAPI"] | None
+    ) = Field(
+        default=None,
+        description="SASL mechanism, required with SASL_PLAINTEXT and SASL_SSL: PLAIN, "
+        "SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER, or GSSAPI (needs aiokafka[gssapi]).",
+    )
+    sasl_username: str | None = Field(
+        default=None, description="SASL user name, for PLAIN and SCRAM."
+    )
+    sasl_password: SecretStr | None = Field(
+        default=None, description="SASL password, for PLAIN and SCRAM; never printed."
+    )
+    sasl_password_file: Path | None = Field(
+        default=None,
+        description="File holding sasl_password (a mounted Kubernetes Secret); read at connect "
+        "time.",
+    )
+    sasl_oauth_token_provider: str | None = Field(
+        default=None,
+        description="OAUTHBEARER token provider as module:callable; the callable (sync or async, "
+        "no arguments) returns a token or (token, expiry in ms since the epoch).",
+    )
+    msk_region: str | None = Field(
+        default=None,
+        description="AWS region of an Amazon MSK cluster: OAUTHBEARER tokens from MSK IAM "
+        "(pip install 'capgroup[msk]'); credentials from the default AWS chain.",
+    )
+    msk_role_arn: str | None = Field(
+        default=None, description="IAM role to assume for MSK IAM tokens (optional)."
+    )
+    msk_profile: str | None = Field(
+        default=None, description="AWS profile for MSK IAM tokens (optional)."
     )
 
     # --- capacity budget ----------------------------------------------------------------
@@ -219,7 +320,14 @@ class CapgroupSettings(BaseSettings):
     dead_letter_topic: str | None = Field(
         default=None,
         min_length=1,
-        description="Topic failed batches go to; required with flush_failure_policy=dead_letter.",
+        description="Topic failed batches and undecodable records go to; required when "
+        "flush_failure_policy or deserialize_failure_policy is dead_letter.",
+    )
+    deserialize_failure_policy: Literal["stop_partition", "dead_letter", "skip"] = Field(
+        default="stop_partition",
+        description="When deserialize raises on a record: stop its partition at that record "
+        "(nothing committed past it), produce the raw record to dead_letter_topic and commit "
+        "past it, or skip it (counted and logged).",
     )
 
     # --- runtime: revoke and shutdown (issue 5) ------------------------------------------
@@ -321,6 +429,28 @@ class CapgroupSettings(BaseSettings):
     def _comma_separated(cls, value: Any) -> Any:
         return _split_csv(value)
 
+    @field_validator("topics")
+    @classmethod
+    def _topic_names(cls, value: list[str]) -> list[str]:
+        for topic in value:
+            check_topic_name(topic)
+        return value
+
+    @field_validator("dead_letter_topic")
+    @classmethod
+    def _dead_letter_topic_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_topic_name(value)
+        return value
+
+    @field_validator("group_id")
+    @classmethod
+    def _group_id_not_blank(cls, value: str) -> str:
+        # Empty means "not set" (checked where a group is needed); only blanks is a mistake.
+        if value and not value.strip():
+            raise ValueError("a group id must not be only whitespace")
+        return value
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _host_port(cls, value: list[str]) -> list[str]:
@@ -370,6 +500,12 @@ class CapgroupSettings(BaseSettings):
                 f"dead_letter_topic ({ENV_PREFIX}DEAD_LETTER_TOPIC) is required when "
                 "flush_failure_policy is dead_letter"
             )
+        if self.deserialize_failure_policy == "dead_letter" and not self.dead_letter_topic:
+            problems.append(
+                f"dead_letter_topic ({ENV_PREFIX}DEAD_LETTER_TOPIC) is required when "
+                f"deserialize_failure_policy ({ENV_PREFIX}DESERIALIZE_FAILURE_POLICY) is "
+                "dead_letter"
+            )
         if self.flush_retry_initial_ms > self.flush_retry_max_ms:
             problems.append(
                 "flush_retry_initial_ms must be at most flush_retry_max_ms "
@@ -389,6 +525,49 @@ class CapgroupSettings(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @field_validator(
+        "security_protocol",
+        "ssl_cafile",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_key_password",
+        "ssl_key_password_file",
+        "sasl_mechanism",
+        "sasl_username",
+        "sasl_password",
+        "sasl_password_file",
+        "sasl_oauth_token_provider",
+        "msk_region",
+        "msk_role_arn",
+        "msk_profile",
+        mode="before",
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
+        # An empty variable (a Helm value left blank) means unset; names are case-insensitive.
+        if isinstance(value, str):
+            if not value.strip():
+                return "PLAINTEXT" if info.field_name == "security_protocol" else None
+            if info.field_name in {"security_protocol", "sasl_mechanism"}:
+                return value.strip().upper().replace("_", "-").replace("SASL-", "SASL_")
+        return value
+
+    @model_validator(mode="after")
+    def _security_consistent(self) -> Self:
+        problems = security_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def sasl_password_value(self) -> str | None:
+        """The SASL password: from sasl_password_file (read now, so a rotated Secret is picked
+        up by the next connection) or sasl_password. Never log the result."""
+        return _secret_value(self.sasl_password, self.sasl_password_file)
+
+    def ssl_key_password_value(self) -> str | None:
+        """The private key's password, from ssl_key_password_file or ssl_key_password."""
+        return _secret_value(self.ssl_key_password, self.ssl_key_password_file)
 
     @property
     def effective_request_timeout_ms(self) -> int:
@@ -418,6 +597,112 @@ class CapgroupSettings(BaseSettings):
         )
 
 
+#: module:callable, e.g. ``myservice.auth:fetch_token``.
+_MODULE_CALLABLE = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def _var(name: str) -> str:
+    return f"{name} ({ENV_PREFIX}{name.upper()})"
+
+
+def _secret_value(secret: SecretStr | None, file: Path | None) -> str | None:
+    if file is not None:
+        return file.read_text(encoding="utf-8").rstrip("\r\n")
+    return None if secret is None else secret.get_secret_value()
+
+
+def _gssapi_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("gssapi") is not None
+
+
+def security_problems(settings: CapgroupSettings) -> list[str]:
+    """What is inconsistent in the security settings, each naming its variables (never a
+    secret's value); empty when they are usable."""
+    s = settings
+    problems: list[str] = []
+    uses_tls = s.security_protocol in ("SSL", "SASL_SSL")
+    uses_sasl = s.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+    tls_files = ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_key_password_file")
+    for name in (*tls_files, "sasl_password_file"):
+        path = getattr(s, name)
+        if path is None:
+            continue
+        if not path.is_file():
+            problems.append(f"{_var(name)}: no such file: {path}")
+        elif not os.access(path, os.R_OK):
+            problems.append(f"{_var(name)}: file is not readable: {path}")
+    if not uses_tls:
+        for name in (*tls_files, "ssl_key_password"):
+            if getattr(s, name) is not None:
+                problems.append(
+                    f"{_var(name)} is set but security_protocol is {s.security_protocol}; "
+                    f"TLS settings need {ENV_PREFIX}SECURITY_PROTOCOL=SSL or SASL_SSL"
+                )
+    if s.ssl_keyfile is not None and s.ssl_certfile is None:
+        problems.append(f"{_var('ssl_keyfile')} needs {_var('ssl_certfile')}")
+    if s.ssl_key_password is not None and s.ssl_key_password_file is not None:
+        problems.append(
+            f"set one of {_var('ssl_key_password')} and {_var('ssl_key_password_file')}, not both"
+        )
+    if (s.ssl_key_password or s.ssl_key_password_file) and s.ssl_certfile is None:
+        problems.append(f"{_var('ssl_key_password')} needs {_var('ssl_certfile')}")
+    if s.sasl_password is not None and s.sasl_password_file is not None:
+        problems.append(
+            f"set one of {_var('sasl_password')} and {_var('sasl_password_file')}, not both"
+        )
+    if uses_sasl and s.sasl_mechanism is None:
+        problems.append(
+            f"{_var('sasl_mechanism')} is required with security_protocol "
+            f"{s.security_protocol} (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER)"
+        )
+    if not uses_sasl and s.sasl_mechanism is not None:
+        problems.append(
+            f"{_var('sasl_mechanism')} is set but security_protocol is {s.security_protocol}; "
+            f"SASL needs {ENV_PREFIX}SECURITY_PROTOCOL=SASL_SSL or SASL_PLAINTEXT"
+        )
+    mechanism = s.sasl_mechanism if uses_sasl else None
+    if mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        if not s.sasl_username:
+            problems.append(f"{_var('sasl_username')} is required with {mechanism}")
+        if s.sasl_password is None and s.sasl_password_file is None:
+            problems.append(
+                f"{_var('sasl_password')} or {_var('sasl_password_file')} is required with "
+                f"{mechanism}"
+            )
+    if mechanism == "OAUTHBEARER":
+        if (s.sasl_oauth_token_provider is None) == (s.msk_region is None):
+            problems.append(
+                f"OAUTHBEARER needs exactly one of {_var('sasl_oauth_token_provider')} and "
+                f"{_var('msk_region')} (AWS MSK IAM)"
+            )
+    elif s.sasl_oauth_token_provider is not None or s.msk_region is not None:
+        problems.append(
+            f"{_var('sasl_oauth_token_provider')} and {_var('msk_region')} need "
+            f"{ENV_PREFIX}SASL_MECHANISM=OAUTHBEARER"
+        )
+    if mechanism == "GSSAPI" and not _gssapi_available():
+        problems.append(
+            f"{_var('sasl_mechanism')}: GSSAPI needs aiokafka's optional dependency gssapi "
+            "(pip install 'aiokafka[gssapi]')"
+        )
+    if s.sasl_oauth_token_provider is not None and not _MODULE_CALLABLE.fullmatch(
+        s.sasl_oauth_token_provider
+    ):
+        problems.append(
+            f"{_var('sasl_oauth_token_provider')}: {s.sasl_oauth_token_provider!r} is not "
+            "module:callable (e.g. myservice.auth:fetch_token)"
+        )
+    if (s.msk_role_arn is not None or s.msk_profile is not None) and s.msk_region is None:
+        problems.append(
+            f"{_var('msk_role_arn')} and {_var('msk_profile')} need {_var('msk_region')}"
+        )
+    if s.msk_role_arn is not None and s.msk_profile is not None:
+        problems.append(f"set one of {_var('msk_role_arn')} and {_var('msk_profile')}, not both")
+    return problems
+
+
 def _describe(error: dict[str, Any]) -> str:
     location = [str(part) for part in error.get("loc", ()) if not isinstance(part, int)]
     message = str(error.get("msg", "invalid value"))
@@ -428,7 +713,8 @@ def _describe(error: dict[str, Any]) -> str:
     field = CapgroupSettings.model_fields.get(name)
     bounds = _bounds(field.metadata) if field is not None else ""
     given = error.get("input")
-    shown = "" if given is None or isinstance(given, dict) else f" (got {given!r})"
+    secret = field is not None and "SecretStr" in str(field.annotation)
+    shown = "" if given is None or isinstance(given, dict) or secret else f" (got {given!r})"
     return f"{variable} ({name}): {message.removeprefix('Value error, ')}{bounds}{shown}"
 
 
@@ -442,11 +728,63 @@ def _bounds(metadata: list[Any]) -> str:
     return f"; accepted range: {' and '.join(parts)}" if parts else ""
 
 
+#: ``CAPGROUP_*`` variables that are not member settings but are read elsewhere.
+OTHER_VARIABLES = frozenset({"CAPGROUP_KAFKA_CACHE", "CAPGROUP_TOOLS_CACHE"})
+
+_warned_unknown: set[tuple[str, str]] = set()
+
+
+def unknown_variables(
+    environ: Mapping[str, str] | None = None, env_file: str | os.PathLike[str] | None = ".env"
+) -> list[tuple[str, str, str | None]]:
+    """``(where, variable, closest setting or None)`` for every ``CAPGROUP_*`` name in the
+    environment and in ``env_file`` that is no setting (a typo such as ``CAPGROUP_GROUPID``
+    would otherwise be ignored in silence). ``where`` is ``"environment"`` or the file name."""
+    import difflib
+
+    known = {ENV_PREFIX + name.upper() for name in CapgroupSettings.model_fields}
+    sources: list[tuple[str, Iterable[str]]] = [
+        ("environment", (os.environ if environ is None else environ).keys())
+    ]
+    if env_file is not None and Path(env_file).is_file():
+        from dotenv import dotenv_values
+
+        sources.append((str(env_file), dotenv_values(env_file).keys()))
+    found = []
+    for where, names in sources:
+        for name in names:
+            upper = name.upper()
+            if not upper.startswith(ENV_PREFIX) or upper in known or upper in OTHER_VARIABLES:
+                continue
+            close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
+            found.append((where, name, close[0] if close else None))
+    return found
+
+
+def _warn_unknown_variables() -> None:
+    """Log each unknown ``CAPGROUP_*`` variable once per process (a warning, not an error)."""
+    from capgroup.log import get_logger
+
+    for where, name, closest in unknown_variables():
+        if (where, name) in _warned_unknown:
+            continue
+        _warned_unknown.add((where, name))
+        hint = f"; did you mean {closest}?" if closest else ""
+        get_logger("settings").warning(
+            "unknown_setting",
+            variable=name,
+            source=where,
+            did_you_mean=closest,
+            message=f"{name} ({where}) is not a capgroup setting and is ignored{hint}",
+        )
+
+
 def load_settings(**overrides: Any) -> CapgroupSettings:
     """Build settings from the environment, ``.env`` and ``overrides``.
 
     Raises :class:`SettingsError` naming every invalid setting and its accepted range.
     """
+    _warn_unknown_variables()
     try:
         return CapgroupSettings(**overrides)
     except ValidationError as exc:

@@ -133,7 +133,7 @@ class RangeFileConsumer(BatchingConsumer):
     def render(self, batch: Batch) -> bytes:
         """The file contents for ``batch`` (called in a worker thread)."""
 
-    async def on_assign(self, partitions: frozenset[TopicPartition]) -> None:
+    async def on_partitions_assigned(self, partitions: frozenset[TopicPartition]) -> None:
         """Remember the gained partitions: their first batch cleans up after the last owner."""
         self._fresh.update(partitions)
 

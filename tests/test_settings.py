@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from capgroup.settings import CapgroupSettings, SettingsError, load_settings
+from capgroup.settings import CapgroupSettings, SettingsError, load_settings, unknown_variables
 
 
 @pytest.fixture(autouse=True)
@@ -147,3 +148,102 @@ def test_cli_config_prints_effective_settings(clean_env: Path) -> None:
     result = run_config(clean_env, CAPGROUP_GROUP_ID="cli-group")
     assert result.returncode == 0, result.stderr
     assert '"group_id": "cli-group"' in result.stdout
+
+
+# --- Kafka's naming rules, unknown variables, config --check (issue 10) ----------------------
+
+
+@pytest.mark.parametrize(
+    "topic", ["bad topic!", ".", "..", "x" * 250, "a/b", "tópico", "a,,b ,bad:name"]
+)
+def test_invalid_topic_names_name_the_variable(monkeypatch: pytest.MonkeyPatch, topic: str) -> None:
+    message = problems_for(monkeypatch, CAPGROUP_TOPICS=topic)
+    assert "CAPGROUP_TOPICS" in message
+    assert "is not a valid Kafka topic name" in message
+
+
+@pytest.mark.parametrize("topic", ["a", "x" * 249, "events.v1", "my_topic-2", "...", "_"])
+def test_valid_topic_names_pass(monkeypatch: pytest.MonkeyPatch, topic: str) -> None:
+    monkeypatch.setenv("CAPGROUP_TOPICS", f"{topic},other")
+    assert load_settings().topics == [topic, "other"]
+
+
+def test_dead_letter_topic_follows_the_topic_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = problems_for(monkeypatch, CAPGROUP_DEAD_LETTER_TOPIC="dead letters")
+    assert "CAPGROUP_DEAD_LETTER_TOPIC" in message
+    assert "is not a valid Kafka topic name" in message
+
+
+def test_blank_group_id_is_rejected_and_empty_means_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    message = problems_for(monkeypatch, CAPGROUP_GROUP_ID="   ")
+    assert "CAPGROUP_GROUP_ID" in message
+    assert "only whitespace" in message
+    monkeypatch.setenv("CAPGROUP_GROUP_ID", "")
+    assert load_settings().group_id == ""
+
+
+def test_bootstrap_timeout_is_validated(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().bootstrap_timeout_ms == 60_000
+    message = problems_for(monkeypatch, CAPGROUP_BOOTSTRAP_TIMEOUT_MS="10")
+    assert "CAPGROUP_BOOTSTRAP_TIMEOUT_MS" in message
+    assert ">= 1000" in message
+
+
+def test_unknown_variables_name_the_closest_setting(clean_env: Path) -> None:
+    (clean_env / ".env").write_text("CAPGROUP_TOPIC=a\nCAPGROUP_GROUP_ID=g\n")
+    found = unknown_variables(
+        {
+            "CAPGROUP_GROUPID": "g",
+            "CAPGROUP_GROUP_ID": "g",
+            "capgroup_max_partition": "3",
+            "CAPGROUP_KAFKA_CACHE": "/tmp/cache",
+            "CAPGROUP_ZZZZZZZZZZZZZZZZZZZZZ": "1",
+            "PATH": "/bin",
+        }
+    )
+    assert ("environment", "CAPGROUP_GROUPID", "CAPGROUP_GROUP_ID") in found
+    assert ("environment", "capgroup_max_partition", "CAPGROUP_MAX_PARTITIONS") in found
+    assert ("environment", "CAPGROUP_ZZZZZZZZZZZZZZZZZZZZZ", None) in found
+    assert (".env", "CAPGROUP_TOPIC", "CAPGROUP_TOPICS") in found
+    assert len(found) == 4, found
+
+
+def run_cli(cwd: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run ``capgroup ARGS`` in a subprocess with only the given CAPGROUP_* variables."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CAPGROUP_")}
+    return subprocess.run(
+        [sys.executable, "-m", "capgroup.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=clean | env,
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_misspelt_group_id_warns_naming_the_setting_without_failing(clean_env: Path) -> None:
+    result = run_cli(clean_env, "config", CAPGROUP_GROUPID="g", CAPGROUP_TOPICS="t")
+    assert result.returncode == 0, result.stderr
+    (warning,) = [json.loads(line) for line in result.stderr.splitlines()]
+    assert warning["event"] == "unknown_setting"
+    assert warning["level"] == "warning"
+    assert warning["variable"] == "CAPGROUP_GROUPID"
+    assert warning["did_you_mean"] == "CAPGROUP_GROUP_ID"
+    assert "did you mean CAPGROUP_GROUP_ID?" in warning["message"]
+
+
+def test_config_check_fails_naming_what_run_needs(clean_env: Path) -> None:
+    result = run_cli(clean_env, "config", "--check", CAPGROUP_GROUPID="g")
+    assert result.returncode == 2, result.stderr
+    assert "CAPGROUP_GROUP_ID (group_id): required to run a consumer" in result.stderr
+    assert "CAPGROUP_TOPICS (topics): required to run a consumer" in result.stderr
+    assert "did you mean CAPGROUP_GROUP_ID?" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_config_check_passes_when_run_has_what_it_needs(clean_env: Path) -> None:
+    result = run_cli(clean_env, "config", "--check", CAPGROUP_GROUP_ID="g", CAPGROUP_TOPICS="t")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["topics"] == ["t"]

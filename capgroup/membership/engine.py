@@ -490,7 +490,7 @@ class MembershipEngine:
         self._owned = frozenset()
         self._owned_generation = {}
         self._gained_at.clear()
-        _log.warning("partitions_lost", reason=reason, lost=_names(lost))
+        _log.warning("generation_lost", reason=reason, lost=_names(lost))
         if lost:
             await self._listener.on_partitions_lost(
                 AssignmentChange(NO_GENERATION, frozenset(), lost, reason)
@@ -592,9 +592,10 @@ class MembershipEngine:
                 self._advertised = replace(current, owned=advertised.owned)
 
     # ------------------------------------------------------------------ commits -------
-    async def commit(self, offsets: Mapping[TopicPartition, int], metadata: str = "") -> None:
+    async def commit(self, offsets: Mapping[TopicPartition, int], metadata: str = "") -> Generation:
         """Commit ``offsets`` (the next offset to read, per partition) under the current
-        generation.
+        generation; returns the generation the commit was made under (a later one than when
+        called if it waited out a rebalance; the current one when ``offsets`` is empty).
 
         Waits while a join or sync is in flight, so call it from a task of its own: a fetch
         loop that awaited it would stall retained partitions for the whole rebalance. Raises
@@ -603,7 +604,7 @@ class MembershipEngine:
         cannot complete within the rebalance timeout.
         """
         if not offsets:
-            return
+            return self._generation
         wanted = dict(offsets)
         # The ownership the caller's offsets belong to; a partition lost or revoked and gained
         # again while this commit waits is a different ownership.
@@ -628,11 +629,11 @@ class MembershipEngine:
             }
             if not errors:
                 _log.debug(
-                    "offsets_committed",
+                    "engine_offsets_committed",
                     generation=generation.generation_id,
                     offsets={f"{tp.topic}-{tp.partition}": o for tp, o in sorted(wanted.items())},
                 )
-                return
+                return generation
             codes = set(errors.values())
             if codes & _GENERATION_GONE or FENCED_INSTANCE_ID in codes:
                 if generation == self._generation:
@@ -641,7 +642,9 @@ class MembershipEngine:
                     else:
                         self._mark_lost(f"commit refused with errors {sorted(codes)}")
                 _log.warning(
-                    "commit_fenced", generation=generation.generation_id, errors=sorted(codes)
+                    "engine_commit_fenced",
+                    generation=generation.generation_id,
+                    errors=sorted(codes),
                 )
                 raise CommitFencedError(f"commit refused with errors {sorted(codes)}", errors)
             if REBALANCE_IN_PROGRESS in codes:

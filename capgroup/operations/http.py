@@ -14,8 +14,9 @@ it. The runtime itself never imports this module.
   and turn one bad batch into a crash loop and a rebalance per restart. It fails readiness and
   sets ``capgroup_healthy`` to 0, for an operator to act on.
 - ``/readyz`` (readiness): 200 once the member is in a generation with its assignment applied
-  (state ``stable``) and no partition is stopped; 503 otherwise. Both health bodies are JSON
-  saying why.
+  (state ``stable``) and owns no stopped partition; 503 otherwise. Both health bodies are JSON
+  saying why. Stopped partitions are those the member owns now, with why and at which offset
+  they stopped; one that moved to another member is no longer listed.
 
 Nothing that goes wrong in here may take the consumer down: a failed request is logged and
 closed, and if the listener itself fails the server logs it and returns, so the liveness
@@ -80,6 +81,14 @@ class HealthCheck:
         return json.dumps({**body, **self.detail}, sort_keys=True).encode() + b"\n"
 
 
+#: Readiness wording of the runtime's stop reasons (others are shown as they are).
+_STOP_REASONS = {
+    "flush_failed": "after a flush failure",
+    "on_partitions_assigned_failed": "because on_partitions_assigned raised",
+    "undecodable_record": "at a record deserialize failed on",
+}
+
+
 def _names(partitions: Iterable[TopicPartition]) -> list[str]:
     return sorted(f"{tp.topic}-{tp.partition}" for tp in partitions)
 
@@ -110,10 +119,13 @@ def readiness(consumer: ObservableConsumer) -> HealthCheck:
             reasons.append(f"member state is {snapshot.state.value}, not stable")
         if snapshot.generation_id < 0:
             reasons.append("not in a generation")
-    if stats.stopped_partitions:
+    by_reason: dict[str, list[TopicPartition]] = {}
+    for tp in stats.stopped_partitions:
+        stop = stats.stopped.get(tp)
+        by_reason.setdefault("flush_failed" if stop is None else stop.reason, []).append(tp)
+    for why, partitions in sorted(by_reason.items()):
         reasons.append(
-            "partitions stopped after a flush failure: "
-            + ", ".join(_names(stats.stopped_partitions))
+            f"partitions stopped {_STOP_REASONS.get(why, why)}: {', '.join(_names(partitions))}"
         )
     if not consumer.healthy and not stats.stopped_partitions:
         reasons.append("the member failed fatally")
@@ -122,6 +134,11 @@ def readiness(consumer: ObservableConsumer) -> HealthCheck:
         "generation": None if snapshot is None else snapshot.generation_id,
         "assigned_partitions": stats.owned_partitions,
         "stopped_partitions": _names(stats.stopped_partitions),
+        # Where each stopped partition resumes (its next owner, or this member after a restart).
+        "stopped": {
+            f"{tp.topic}-{tp.partition}": {"reason": stop.reason, "offset": stop.offset}
+            for tp, stop in sorted(stats.stopped.items())
+        },
     }
     return HealthCheck(not reasons, tuple(reasons), detail)
 

@@ -100,6 +100,16 @@ _COUNTERS: tuple[_Counter, ...] = (
         "Records produced to the dead-letter topic.",
     ),
     _single(
+        "records_undecodable",
+        "records_undecodable",
+        "Records deserialize raised on (handled by deserialize_failure_policy).",
+    ),
+    _single(
+        "records_skipped",
+        "records_skipped",
+        "Records skipped unbuffered (deserialize returned None, or raised under skip).",
+    ),
+    _single(
         "batches_discarded",
         "batches_discarded",
         "Batches dropped unflushed (revoke DISCARD, deadline overrun, loss, stopped partition).",
@@ -135,6 +145,11 @@ _COUNTERS: tuple[_Counter, ...] = (
     ),
     _single(
         "memory_pressure_events", "memory_pressure_events", "Times the RSS watchdog level rose."
+    ),
+    _single(
+        "partitions_stopped",
+        "partitions_stopped",
+        "Partitions ever stopped (flush failure, failed on_partitions_assigned, ...).",
     ),
 )
 
@@ -172,7 +187,7 @@ class ConsumerCollector(Collector):
         yield from self._membership(snapshot)
         yield self._gauge(
             "healthy",
-            "1 unless a partition stopped after a flush failure or the member failed.",
+            "1 unless the member owns a stopped partition or failed fatally.",
             1.0 if self._consumer.healthy else 0.0,
         )
 
@@ -211,7 +226,7 @@ class ConsumerCollector(Collector):
         )
         yield self._gauge(
             "stopped_partitions",
-            "Partitions stopped after a flush failure (the member is unhealthy).",
+            "Owned partitions that are stopped (flush failure, failed on_partitions_assigned).",
             len(stats.stopped_partitions),
         )
         yield self._gauge("rss_bytes", "Latest RSS sample of the process.", stats.rss_bytes)
@@ -258,8 +273,17 @@ class ConsumerCollector(Collector):
         )
         yield self._per_partition(
             "partition_stopped",
-            "1 for a partition stopped after a flush failure.",
+            "1 for an owned partition that is stopped (moved-away ones are not listed).",
             dict.fromkeys(stats.stopped_partitions, 1.0),
+        )
+        yield self._per_partition(
+            "partition_stopped_offset",
+            "Offset a stopped partition stopped at (nothing is committed past it).",
+            {
+                tp: float(stop.offset)
+                for tp, stop in stats.stopped.items()
+                if stop.offset is not None
+            },
         )
 
     def _membership(self, snapshot: MembershipSnapshot | None) -> Iterator[Metric]:

@@ -15,6 +15,7 @@ import anyio
 
 from capgroup.errors import CommitFailedError, CommitFencedError
 from capgroup.log import get_logger
+from capgroup.membership.model import Generation
 from capgroup.runtime.offsets import CommitTracker
 from capgroup.runtime.partition import partition_names
 from capgroup.runtime.stats import Counters
@@ -27,15 +28,18 @@ _log = get_logger("consumer")
 #: Wait before a commit that failed (not fenced) is attempted again.
 COMMIT_RETRY_SECONDS = 1.0
 
-#: Commits offsets under the current generation (``MembershipEngine.commit``); raises
+#: Commits offsets under the current generation (``MembershipEngine.commit``) and returns the
+#: generation the commit was made under (None: unknown); raises
 #: :class:`~capgroup.errors.CommitFencedError` or :class:`~capgroup.errors.CommitFailedError`.
-CommitOffsets = Callable[[Mapping[TopicPartition, int]], Awaitable[None]]
+CommitOffsets = Callable[[Mapping[TopicPartition, int]], Awaitable[Generation | None]]
 
 
 class Committer:
     """Commits the tracker's candidates through ``commit``; create inside the event loop.
 
-    ``generation_id`` only labels the ``offsets_committed`` log event.
+    ``offsets_committed`` names the generation ``commit`` returns, the one the commit was
+    really made under (it may wait out a rebalance); ``generation_id`` is the fallback when
+    ``commit`` returns None.
     """
 
     def __init__(
@@ -78,9 +82,8 @@ class Committer:
             if not candidates:
                 return True
             offsets = {c.tp: c.offset for c in candidates}
-            generation = self._generation_id()
             try:
-                await self._commit(offsets)
+                made_under = await self._commit(offsets)
             except CommitFencedError as exc:
                 # Lost, never retried: the loss callback drops these partitions.
                 self._counters.commits_fenced += 1
@@ -97,7 +100,9 @@ class Committer:
             self._counters.commits += 1
             _log.info(
                 "offsets_committed",
-                generation=generation,
+                generation=self._generation_id()
+                if made_under is None
+                else made_under.generation_id,
                 offsets={f"{tp.topic}-{tp.partition}": o for tp, o in sorted(offsets.items())},
             )
             return True

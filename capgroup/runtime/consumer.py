@@ -15,8 +15,8 @@ it was flushed behind such a dropped batch of the same ownership.
 Concurrency (all inside one anyio task group created by :meth:`BatchingConsumer.run`):
 
 - the membership engine (``engine.run``), which calls the revoke/assign/lost callbacks
-  (:mod:`capgroup.runtime.ownership`) from its own manage loop, so a long revoke never blocks
-  the fetch loop;
+  (:mod:`capgroup.runtime.ownership`, and through them the service's partition hooks) from its
+  own manage loop, one at a time, so a long revoke never blocks the fetch loop;
 - the fetch loop (:mod:`capgroup.runtime.ingest`), which moves fetched records into partition
   buffers and applies backpressure (:mod:`capgroup.runtime.backpressure`);
 - one worker per owned partition, which cuts batches when a limit is reached (the age limit is
@@ -37,10 +37,11 @@ from __future__ import annotations
 import dataclasses
 import signal
 import threading
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Generic, cast
 
 import anyio
 from anyio.abc import TaskGroup, TaskStatus
@@ -55,11 +56,11 @@ from capgroup.membership.model import (
     MembershipSnapshot,
 )
 from capgroup.runtime.backpressure import Backpressure
-from capgroup.runtime.batch import Batch, BatchLimits, FlushReason, Record
+from capgroup.runtime.batch import Batch, BatchLimits, FlushReason, Record, V
 from capgroup.runtime.clients import AiokafkaClients, Fetcher, KafkaClients
 from capgroup.runtime.committer import Committer
-from capgroup.runtime.delivery import Delivery
-from capgroup.runtime.ingest import Ingest
+from capgroup.runtime.delivery import FLUSH_FAILED, Delivery
+from capgroup.runtime.ingest import Ingest, UndecodablePolicy
 from capgroup.runtime.memory import (
     MemoryLedger,
     MemoryLimitSource,
@@ -74,7 +75,7 @@ from capgroup.runtime.partition import PartitionState, partition_names
 from capgroup.runtime.policy import FlushThroughput, RevokeAction, decide
 from capgroup.runtime.retry import FailurePolicy, RetryPolicy
 from capgroup.runtime.sampling import MemoryPressure, sample_ingress_rates
-from capgroup.runtime.stats import ConsumerStats, Counters, IngressRates
+from capgroup.runtime.stats import ConsumerStats, Counters, IngressRates, StoppedPartition
 from capgroup.settings import CapgroupSettings, SettingsError, load_settings
 from capgroup.types import CapacityAdvertisement, TopicPartition
 
@@ -92,6 +93,12 @@ SHUTDOWN_COMMIT_RESERVE_MAX = 3.0
 RSS_SLACK_BYTES = 4 * 1024 * 1024
 #: How long the engine may take to leave the group after the shutdown's last commit.
 ENGINE_STOP_GRACE_SECONDS = 5.0
+#: Hooks renamed in favour of the rebalance-listener names: old name -> new name.
+RENAMED_HOOKS = {
+    "on_revoke": "revoke_action",
+    "on_assign": "on_partitions_assigned",
+    "on_lost": "on_partitions_lost",
+}
 
 
 class ShutdownForcedError(CapgroupError):
@@ -132,7 +139,7 @@ class _Listener:
     """The engine's assignment listener, kept off the public class so subclasses' names cannot
     collide with it."""
 
-    def __init__(self, consumer: BatchingConsumer) -> None:
+    def __init__(self, consumer: BatchingConsumer[Any]) -> None:
         self._consumer = consumer
 
     async def on_partitions_revoked(self, change: AssignmentChange) -> None:
@@ -172,12 +179,23 @@ async def _close_quietly(close: Callable[[], Awaitable[None]]) -> None:
         _log.warning("client_close_failed", error=repr(exc))
 
 
-class BatchingConsumer(ABC):
+class BatchingConsumer(ABC, Generic[V]):
     """Base class of a batching Kafka consumer in a capacity-aware group.
 
-    Subclass it and implement :meth:`flush`; optionally override :meth:`on_revoke`,
-    :meth:`on_assign`, :meth:`on_lost` and :meth:`deserialize`. Run it with ``await
-    consumer.run()`` (or ``await tg.start(consumer.run)``, which returns once the first
+    Subclass it and implement :meth:`flush`; optionally override the lifecycle hooks, all
+    async: :meth:`on_start` and :meth:`on_stop` (once per run), :meth:`on_partitions_assigned`,
+    :meth:`on_partitions_revoked` and :meth:`on_partitions_lost` (Kafka's rebalance listener),
+    :meth:`revoke_action` (flush or discard a revoked buffer), and :meth:`deserialize`. In one
+    partition's life::
+
+        on_start                                  (once, before the first join)
+          on_partitions_assigned -> flush* -> revoke_action -> flush -> commit
+                                 -> on_partitions_revoked     (revoked, or still owned at stop)
+                                 -> on_partitions_lost        (lost: no flush, no commit)
+        on_stop                                   (once, after the last commit)
+
+    Hooks never run concurrently with each other (``flush`` does run beside them). Run it with
+    ``await consumer.run()`` (or ``await tg.start(consumer.run)``, which returns once the first
     assignment is applied) or with ``capgroup run package.module:ClassName``.
 
     Settings come from ``settings`` or, when it is None, from ``CAPGROUP_*`` variables;
@@ -186,7 +204,22 @@ class BatchingConsumer(ABC):
 
     Delivery is at least once; see the module documentation for exactly when a record is
     flushed more than once.
+
+    The old hook names ``on_revoke``, ``on_assign`` and ``on_lost`` still work in a subclass,
+    with a :class:`DeprecationWarning` when the class is defined.
     """
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for old, new in RENAMED_HOOKS.items():
+            if old in cls.__dict__:
+                warnings.warn(
+                    f"{cls.__qualname__}.{old} is deprecated: rename it to {new} "
+                    "(BatchingConsumer calls the old name only when the new one is not "
+                    "overridden)",
+                    DeprecationWarning,
+                    stacklevel=2,
+                )
 
     def __init__(self, settings: CapgroupSettings | None = None, **overrides: Any) -> None:
         """Validate settings and derive the memory budget; nothing connects until :meth:`run`."""
@@ -227,6 +260,8 @@ class BatchingConsumer(ABC):
         self._counters = Counters()
         self._partitions: dict[TopicPartition, PartitionState] = {}
         self._stopped_partitions: set[TopicPartition] = set()
+        #: Why each stopped partition stopped (absent: a flush failure).
+        self._stop_reasons: dict[TopicPartition, str] = {}
         self._backpressure = Backpressure(self._ledger, self._counters, self._partitions)
         self._pressure = MemoryPressure(
             watchdog,
@@ -249,7 +284,7 @@ class BatchingConsumer(ABC):
 
     # ------------------------------------------------------------------ user hooks ------
     @abstractmethod
-    async def flush(self, batch: Batch) -> None:
+    async def flush(self, batch: Batch[V]) -> None:
         """Persist ``batch`` (records of one partition, in offset order).
 
         Return only once the records are durable: the runtime commits past them afterwards.
@@ -259,14 +294,24 @@ class BatchingConsumer(ABC):
         (revoke or shutdown deadline, lost partition); the batch then counts as discarded.
         """
 
-    async def on_revoke(self, batch: Batch, deadline: float) -> RevokeAction:
-        """Decide what happens to a revoked partition's buffered ``batch``.
+    async def revoke_action(self, batch: Batch[V], deadline: float) -> RevokeAction:
+        """Decide what happens to a revoked partition's buffered ``batch``: ``FLUSH`` it (then
+        it is committed before the partition is given up) or ``DISCARD`` it (the next owner
+        reads it again). Called only when the buffer holds records.
 
-        ``deadline`` is an ``anyio.current_time()`` value: the flush must be done by then or it
-        is cancelled and counts as DISCARD. The default flushes when the measured flush
-        throughput says the flush fits before the deadline (with ``revoke_flush_safety_factor``)
-        and discards otherwise.
+        ``deadline`` is a value of ``anyio.current_time()``, the event loop's monotonic clock
+        (not ``time.time()``): the flush must be done by then or it is cancelled and counts as
+        DISCARD. It is the revoke's start plus ``rebalance_timeout_ms`` minus
+        ``revoke_safety_margin_ms``. The default flushes when the measured flush throughput
+        says the flush fits before the deadline (with ``revoke_flush_safety_factor``) and
+        discards otherwise. Raising counts as DISCARD.
         """
+        legacy = type(self).on_revoke
+        if legacy is not BatchingConsumer.on_revoke:
+            return await legacy(self, batch, deadline)
+        return self._default_revoke_action(batch, deadline)
+
+    def _default_revoke_action(self, batch: Batch[Any], deadline: float) -> RevokeAction:
         return decide(
             batch,
             deadline,
@@ -275,20 +320,81 @@ class BatchingConsumer(ABC):
             safety_factor=self._settings.revoke_flush_safety_factor,
         )
 
-    async def on_assign(self, partitions: frozenset[TopicPartition]) -> None:  # noqa: B027
-        """Called with newly gained partitions before their records start flowing."""
+    async def on_start(self) -> None:
+        """Called once, in :meth:`run` before the member first joins the group: open what the
+        whole process needs (a database pool, a client). If it raises, :meth:`run` raises it
+        and :meth:`on_stop` is not called."""
 
-    async def on_lost(self, partitions: frozenset[TopicPartition]) -> None:  # noqa: B027
-        """Called after ``partitions`` were lost with the generation; their buffers are already
-        discarded and nothing was committed for them."""
+    async def on_stop(self) -> None:
+        """Called once when :meth:`run` ends, after the last commit and after
+        :meth:`on_partitions_revoked` (or, on a fatal error, :meth:`on_partitions_lost`) for
+        every partition still owned: close what :meth:`on_start` opened. Runs on every exit
+        once :meth:`on_start` returned (graceful stop, SIGTERM, fatal group error, forced
+        shutdown), bounded by ``shutdown_timeout_ms``; an exception is logged
+        (``on_stop_failed``), not raised."""
 
-    def deserialize(self, record: Record) -> Record:
-        """Transform a fetched record before it is buffered (default: unchanged).
+    async def on_partitions_assigned(self, partitions: frozenset[TopicPartition]) -> None:
+        """Called with newly gained ``partitions`` before any of their records flows (they are
+        held until it returns), e.g. to open a file or connection per partition.
 
-        The returned record's size counts against the memory budget. An exception stops the
-        consumer: a record that cannot be read must be handled here, not skipped silently.
+        If it raises, those partitions are **stopped**: nothing of them is flushed or
+        committed, ``healthy`` is False and readiness fails naming them, for as long as this
+        member owns them (until a rebalance moves them, or a restart). They still get
+        :meth:`on_partitions_revoked` or :meth:`on_partitions_lost` later, so close whatever
+        this call did open.
         """
-        return record
+        legacy = type(self).on_assign
+        if legacy is not BatchingConsumer.on_assign:
+            await legacy(self, partitions)
+
+    async def on_partitions_revoked(self, partitions: frozenset[TopicPartition]) -> None:
+        """Called for every partition given up, whether or not its buffer held records: after
+        its final flush (as :meth:`revoke_action` decided) and the commit of what was flushed,
+        once the runtime has dropped it (no ``flush`` of it runs or follows). Also at shutdown
+        (SIGTERM, :meth:`stop`) for the partitions still owned, after the final commit. Each
+        partition :meth:`on_partitions_assigned` was called for gets exactly one
+        :meth:`on_partitions_revoked` or :meth:`on_partitions_lost`. An exception is logged
+        (``on_partitions_revoked_failed``)."""
+
+    async def on_partitions_lost(self, partitions: frozenset[TopicPartition]) -> None:
+        """Called after ``partitions`` were lost with the generation (session timeout, fenced,
+        or a fatal error of the member): their buffers are already discarded, any flush of them
+        was cancelled, and nothing was committed for them; another member may own them now.
+        An exception is logged (``on_partitions_lost_failed``)."""
+        legacy = type(self).on_lost
+        if legacy is not BatchingConsumer.on_lost:
+            await legacy(self, partitions)
+
+    # Deprecated names, kept so that subclasses written for them keep working.
+    async def on_revoke(self, batch: Batch[V], deadline: float) -> RevokeAction:
+        """Deprecated: override :meth:`revoke_action`."""
+        return self._default_revoke_action(batch, deadline)
+
+    async def on_assign(self, partitions: frozenset[TopicPartition]) -> None:
+        """Deprecated: override :meth:`on_partitions_assigned`."""
+
+    async def on_lost(self, partitions: frozenset[TopicPartition]) -> None:
+        """Deprecated: override :meth:`on_partitions_lost`."""
+
+    def deserialize(self, record: Record) -> Record[V] | None:
+        """Turn a fetched record into what ``flush`` gets (default: unchanged, raw bytes).
+
+        To hand ``flush`` decoded values, declare the value type and return the record with
+        its decoded value: ``class Sink(BatchingConsumer[Event])`` with ``deserialize``
+        returning ``with_value(record, Event.parse(record.value))``; ``flush`` then gets
+        ``Batch[Event]`` (a service with a value type other than bytes must override this).
+        Return None to skip the record on purpose (a filter): it is counted in
+        ``records_skipped`` and its offset is committed once the records before it are.
+
+        If it raises, the record is contained: ``deserialize_failure_policy`` stops the
+        partition at it (default), produces the raw record to the dead-letter topic, or skips
+        it, with one ``record_undecodable`` log event; the member never crashes on it.
+
+        The memory budget counts each record's raw payload as fetched (key + value +
+        headers, plus a fixed per-record overhead), not the decoded value: keep decoded
+        values no larger than the raw payload, or lower ``memory_budget_fraction``.
+        """
+        return cast("Record[V]", record)
 
     # ------------------------------------------------------------------ observation -----
     @property
@@ -318,11 +424,14 @@ class BatchingConsumer(ABC):
 
     @property
     def healthy(self) -> bool:
-        """False once a partition was stopped by a flush failure or the member failed fatally.
+        """False while this member owns a stopped partition, and after a fatal error.
 
-        Sticky: a stopped partition needs an operator (and a restart) even after it moved on.
+        Not sticky for stopped partitions: once a stopped partition moved to another member
+        (a rebalance revoked it, or it was lost), this member is healthy again; the
+        ``partitions_stopped`` counter (``capgroup_partitions_stopped_total``) keeps the
+        history. A fatal error is sticky.
         """
-        return not self._stopped_partitions and self._fatal is None
+        return not self._stopped_view() and self._fatal is None
 
     @property
     def budget_bytes(self) -> int:
@@ -340,6 +449,7 @@ class BatchingConsumer(ABC):
     def stats(self) -> ConsumerStats:
         """A snapshot of the counters and gauges."""
         by_partition = {tp: self._ledger.held(tp) for tp in self._partitions}
+        stopped = self._stopped_view()
         return ConsumerStats(
             counters=dataclasses.replace(self._counters),
             owned_partitions=len(self.assignment),
@@ -352,10 +462,20 @@ class BatchingConsumer(ABC):
             peak_rss_bytes=self._pressure.peak_rss,
             memory_pressure=self._pressure.pressure,
             fetch_paused=self._backpressure.held_all,
-            stopped_partitions=frozenset(self._stopped_partitions),
+            stopped_partitions=frozenset(stopped),
             flush_bytes_per_second=self._throughput.bytes_per_second,
             ingress_rates=self._rates.rates(),
+            stopped=stopped,
         )
+
+    def _stopped_view(self) -> dict[TopicPartition, StoppedPartition]:
+        """Owned partitions that are stopped now, with why and where they stopped."""
+        view = {}
+        for tp, state in self._partitions.items():
+            if state.stopped:
+                reason = self._stop_reasons.get(tp, FLUSH_FAILED)
+                view[tp] = StoppedPartition(tp, reason, self._tracker.committable(tp))
+        return view
 
     # ------------------------------------------------------------------ lifecycle -------
     def stop(self) -> None:
@@ -378,6 +498,7 @@ class BatchingConsumer(ABC):
     ) -> None:
         """Join the group and consume until :meth:`stop` or SIGTERM/SIGINT.
 
+        Calls :meth:`on_start` first and :meth:`on_stop` last (see their docstrings).
         Signals ``task_status`` once the first assignment is applied. With ``handle_signals``
         (and on the main thread), the first SIGTERM/SIGINT stops gracefully and a second one
         forces exit, raising :class:`ShutdownForcedError`. Fatal group errors (e.g.
@@ -406,7 +527,11 @@ class BatchingConsumer(ABC):
             transport=clients.coordinator_transport(),
         )
         dlq = None
-        if settings.dead_letter_topic and self._failure_policy is FailurePolicy.DEAD_LETTER:
+        flush_dlq = self._failure_policy is FailurePolicy.DEAD_LETTER
+        undecodable = UndecodablePolicy(settings.deserialize_failure_policy)
+        undecodable_dlq = undecodable is UndecodablePolicy.DEAD_LETTER
+        if settings.dead_letter_topic and (flush_dlq or undecodable_dlq):
+            # Its start checks that the topic exists (DeadLetterTopicError, a SettingsError).
             dlq = clients.dead_letter(settings.dead_letter_topic)
         _log.info(
             "consumer_starting",
@@ -416,10 +541,13 @@ class BatchingConsumer(ABC):
             max_partitions=self._max_partitions,
             rss_watchdog=self._pressure.watchdog is not None,
         )
+        started_hook = False
         try:
             await fetcher.start()
             if dlq is not None:
                 await dlq.start()
+            await self.on_start()
+            started_hook = True
             async with anyio.create_task_group() as tg:
                 committer = Committer(
                     self._tracker,
@@ -429,7 +557,7 @@ class BatchingConsumer(ABC):
                 )
                 delivery = Delivery(
                     flush=self.flush,
-                    on_revoke=self.on_revoke,
+                    on_revoke=self.revoke_action,
                     retry=self._retry,
                     throughput=self._throughput,
                     tracker=self._tracker,
@@ -441,7 +569,9 @@ class BatchingConsumer(ABC):
                     limiter=anyio.CapacityLimiter(settings.flush_concurrency),
                     request_commit=committer.request,
                     generation=lambda: engine.generation,
-                    dead_letter=dlq,
+                    dead_letter=dlq if flush_dlq else None,
+                    undecodable_dead_letter=dlq if undecodable_dlq else None,
+                    stop_reasons=self._stop_reasons,
                 )
                 ownership = Ownership(
                     settings=settings,
@@ -456,8 +586,11 @@ class BatchingConsumer(ABC):
                     delivery=delivery,
                     committer=committer,
                     task_group=tg,
-                    on_assign=self.on_assign,
-                    on_lost=self.on_lost,
+                    on_assigned=self.on_partitions_assigned,
+                    on_revoked=self.on_partitions_revoked,
+                    on_lost=self.on_partitions_lost,
+                    stopped=self._stopped_partitions,
+                    stop_reasons=self._stop_reasons,
                 )
                 ingest = Ingest(
                     fetcher=fetcher,
@@ -471,6 +604,9 @@ class BatchingConsumer(ABC):
                     if type(self).deserialize is BatchingConsumer.deserialize
                     else self.deserialize,
                     stopping=lambda: self._stopping,
+                    undecodable=undecodable,
+                    tracker=self._tracker,
+                    request_commit=committer.request,
                 )
                 live = self._live = _Live(engine, fetcher, tg, committer, delivery, ownership)
                 self._backpressure.attach(fetcher)
@@ -493,6 +629,8 @@ class BatchingConsumer(ABC):
                 task_status.started()
                 await live.stop_requested.wait()
                 await self._shutdown()
+                # After the final commit: the service lets go of what it still owns.
+                await ownership.close()
                 engine.stop()
                 # A JoinGroup in flight can hold the engine for the whole rebalance timeout;
                 # the shutdown deadline wins (the engine still sends LeaveGroup, shielded).
@@ -509,11 +647,25 @@ class BatchingConsumer(ABC):
             raise
         finally:
             with anyio.CancelScope(shield=True):
+                if started_hook:
+                    await self._finish_hooks()
                 await _close_quietly(fetcher.stop)
                 if dlq is not None:
                     await _close_quietly(dlq.stop)
         if self._forced is not None:
             raise ShutdownForcedError(self._forced)
+
+    async def _finish_hooks(self) -> None:
+        """Last hooks of a run, on every exit once ``on_start`` returned: partitions the
+        service still holds (a fatal or forced exit skipped the shutdown) are lost, then
+        ``on_stop``."""
+        with anyio.move_on_after(self._settings.shutdown_timeout_ms / 1000):
+            if self._live is not None:
+                await self._live.ownership.abandon()
+            try:
+                await self.on_stop()
+            except Exception as exc:
+                _log.error("on_stop_failed", error=repr(exc))
 
     def _request_rejoin(self, reason: str) -> None:
         if self._engine is not None:

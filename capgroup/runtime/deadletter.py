@@ -1,8 +1,11 @@
-"""Producing failed batches to the dead-letter topic (``flush_failure_policy=dead_letter``).
+"""Producing failed batches and undecodable records to the dead-letter topic
+(``flush_failure_policy=dead_letter``, ``deserialize_failure_policy=dead_letter``).
 
 The producer waits for every in-sync replica (``acks=all``) and is idempotent, so once
 :meth:`DeadLetterProducer.send` returns, the batch is as durable as a flush and the runtime may
-commit past it.
+commit past it. :meth:`DeadLetterProducer.start` checks that the topic exists, so a missing
+one stops start-up (:class:`DeadLetterTopicError`, a ``SettingsError``: ``capgroup run`` exits
+2) instead of surfacing at the first failure.
 """
 
 from __future__ import annotations
@@ -14,9 +17,23 @@ from aiokafka import AIOKafkaProducer
 from capgroup.connection import ClientRole, client_options
 from capgroup.runtime.batch import Batch
 from capgroup.runtime.retry import dead_letter_records
-from capgroup.settings import CapgroupSettings
+from capgroup.settings import ENV_PREFIX, CapgroupSettings, SettingsError
 
-__all__ = ["DeadLetterProducer"]
+__all__ = ["DeadLetterProducer", "DeadLetterTopicError"]
+
+
+class DeadLetterTopicError(SettingsError):
+    """The dead-letter topic a failure policy needs does not exist on the cluster."""
+
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+        super().__init__(
+            [
+                f"dead_letter_topic ({ENV_PREFIX}DEAD_LETTER_TOPIC): topic {topic!r} does not "
+                "exist on the cluster; create it (capgroup never creates topics) or change "
+                "the setting"
+            ]
+        )
 
 
 class DeadLetterProducer:
@@ -32,8 +49,16 @@ class DeadLetterProducer:
         )
 
     async def start(self) -> None:
-        """Connect to the cluster."""
+        """Connect to the cluster and check that the topic exists.
+
+        Raises :class:`DeadLetterTopicError` (after closing the producer) when it does not.
+        """
         await self._producer.start()
+        # All topics' metadata: asking for the topic alone could auto-create it.
+        metadata = await self._producer.client.fetch_all_metadata()
+        if self.topic not in metadata.topics():
+            await self._producer.stop()
+            raise DeadLetterTopicError(self.topic)
 
     async def stop(self) -> None:
         """Flush pending sends and close."""

@@ -4,10 +4,19 @@ One :meth:`Delivery.partition_worker` task per owned partition cuts a batch when
 reached (the age limit is its timer) and flushes it under a limiter shared by all partitions,
 so a partition's batches flush one at a time, in offset order. A flush that fails after every
 retry goes to the dead-letter sink, or else stops its partition (never committed past).
-:meth:`Delivery.drain` is the final flush of a partition being revoked (``on_revoke`` decides)
+:meth:`Delivery.drain` is the final flush of a partition being revoked (the revoke hook decides)
 or shut down, done by a deadline. Every batch ends in :meth:`Delivery.settle`, which tells the
 commit tracker, releases its bytes from the ledger, re-evaluates backpressure and asks for a
 commit.
+
+A record ``deserialize`` failed on (buffered raw by the ingest, see
+:mod:`capgroup.runtime.ingest`) is handled in offset order when it reaches the head of its
+buffer: produced to the dead-letter topic (then committable like a flushed record) or, under
+``stop_partition``, the partition stops there.
+
+Nothing is flushed for a partition whose ownership is gone: once the generation is lost (the
+engine has yet to deliver the loss), workers cut nothing and no ``flush`` call starts, not even
+a retry; a batch already cut then counts as discarded, and the loss drops the buffers.
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from functools import partial
+from typing import Any
 
 import anyio
 
@@ -27,13 +37,31 @@ from capgroup.runtime.memory import MemoryLedger
 from capgroup.runtime.offsets import BatchOutcome, CommitTracker
 from capgroup.runtime.partition import PartitionState, footprint
 from capgroup.runtime.policy import FlushThroughput, RevokeAction
-from capgroup.runtime.retry import RetriesExhaustedError, RetryPolicy, run_with_retries
+from capgroup.runtime.retry import (
+    RetriesExhaustedError,
+    RetryPolicy,
+    UndecodableRecordError,
+    run_with_retries,
+)
 from capgroup.runtime.stats import Counters
 from capgroup.types import TopicPartition
 
-__all__ = ["Delivery"]
+__all__ = ["FLUSH_FAILED", "OWNERSHIP_POLL_SECONDS", "UNDECODABLE_RECORD", "Delivery"]
 
 _log = get_logger("consumer")
+
+#: Stop reasons (``ConsumerStats.stopped``): a flush failed after every retry (and was not
+#: dead-lettered); a record ``deserialize`` failed on, under ``stop_partition`` (or whose
+#: dead-lettering failed).
+FLUSH_FAILED = "flush_failed"
+UNDECODABLE_RECORD = "undecodable_record"
+#: While the generation is lost, how often a worker with a due buffer looks again (the loss
+#: normally cancels it first).
+OWNERSHIP_POLL_SECONDS = 0.05
+
+
+class _OwnershipGoneError(Exception):
+    """The generation was lost: nothing more may be flushed for the partition."""
 
 
 def _name(tp: TopicPartition) -> str:
@@ -47,15 +75,18 @@ class Delivery:
     of owned partitions and ``stopped`` its set of stopped partitions (both updated here);
     ``request_commit`` is called when a batch settled as flushed or dead-lettered;
     ``generation`` gives the current generation (for logs and dead-letter headers);
-    ``dead_letter`` is None unless ``flush_failure_policy`` is ``dead_letter``. Create inside
-    the event loop. Time is the event loop's (``anyio.current_time``), as for the deadlines.
+    ``dead_letter`` is None unless ``flush_failure_policy`` is ``dead_letter``;
+    ``undecodable_dead_letter`` is None unless ``deserialize_failure_policy`` is
+    ``dead_letter``; ``stop_reasons`` (the consumer's) gets why each partition stopped. Create
+    inside the event loop. Time is the event loop's (``anyio.current_time``), as for the
+    deadlines.
     """
 
     def __init__(
         self,
         *,
-        flush: Callable[[Batch], Awaitable[None]],
-        on_revoke: Callable[[Batch, float], Awaitable[RevokeAction]],
+        flush: Callable[[Batch[Any]], Awaitable[None]],
+        on_revoke: Callable[[Batch[Any], float], Awaitable[RevokeAction]],
         retry: RetryPolicy,
         throughput: FlushThroughput,
         tracker: CommitTracker,
@@ -68,6 +99,8 @@ class Delivery:
         request_commit: Callable[[], None],
         generation: Callable[[], Generation],
         dead_letter: DeadLetterSink | None = None,
+        undecodable_dead_letter: DeadLetterSink | None = None,
+        stop_reasons: dict[TopicPartition, str] | None = None,
     ) -> None:
         self._flush = flush
         self._on_revoke = on_revoke
@@ -83,6 +116,13 @@ class Delivery:
         self._request_commit = request_commit
         self._generation = generation
         self._dead_letter = dead_letter
+        self._undecodable_dead_letter = undecodable_dead_letter
+        self._stop_reasons: dict[TopicPartition, str] = {} if stop_reasons is None else stop_reasons
+
+    def _owned(self) -> bool:
+        """Whether the member is in a live generation: False once it is lost, until the loss
+        is delivered (which cancels the workers and drops the buffers)."""
+        return self._generation().valid
 
     # ------------------------------------------------------------------ steady state ----
     async def partition_worker(self, state: PartitionState) -> None:
@@ -98,6 +138,11 @@ class Delivery:
                         with anyio.move_on_at(math.inf if due_at is None else due_at):
                             await wake.wait()
                         continue
+                    if not self._owned():
+                        # Lost with the generation: cut nothing, wait for the loss.
+                        with anyio.move_on_after(OWNERSHIP_POLL_SECONDS):
+                            await wake.wait()
+                        continue
                     async with self._limiter:
                         await self._cut_and_flush(state, reason)
         finally:
@@ -107,7 +152,10 @@ class Delivery:
         # Cut only once a flush slot is ours, so the batch holds what arrived meanwhile. The
         # batch lives in this frame alone: once settled (and released from the ledger) it must
         # be garbage, not held by a waiting worker loop outside the budget.
-        if state.stopped or not state.buffer:
+        if state.stopped or not state.buffer or not self._owned():
+            return
+        if state.buffer.head_undecodable() is not None:
+            await self._handle_undecodable(state)
             return
         batch = state.buffer.take(anyio.current_time())
         self._tracker.batch_cut(state.tp, state.epoch, batch)
@@ -116,6 +164,49 @@ class Delivery:
             await self._flush_and_settle(state, batch, reason)
         finally:
             state.flushing = False
+
+    async def _handle_undecodable(self, state: PartitionState) -> None:
+        """Dead-letter the undecodable record at the head of ``state``'s buffer, or stop the
+        partition at it; either way it is settled like a batch of its own."""
+        batch, entry = state.buffer.take_undecodable(anyio.current_time())
+        self._tracker.batch_cut(state.tp, state.epoch, batch)
+        outcome = BatchOutcome.DISCARDED
+        state.flushing = True
+        try:
+            sink = self._undecodable_dead_letter
+            if not entry.halts and sink is not None:
+                outcome = await self._dead_letter_undecodable(state, batch, entry.error, sink)
+            if outcome is BatchOutcome.DISCARDED and self._owned():
+                self._stop_partition(state, UNDECODABLE_RECORD, batch.first_offset)
+        finally:
+            state.flushing = False
+            self.settle(state, batch, outcome)
+
+    async def _dead_letter_undecodable(
+        self, state: PartitionState, batch: Batch, error: BaseException, sink: DeadLetterSink
+    ) -> BatchOutcome:
+        where = {"partition": _name(batch.tp), "offset": batch.first_offset}
+
+        async def send() -> None:
+            if not self._owned():
+                raise _OwnershipGoneError
+            await sink.send(
+                batch,
+                error=UndecodableRecordError(error),
+                attempts=1,
+                member_id=self._generation().member_id,
+            )
+
+        try:
+            await run_with_retries(send, self._retry, fatal=(_OwnershipGoneError,))
+        except _OwnershipGoneError:
+            return BatchOutcome.DISCARDED
+        except RetriesExhaustedError as exc:
+            _log.error("dead_letter_failed", error=repr(exc.last_error), **where)
+            return BatchOutcome.DISCARDED
+        self._counters.records_dead_lettered += 1
+        _log.debug("record_dead_lettered", topic=sink.topic, **where)
+        return BatchOutcome.DEAD_LETTERED
 
     async def _flush_and_settle(self, state: PartitionState, batch: Batch, reason: str) -> None:
         outcome = BatchOutcome.DISCARDED
@@ -139,8 +230,25 @@ class Delivery:
                 delay_s=round(delay, 3),
             )
 
+        async def attempt() -> None:
+            # Checked before every call, retries included: a lost member flushes nothing.
+            if not self._owned():
+                raise _OwnershipGoneError
+            await self._flush(batch)
+
         try:
-            await run_with_retries(partial(self._flush, batch), self._retry, on_retry=retrying)
+            await run_with_retries(
+                attempt, self._retry, on_retry=retrying, fatal=(_OwnershipGoneError,)
+            )
+        except _OwnershipGoneError:
+            _log.info(
+                "flush_abandoned",
+                partition=_name(batch.tp),
+                first_offset=batch.first_offset,
+                last_offset=batch.last_offset,
+                reason="generation lost",
+            )
+            return BatchOutcome.DISCARDED
         except RetriesExhaustedError as exc:
             return await self._flush_failed(state, batch, exc)
         duration = anyio.current_time() - began
@@ -173,7 +281,7 @@ class Delivery:
         }
         _log.error("flush_failed", attempts=exc.attempts, error=repr(exc.last_error), **where)
         sink = self._dead_letter
-        if sink is not None:
+        if sink is not None and self._owned():
             send = partial(
                 sink.send,
                 batch,
@@ -190,12 +298,15 @@ class Delivery:
                 _log.warning("batch_dead_lettered", topic=sink.topic, records=len(batch), **where)
                 return BatchOutcome.DEAD_LETTERED
         # Neither flushed nor dead-lettered: never commit past it.
-        self._stop_partition(state)
+        if self._owned():
+            self._stop_partition(state, FLUSH_FAILED, batch.first_offset)
         return BatchOutcome.DISCARDED
 
-    def _stop_partition(self, state: PartitionState) -> None:
+    def _stop_partition(self, state: PartitionState, reason: str, offset: int) -> None:
         state.stopped = True
         self._stopped.add(state.tp)
+        self._stop_reasons[state.tp] = reason
+        self._counters.partitions_stopped += 1
         dropped = len(state.buffer)
         if self._partitions.get(state.tp) is state:
             self._ledger.release(state.tp, footprint(state.buffer.discard(), dropped))
@@ -204,8 +315,11 @@ class Delivery:
         _log.error(
             "partition_stopped",
             partition=_name(state.tp),
+            reason=reason,
+            offset=offset,
             committed=self._tracker.committed(state.tp),
-            hint="the member is unhealthy; the partition resumes on its next owner",
+            hint="the member is unhealthy while it owns the partition; nothing is committed "
+            "past the offset (it resumes there on its next owner)",
         )
 
     def settle(self, state: PartitionState, batch: Batch, outcome: BatchOutcome) -> None:
@@ -255,25 +369,29 @@ class Delivery:
             # The deadline passed during the worker's flush (or we were cancelled): stop it.
             if not state.worker_done.is_set():
                 state.worker_scope.cancel()
-        if state.stopped or not state.buffer:
-            return
-        batch = state.buffer.take_all(anyio.current_time())
-        self._tracker.batch_cut(state.tp, state.epoch, batch)
-        if reason is FlushReason.REVOKE:
-            action = await self._revoke_action(batch, deadline)
-            if action is RevokeAction.DISCARD:
-                self.settle(state, batch, BatchOutcome.DISCARDED)
-                return
-        # Not under the flush limiter: the hand-off deadline outranks the concurrency bound
-        # (at most one extra flush per partition being revoked or shut down).
-        await self._flush_and_settle(state, batch, reason)
+        # Usually one pass; an undecodable record in the buffer splits it into runs, handled
+        # in offset order.
+        while not state.stopped and state.buffer and self._owned():
+            if state.buffer.head_undecodable() is not None:
+                await self._handle_undecodable(state)
+                continue
+            batch = state.buffer.take_all(anyio.current_time())
+            self._tracker.batch_cut(state.tp, state.epoch, batch)
+            if reason is FlushReason.REVOKE:
+                action = await self._revoke_action(batch, deadline)
+                if action is RevokeAction.DISCARD:
+                    self.settle(state, batch, BatchOutcome.DISCARDED)
+                    return
+            # Not under the flush limiter: the hand-off deadline outranks the concurrency bound
+            # (at most one extra flush per partition being revoked or shut down).
+            await self._flush_and_settle(state, batch, reason)
 
     async def _revoke_action(self, batch: Batch, deadline: float) -> RevokeAction:
         action = RevokeAction.DISCARD
         try:
             action = RevokeAction(await self._on_revoke(batch, deadline))
         except Exception as exc:
-            _log.error("on_revoke_failed", error=repr(exc))
+            _log.error("revoke_action_failed", error=repr(exc), partition=_name(batch.tp))
         if action is RevokeAction.FLUSH:
             self._counters.revoke_flush += 1
         else:

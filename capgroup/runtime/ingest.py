@@ -5,11 +5,26 @@ any deserializer), each touched partition's worker is woken, and backpressure is
 once per fetch. Records of partitions that are closing, stopped or no longer owned, and every
 record fetched while the generation is lost, are dropped: a regained partition restarts from
 its committed offset.
+
+``deserialize`` runs on each new record (records already seen after a seek are not decoded
+again). A record it fails on never stops the fetch loop: it is contained to that record and
+handled by ``deserialize_failure_policy`` (:class:`UndecodablePolicy`), with one
+``record_undecodable`` event naming topic, partition, offset, exception and policy:
+
+- ``stop_partition``: buffered raw in its place; its partition worker flushes the records before
+  it, then stops the partition there (nothing is committed past it);
+- ``dead_letter``: buffered raw in its place; the worker produces it, untouched, to the
+  dead-letter topic in offset order, and the offset then moves past it like a flushed record;
+- ``skip``: dropped and counted; the offset moves past it once the records before it settled.
+
+A ``deserialize`` that returns None skips the record on purpose (a filter): it is counted in
+``records_skipped`` and its offset is committed like a ``skip``ped one, with no log event.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from enum import StrEnum
 from typing import Any
 
 import anyio
@@ -20,11 +35,27 @@ from capgroup.runtime.backpressure import Backpressure
 from capgroup.runtime.batch import Record, record_sizes
 from capgroup.runtime.clients import Fetcher
 from capgroup.runtime.memory import MemoryLedger
+from capgroup.runtime.offsets import CommitTracker
 from capgroup.runtime.partition import PartitionState, footprint
 from capgroup.runtime.stats import Counters
 from capgroup.types import TopicPartition
 
-__all__ = ["FETCH_WAIT_MS", "Ingest"]
+__all__ = ["FETCH_WAIT_MS", "Deserialize", "Ingest", "UndecodablePolicy"]
+
+#: The service's ``deserialize``: a record to buffer, or None to skip the record.
+Deserialize = Callable[[Record], Record[Any] | None]
+
+
+class UndecodablePolicy(StrEnum):
+    """What happens to a record ``deserialize`` raised on (``deserialize_failure_policy``)."""
+
+    #: Stop the partition at the record; nothing is committed past it.
+    STOP_PARTITION = "stop_partition"
+    #: Produce the raw record to the dead-letter topic, then commit past it.
+    DEAD_LETTER = "dead_letter"
+    #: Drop it (counted and logged), then commit past it.
+    SKIP = "skip"
+
 
 _log = get_logger("consumer")
 
@@ -37,6 +68,8 @@ class Ingest:
 
     ``generation_valid`` tells whether the member is in a live generation; ``deserialize`` is
     the user's hook, or None when it is the identity (the per-record call is then skipped).
+    ``undecodable`` is the policy for records ``deserialize`` raises on; ``tracker`` and
+    ``request_commit`` let skipped records' offsets be committed.
     """
 
     def __init__(
@@ -48,9 +81,12 @@ class Ingest:
         ledger: MemoryLedger,
         counters: Counters,
         backpressure: Backpressure,
-        deserialize: Callable[[Record], Record] | None,
+        deserialize: Deserialize | None,
         stopping: Callable[[], bool],
         clock: Callable[[], float] = anyio.current_time,
+        undecodable: UndecodablePolicy = UndecodablePolicy.STOP_PARTITION,
+        tracker: CommitTracker | None = None,
+        request_commit: Callable[[], None] | None = None,
     ) -> None:
         self._fetcher = fetcher
         self._generation_valid = generation_valid
@@ -61,6 +97,9 @@ class Ingest:
         self._deserialize = deserialize
         self._stopping = stopping
         self._clock = clock
+        self._undecodable = UndecodablePolicy(undecodable)
+        self._tracker = tracker
+        self._request_commit = request_commit
 
     async def run(self) -> None:
         """Fetch until stopping; a failed fetch is retried with backoff."""
@@ -89,14 +128,16 @@ class Ingest:
         deserialize = self._deserialize
         for tp, raw in chunks.items():
             state = self._partitions.get(tp)
-            if state is None or state.closing or state.stopped:
+            if state is None or state.closing or state.stopped or state.buffer.halted:
                 continue
             buffer = state.buffer
             before_bytes, before_count = buffer.size_bytes, len(buffer)
             # Budgets count the payload as fetched, before any deserializer touches it.
             sizes = record_sizes(raw)
-            records = raw if deserialize is None else [deserialize(r) for r in raw]
-            buffer.extend(records, now, sizes)
+            if deserialize is None:
+                buffer.extend(raw, now, sizes)
+            else:
+                self._decode_into(state, raw, sizes, now, deserialize)
             added = buffer.size_bytes - before_bytes
             accepted = len(buffer) - before_count
             self._ledger.add(tp, footprint(added, accepted))
@@ -105,3 +146,72 @@ class Ingest:
             touched.append(state)
             state.poke()
         self._backpressure.update_holds(touched)
+
+    def _decode_into(
+        self,
+        state: PartitionState,
+        raw: Sequence[Record],
+        sizes: Sequence[int],
+        now: float,
+        deserialize: Deserialize,
+    ) -> None:
+        """Deserialize ``raw`` into ``state``'s buffer, containing every failure to its record."""
+        buffer = state.buffer
+        seen = buffer.last_offset
+        good: list[Record[Any]] = []
+        good_sizes: list[int] = []
+        for record, size in zip(raw, sizes, strict=True):
+            if record.offset <= seen:
+                continue  # buffered or handled already (a re-fetch after a seek)
+            try:
+                decoded = deserialize(record)
+            except Exception as exc:
+                buffer.extend(good, now, good_sizes)
+                good, good_sizes = [], []
+                if self._undecodable_record(state, record, size, now, exc):
+                    return  # the partition stops at this record: nothing past it is wanted
+                continue
+            if decoded is None:
+                buffer.extend(good, now, good_sizes)
+                good, good_sizes = [], []
+                self._skip(state, record)
+                continue
+            good.append(decoded)
+            good_sizes.append(size)
+        buffer.extend(good, now, good_sizes)
+
+    def _undecodable_record(
+        self, state: PartitionState, record: Record, size: int, now: float, exc: Exception
+    ) -> bool:
+        """Handle a record ``deserialize`` raised on; True when its partition stops there."""
+        policy = self._undecodable
+        self._counters.records_undecodable += 1
+        _log.error(
+            "record_undecodable",
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            error_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+            error=str(exc)[:1024],
+            policy=policy.value,
+        )
+        if policy is UndecodablePolicy.SKIP:
+            self._skip(state, record)
+            return False
+        halts = policy is UndecodablePolicy.STOP_PARTITION
+        state.buffer.append_undecodable(record, size, now, exc, halts=halts)
+        return halts
+
+    def _skip(self, state: PartitionState, record: Record) -> None:
+        """Drop ``record`` for good: count it, and let the offset move past it."""
+        self._counters.records_skipped += 1
+        buffer = state.buffer
+        after = buffer.last_offset
+        buffer.skip_to(record.offset)
+        tracker = self._tracker
+        if (
+            tracker is not None
+            and tracker.skip(state.tp, state.epoch, record.offset, after)
+            and self._request_commit is not None
+        ):
+            self._request_commit()

@@ -8,6 +8,11 @@ more than once when its batch flushed but the commit covering it never reached t
 (crash, loss, fenced commit), or when it flushed behind a discarded batch of the same epoch
 (the commit stops at the discarded batch, so the next owner re-reads both).
 
+A record skipped before it was buffered (``deserialize`` returned None, or raised under
+``deserialize_failure_policy=skip``) is registered with :meth:`CommitTracker.skip`: the offset
+moves past it once every record buffered before it has settled, so a skipped record never lets
+a commit pass an unflushed one, and a skipped record at the end of a partition is committed.
+
 Every assignment of a partition starts a new *epoch*. Batch outcomes carry the epoch under which
 the batch was cut, so a flush that finishes after its partition was revoked or lost (and perhaps
 assigned back) is ignored instead of advancing a later ownership's offset: fencing happens before
@@ -66,6 +71,14 @@ class _Pending:
 
 
 @dataclass(slots=True)
+class _Skip:
+    #: Highest skipped offset of a run of skipped records.
+    offset: int
+    #: Highest offset buffered or cut before the run: it must settle first.
+    after: int
+
+
+@dataclass(slots=True)
 class _Ownership:
     epoch: int
     committable: int
@@ -75,6 +88,8 @@ class _Ownership:
     #: Highest last offset of any batch cut under this epoch.
     high: int = -1
     blocked: bool = False
+    #: Records skipped before buffering, oldest first, not yet folded into ``committable``.
+    skips: deque[_Skip] = field(default_factory=deque)
 
 
 class CommitTracker:
@@ -156,6 +171,24 @@ class CommitTracker:
         self._advance(owned)
         return True
 
+    def skip(self, tp: TopicPartition, epoch: int, offset: int, after: int) -> bool:
+        """Register record ``offset`` of ``tp`` as skipped (never buffered); ``after`` is the
+        highest offset buffered or cut before it. Returns True when the committable offset
+        moved at once (nothing before it was pending); False otherwise or when stale."""
+        owned = self._current(tp, epoch)
+        if owned is None:
+            return False
+        if offset <= after:
+            raise ValueError(f"skipped offset {offset} of {tp} is not past {after}")
+        skips = owned.skips
+        if skips and after in (skips[-1].after, skips[-1].offset):  # the same run
+            skips[-1].offset = max(skips[-1].offset, offset)
+        else:
+            skips.append(_Skip(offset, after))
+        before = owned.committable
+        self._advance(owned)
+        return owned.committable > before
+
     def committable(self, tp: TopicPartition) -> int | None:
         """Offset ``tp`` may commit now, or None when not owned."""
         owned = self._owned.get(tp)
@@ -202,10 +235,16 @@ class CommitTracker:
 
     @staticmethod
     def _advance(owned: _Ownership) -> None:
-        pending = owned.pending
-        while pending and not owned.blocked and pending[0].outcome is not None:
-            head = pending.popleft()
-            if head.outcome is BatchOutcome.DISCARDED:
-                owned.blocked = True
+        pending, skips = owned.pending, owned.skips
+        while not owned.blocked:
+            if pending and pending[0].outcome is not None:
+                head = pending.popleft()
+                if head.outcome is BatchOutcome.DISCARDED:
+                    owned.blocked = True
+                else:
+                    owned.committable = max(owned.committable, head.last + 1)
+            elif skips and owned.committable > skips[0].after:
+                # Everything buffered before the skipped run has settled.
+                owned.committable = max(owned.committable, skips.popleft().offset + 1)
             else:
-                owned.committable = head.last + 1
+                return

@@ -1,14 +1,24 @@
 """Ownership hand-offs: what the runtime does when the engine assigns, revokes or loses
-partitions (the engine's assignment listener, behind the consumer).
+partitions (the engine's assignment listener, behind the consumer), and the service's partition
+lifecycle hooks around them.
 
 - **Assigned**: the partitions are held in the fetcher, gained at their committed offsets, and
   get a fresh :class:`~capgroup.runtime.partition.PartitionState` (a new commit-tracker epoch,
-  an empty buffer) and a worker; ``on_assign`` runs before their records flow.
-- **Revoked**: fetching stops, every buffer is drained (``on_revoke`` decides, by the revoke
-  deadline), what was flushed is committed within the rebalance timeout, then the partitions are
-  forgotten.
+  an empty buffer) and a worker; ``on_partitions_assigned`` runs before their records flow. If
+  it raises, the partitions are **stopped** (held, nothing flushed or committed, listed by
+  readiness and the stopped-partition metrics) for as long as the member owns them.
+- **Revoked**: fetching stops, every buffer is drained (``revoke_action`` decides, by the
+  revoke deadline), what was flushed is committed within the rebalance timeout, the partitions
+  are forgotten, then ``on_partitions_revoked`` runs for every one of them, buffered or not.
 - **Lost**: nothing may be committed any more, so workers and drains are cancelled at once and
-  the buffers dropped; ``on_lost`` runs afterwards.
+  the buffers dropped; ``on_partitions_lost`` runs afterwards.
+- **Shutdown** (:meth:`Ownership.close`): after the final commit, ``on_partitions_revoked``
+  runs for the partitions still owned; on a fatal exit (:meth:`Ownership.abandon`),
+  ``on_partitions_lost``.
+
+Every partition ``on_partitions_assigned`` was called for (whether it returned or raised) gets
+exactly one ``on_partitions_revoked`` or ``on_partitions_lost`` call. Hooks never overlap: the
+engine calls the listener from its manage loop, and shutdown takes the same lock.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ from capgroup.runtime.stats import Counters
 from capgroup.settings import CapgroupSettings
 from capgroup.types import TopicPartition
 
-__all__ = ["CommittedOffsets", "Ownership", "PartitionsHook"]
+__all__ = ["ASSIGN_FAILED", "CommittedOffsets", "Ownership", "PartitionsHook"]
 
 _log = get_logger("consumer")
 
@@ -41,15 +51,19 @@ _log = get_logger("consumer")
 CommittedOffsets = Callable[
     [Iterable[TopicPartition]], Awaitable[Mapping[TopicPartition, int | None]]
 ]
-#: A user hook called with a set of partitions (``on_assign``, ``on_lost``).
+#: A user hook called with a set of partitions (``on_partitions_assigned`` and friends).
 PartitionsHook = Callable[[frozenset[TopicPartition]], Awaitable[None]]
+#: Stop reason of partitions whose ``on_partitions_assigned`` raised.
+ASSIGN_FAILED = "on_partitions_assigned_failed"
 
 
 class Ownership:
     """The engine's assignment listener for one consumer run.
 
     ``partitions`` is the consumer's live map of owned partitions (changed here); partition
-    workers run in ``task_group``, the consumer's.
+    workers run in ``task_group``, the consumer's. ``stopped`` and ``stop_reasons`` are the
+    consumer's stopped partitions and why they stopped (a partition is removed from both when
+    it is revoked or lost).
     """
 
     def __init__(
@@ -67,8 +81,11 @@ class Ownership:
         delivery: Delivery,
         committer: Committer,
         task_group: TaskGroup,
-        on_assign: PartitionsHook,
+        on_assigned: PartitionsHook,
+        on_revoked: PartitionsHook,
         on_lost: PartitionsHook,
+        stopped: set[TopicPartition] | None = None,
+        stop_reasons: dict[TopicPartition, str] | None = None,
     ) -> None:
         self._settings = settings
         self._committed = committed
@@ -82,17 +99,30 @@ class Ownership:
         self._delivery = delivery
         self._committer = committer
         self._task_group = task_group
-        self._on_assign = on_assign
+        self._on_assigned = on_assigned
+        self._on_revoked = on_revoked
         self._on_lost = on_lost
+        self._stopped = set() if stopped is None else stopped
+        self._stop_reasons = {} if stop_reasons is None else stop_reasons
+        #: Partitions ``on_partitions_assigned`` was called for and that have not been
+        #: revoked or lost since (the service may hold resources for them).
+        self.open: set[TopicPartition] = set()
+        self._hooks = anyio.Lock()
+        self._closed = False
 
     async def on_partitions_assigned(self, change: AssignmentChange) -> None:
         """Start owning ``change.partitions``."""
+        async with self._hooks:
+            await self._assigned(change)
+
+    async def _assigned(self, change: AssignmentChange) -> None:
         gained = change.partitions
         committed = await self._committed(gained)
         # Held before they are gained, so no record arrives before their buffers exist.
         self._fetcher.hold(gained)
         await self._fetcher.gain(committed)
         positions = await self._fetcher.positions(gained)
+        states = []
         for tp in sorted(gained):
             position = positions[tp]
             state = PartitionState(
@@ -101,6 +131,7 @@ class Ownership:
                 buffer=PartitionBuffer(tp, self._limits, next_offset=position),
             )
             self._partitions[tp] = state
+            states.append(state)
             self._task_group.start_soon(self._delivery.partition_worker, state)
         self._counters.rebalances += 1
         self._counters.partitions_assigned += len(gained)
@@ -111,14 +142,48 @@ class Ownership:
             positions={f"{tp.topic}-{tp.partition}": o for tp, o in sorted(positions.items())},
             owned=len(change.assigned),
         )
+        if self._closed:
+            # Gained while shutting down: they stay held and are never handed to the service.
+            return
+        self.open.update(gained)
         try:
-            await self._on_assign(gained)
+            await self._on_assigned(gained)
         except Exception as exc:
-            _log.error("on_assign_failed", error=repr(exc), partitions=partition_names(gained))
+            _log.error(
+                "on_partitions_assigned_failed",
+                error=repr(exc),
+                partitions=partition_names(gained),
+            )
+            self._stop(states, positions)
+            return
         self._fetcher.unhold(gained)
 
+    def _stop(self, states: list[PartitionState], positions: Mapping[TopicPartition, int]) -> None:
+        """Stop partitions whose ``on_partitions_assigned`` raised: they stay held (nothing
+        flows, nothing is committed past their position) while this member owns them."""
+        for state in states:
+            state.stopped = True
+            state.held = True  # still held in the fetcher since before the gain
+            state.poke()  # its worker sees the flag and ends
+            self._stopped.add(state.tp)
+            self._stop_reasons[state.tp] = ASSIGN_FAILED
+            self._counters.partitions_stopped += 1
+            _log.error(
+                "partition_stopped",
+                partition=f"{state.tp.topic}-{state.tp.partition}",
+                reason=ASSIGN_FAILED,
+                offset=positions[state.tp],
+                hint="the member is unhealthy while it owns the partition; fix the service and "
+                "restart the member (the partition resumes at this offset)",
+            )
+
     async def on_partitions_revoked(self, change: AssignmentChange) -> None:
-        """Hand ``change.partitions`` over: drain, commit, forget."""
+        """Hand ``change.partitions`` over: drain, commit, forget, then tell the service."""
+        async with self._hooks:
+            await self._revoked(change)
+            await self._notify(self._on_revoked, change.partitions, "on_partitions_revoked")
+
+    async def _revoked(self, change: AssignmentChange) -> None:
         began = anyio.current_time()
         deadline = deadline_from_settings(began, self._settings)
         revoked = change.partitions
@@ -143,7 +208,12 @@ class Ownership:
         )
 
     async def on_partitions_lost(self, change: AssignmentChange) -> None:
-        """Drop ``change.partitions`` at once, committing nothing."""
+        """Drop ``change.partitions`` at once, committing nothing, then tell the service."""
+        async with self._hooks:
+            await self._lost(change)
+            await self._notify(self._on_lost, change.partitions, "on_partitions_lost")
+
+    async def _lost(self, change: AssignmentChange) -> None:
         lost = change.partitions
         self._fetcher.release(lost)
         states = [self._partitions[tp] for tp in sorted(lost) if tp in self._partitions]
@@ -167,10 +237,35 @@ class Ownership:
             partitions=partition_names(lost),
             records_discarded=discarded,
         )
+
+    async def close(self) -> None:
+        """At shutdown, after the final commit: ``on_partitions_revoked`` for the partitions
+        still owned; partitions gained later are never handed to the service."""
+        async with self._hooks:
+            self._closed = True
+            # Drained and committed by the shutdown: the runtime lets go of them first.
+            self.forget(list(self._partitions.values()))
+            await self._notify(self._on_revoked, frozenset(self.open), "on_partitions_revoked")
+
+    async def abandon(self) -> None:
+        """On a fatal exit (nothing more is committed): ``on_partitions_lost`` for the
+        partitions the service still holds."""
+        async with self._hooks:
+            self._closed = True
+            await self._notify(self._on_lost, frozenset(self.open), "on_partitions_lost")
+
+    async def _notify(
+        self, hook: PartitionsHook, partitions: frozenset[TopicPartition], name: str
+    ) -> None:
+        """Call ``hook`` with those of ``partitions`` the service holds (once each)."""
+        handed = frozenset(partitions & self.open)
+        if not handed:
+            return
+        self.open.difference_update(handed)
         try:
-            await self._on_lost(lost)
+            await hook(handed)
         except Exception as exc:
-            _log.error("on_lost_failed", error=repr(exc), partitions=partition_names(lost))
+            _log.error(f"{name}_failed", error=repr(exc), partitions=partition_names(handed))
 
     def forget(self, states: list[PartitionState]) -> list[TopicPartition]:
         """Drop revoked or lost partitions; returns those with uncommitted progress."""
@@ -187,5 +282,8 @@ class Ownership:
             self._ledger.drop(tp)
             if self._partitions.get(tp) is state:
                 del self._partitions[tp]
+                # A stopped partition that moved away is no longer this member's concern.
+                self._stopped.discard(tp)
+                self._stop_reasons.pop(tp, None)
         self._backpressure.update_fetch_hold()
         return uncommitted

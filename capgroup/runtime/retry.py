@@ -30,6 +30,7 @@ __all__ = [
     "FailurePolicy",
     "RetriesExhaustedError",
     "RetryPolicy",
+    "UndecodableRecordError",
     "dead_letter_records",
     "run_with_retries",
 ]
@@ -133,6 +134,15 @@ class RetriesExhaustedError(Exception):
         )
 
 
+class UndecodableRecordError(Exception):
+    """``deserialize`` raised on a record: what is dead-lettered with it (``error`` is what
+    ``deserialize`` raised; the dead-letter headers name it, not this wrapper)."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        super().__init__(f"deserialize failed: {type(error).__name__}: {error}")
+
+
 OnRetry = Callable[[int, Exception, float], None]
 
 
@@ -144,18 +154,22 @@ async def run_with_retries(
     on_retry: OnRetry | None = None,
     clock: Callable[[], float] = anyio.current_time,
     rand: Callable[[], float] = random.random,
+    fatal: tuple[type[Exception], ...] = (),
 ) -> T:
     """Await ``fn()`` until it succeeds or ``policy`` gives up.
 
     ``on_retry(attempts_so_far, error, delay)`` is called before each wait. Only ``Exception``
     triggers a retry: cancellation (a ``BaseException``) propagates at once, including from
-    inside the backoff sleep. Raises :class:`RetriesExhaustedError` from the last error.
+    inside the backoff sleep, and so do the ``fatal`` exception types. Raises
+    :class:`RetriesExhaustedError` from the last error.
     """
     started = clock()
     attempts = 0
     while True:
         try:
             return await fn()
+        except fatal:
+            raise
         except Exception as error:
             attempts += 1
             wait = policy.next_delay(attempts, clock() - started, rand())
@@ -195,14 +209,22 @@ def dead_letter_records(
 ) -> list[DeadLetterRecord]:
     """One dead-letter record per record of ``batch``, keeping key, value, headers and timestamp.
 
-    capgroup appends headers named ``capgroup.dlq.*``: ``error.type`` (qualified class name),
-    ``error.message`` (cut to 1 KiB), ``origin.topic``, ``origin.partition``, ``origin.offset``
-    (the record's own), ``origin.first_offset`` / ``origin.last_offset`` (the batch's range),
-    ``member.id``, ``attempts`` and ``failed_at_ms``. Numbers are ASCII decimal.
+    capgroup appends headers named ``capgroup.dlq.*``: ``stage`` (``flush`` for a batch whose
+    flush failed, ``deserialize`` for a record ``deserialize`` raised on: ``error`` is then an
+    :class:`UndecodableRecordError` and the headers name the error it wraps), ``error.type``
+    (qualified class name), ``error.message`` (cut to 1 KiB), ``origin.topic``,
+    ``origin.partition``, ``origin.offset`` (the record's own), ``origin.first_offset`` /
+    ``origin.last_offset`` (the batch's range), ``member.id``, ``attempts`` and
+    ``failed_at_ms``. Numbers are ASCII decimal. Key, value and the record's own headers are
+    the raw ones as fetched.
     """
+    stage = "flush"
+    if isinstance(error, UndecodableRecordError):
+        stage, error = "deserialize", error.error
     error_type = type(error)
     p = DEAD_LETTER_HEADER_PREFIX
     common: Headers = (
+        (p + "stage", stage.encode()),
         (p + "error.type", f"{error_type.__module__}.{error_type.__qualname__}".encode()),
         (p + "error.message", _truncate_utf8(str(error), MAX_ERROR_MESSAGE_BYTES)),
         (p + "origin.topic", batch.tp.topic.encode("utf-8")),

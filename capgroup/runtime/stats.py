@@ -9,11 +9,11 @@ watermarks into the per-partition records/s the member advertises to the assigno
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from capgroup.types import TopicPartition
 
-__all__ = ["ConsumerStats", "Counters", "IngressRates"]
+__all__ = ["ConsumerStats", "Counters", "IngressRates", "StoppedPartition"]
 
 
 @dataclass(slots=True)
@@ -32,8 +32,12 @@ class Counters:
     flush_retries: int = 0
     #: Batches whose flush failed after every retry.
     flush_failures: int = 0
-    #: Records produced to the dead-letter topic.
+    #: Records produced to the dead-letter topic (failed batches and undecodable records).
     records_dead_lettered: int = 0
+    #: Records ``deserialize`` raised on (each handled by ``deserialize_failure_policy``).
+    records_undecodable: int = 0
+    #: Records skipped unbuffered: ``deserialize`` returned None, or raised under ``skip``.
+    records_skipped: int = 0
     #: Batches dropped unflushed (revoke DISCARD, overrun deadline, loss, stopped partition).
     batches_discarded: int = 0
     records_discarded: int = 0
@@ -59,6 +63,20 @@ class Counters:
     budget_pauses: int = 0
     #: Times the RSS watchdog raised its level.
     memory_pressure_events: int = 0
+    #: Partitions stopped (flush failure, failed ``on_partitions_assigned``, ...), ever.
+    partitions_stopped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class StoppedPartition:
+    """An owned partition that is stopped: held, never committed past ``offset``."""
+
+    tp: TopicPartition
+    #: Why: ``flush_failed``, ``on_partitions_assigned_failed``, or another runtime's reason.
+    reason: str
+    #: The first offset not processed: where the partition resumes (on its next owner, or
+    #: here after a restart); None when unknown.
+    offset: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +102,15 @@ class ConsumerStats:
     memory_pressure: str
     #: Whether all fetching is paused (budget reached, hard RSS limit or shutdown).
     fetch_paused: bool
-    #: Partitions stopped after a flush failure (the member is unhealthy).
+    #: Owned partitions that are stopped (the member is unhealthy while it owns one); a
+    #: partition that moved away is no longer listed.
     stopped_partitions: frozenset[TopicPartition]
     #: Measured flush throughput (EWMA), used by the default revoke decision.
     flush_bytes_per_second: float
     #: Ingress rates advertised to the assignor, records/s.
     ingress_rates: Mapping[TopicPartition, float]
+    #: The stopped partitions with why and where they stopped (keys: ``stopped_partitions``).
+    stopped: Mapping[TopicPartition, StoppedPartition] = field(default_factory=dict)
 
 
 class IngressRates:

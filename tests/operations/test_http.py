@@ -446,6 +446,7 @@ async def test_probes_of_a_stub_consumer_follow_its_state_without_kafka() -> Non
             "generation": 3,
             "assigned_partitions": 1,
             "stopped_partitions": [],
+            "stopped": {},
         }
         consumer.stopped = frozenset({TopicPartition("t", 0)})
         assert (await request(port, "/readyz")).status == 503

@@ -54,7 +54,7 @@ class Recorder(BatchingConsumer):
         self.flush_calls: list[tuple[TopicPartition, int, int]] = []
         self.flush_delay = 0.0
         self.fail: Callable[[Batch], bool] = lambda _batch: False
-        self.revoke_action: RevokeAction | None = None
+        self.revoke_choice: RevokeAction | None = None
         self.revoked: list[tuple[Batch, float, RevokeAction]] = []
         self.assigned: list[frozenset[TopicPartition]] = []
         self.lost: list[frozenset[TopicPartition]] = []
@@ -81,17 +81,17 @@ class Recorder(BatchingConsumer):
         finally:
             self.in_flight[batch.tp] -= 1
 
-    async def on_revoke(self, batch: Batch, deadline: float) -> RevokeAction:
+    async def revoke_action(self, batch: Batch, deadline: float) -> RevokeAction:
         """The configured action, or the default decision."""
-        action = self.revoke_action or await super().on_revoke(batch, deadline)
+        action = self.revoke_choice or await super().revoke_action(batch, deadline)
         self.revoked.append((batch, deadline, action))
         return action
 
-    async def on_assign(self, partitions: frozenset[TopicPartition]) -> None:
+    async def on_partitions_assigned(self, partitions: frozenset[TopicPartition]) -> None:
         """Remember the gained partitions."""
         self.assigned.append(partitions)
 
-    async def on_lost(self, partitions: frozenset[TopicPartition]) -> None:
+    async def on_partitions_lost(self, partitions: frozenset[TopicPartition]) -> None:
         """Remember the lost partitions."""
         self.lost.append(partitions)
 

@@ -30,9 +30,9 @@ class SlowRevoke(Recorder):
 
     revoke_flush_delay = 30.0
 
-    async def on_revoke(self, batch: Batch, deadline: float) -> RevokeAction:
+    async def revoke_action(self, batch: Batch, deadline: float) -> RevokeAction:
         """Decide as configured, then make the flush outlast the deadline."""
-        action = await super().on_revoke(batch, deadline)
+        action = await super().revoke_action(batch, deadline)
         self.flush_delay = self.revoke_flush_delay
         return action
 
@@ -53,7 +53,7 @@ async def test_revoke_flush_discard_and_overrun(
         a_overrides["rebalance_timeout_ms"] = 8_000
     cls = SlowRevoke if case == "overrun" else Recorder
     a = cls("a", **consumer_settings(bootstrap, group, topic, **a_overrides))
-    a.revoke_action = RevokeAction.DISCARD if case == "discard" else RevokeAction.FLUSH
+    a.revoke_choice = RevokeAction.DISCARD if case == "discard" else RevokeAction.FLUSH
     b = Recorder(
         "b", **consumer_settings(bootstrap, group, topic, batch_max_age_ms=200, max_partitions=2)
     )
@@ -158,7 +158,7 @@ async def test_revoke_during_flushes_waits_for_the_batch_in_flight_then_flushes_
         ),
     )
     a.flush_delay = 1.5
-    a.revoke_action = RevokeAction.FLUSH
+    a.revoke_choice = RevokeAction.FLUSH
     b = Recorder(
         "b", **consumer_settings(bootstrap, group, topic, batch_max_age_ms=200, max_partitions=2)
     )

@@ -31,6 +31,7 @@ class Group:
     committed_offsets: dict[TopicPartition, int | None] = field(default_factory=dict)
     commits: list[dict[TopicPartition, int]] = field(default_factory=list)
     assigned: list[frozenset[TopicPartition]] = field(default_factory=list)
+    revoked: list[frozenset[TopicPartition]] = field(default_factory=list)
     lost: list[frozenset[TopicPartition]] = field(default_factory=list)
 
     async def committed(
@@ -41,8 +42,11 @@ class Group:
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         self.commits.append(dict(offsets))
 
-    async def on_assign(self, partitions: frozenset[TopicPartition]) -> None:
+    async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None:
         self.assigned.append(partitions)
+
+    async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
+        self.revoked.append(partitions)
 
     async def on_lost(self, partitions: frozenset[TopicPartition]) -> None:
         self.lost.append(partitions)
@@ -74,7 +78,8 @@ async def owning(
             delivery=flusher,
             committer=committer,
             task_group=tg,
-            on_assign=group.on_assign,
+            on_assigned=group.on_assigned,
+            on_revoked=group.on_revoked,
             on_lost=group.on_lost,
         )
         tg.cancel_scope.cancel()
@@ -91,7 +96,7 @@ async def test_assigned_partitions_start_at_their_committed_offsets() -> None:
         assert parts.partitions[TP].buffer.last_offset == 2
         assert parts.partitions[OTHER].buffer.last_offset == -1, "no commit: from the start"
         assert group.assigned == [frozenset({TP, OTHER})]
-        assert parts.fetcher.flowing == {TP, OTHER}, "held until on_assign returned"
+        assert parts.fetcher.flowing == {TP, OTHER}, "held until on_partitions_assigned returned"
         assert (parts.counters.rebalances, parts.counters.partitions_assigned) == (1, 2)
         assigned = next(e for e in logs if e["event"] == "partitions_assigned")
         assert assigned["positions"] == {"events-0": 3, "events-1": 0}

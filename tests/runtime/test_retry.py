@@ -259,6 +259,7 @@ def test_dead_letter_records_keep_payload_and_carry_error_and_origin() -> None:
     ours = dict(h for h in out[1].headers if h[0].startswith(DEAD_LETTER_HEADER_PREFIX))
     p = DEAD_LETTER_HEADER_PREFIX
     assert ours == {
+        p + "stage": b"flush",
         p + "error.type": b"builtins.ValueError",
         p + "error.message": "disk é full".encode(),
         p + "origin.topic": TP.topic.encode(),
