@@ -368,7 +368,7 @@ def test_the_drain_wrapper_drains_pods_from_the_ordinal_on(
         ({"resources.limits.memory": "null"}, "resources.limits.memory is required"),
         ({"capacity.memoryBudgetFraction": "1.5"}, "capacity.memoryBudgetFraction"),
         ({"group.heartbeatIntervalMs": "30000"}, "at most a third"),
-        ({"http.port": "0"}, "http.port (0) must be in 1..65535"),
+        ({"http.port": "0"}, "http.port: Must be greater than or equal to 1"),  # schema
     ],
     ids=[
         "grace-too-short",
@@ -714,7 +714,7 @@ SCRAM = {"mechanism": "SCRAM-SHA-512", "username": "u", "existingSecret": "s"}
             {"extraEnv": [{"name": "CAPGROUP_SASL_PASSWORD", "value": PASSWORD}]},
             "extraEnv CAPGROUP_SASL_PASSWORD has a plain value",
         ),
-        ({"kafka": {"securityProtocol": "TLS"}}, "kafka.securityProtocol (TLS) must be"),
+        ({"kafka": {"securityProtocol": "TLS"}}, "kafka.securityProtocol must be one of"),
         ({"kafka": SECURED}, "kafka.sasl.mechanism is required with kafka.securityProtocol"),
         (
             {"kafka": {"securityProtocol": "SSL", "sasl": SCRAM}},

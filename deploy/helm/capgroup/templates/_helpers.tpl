@@ -191,4 +191,51 @@ the membership engine to leave the group (ENGINE_STOP_GRACE_SECONDS in the runti
 {{- end -}}
 {{- end -}}
 {{- include "capgroup.validateSecurity" . -}}
+{{- include "capgroup.validateAutoscaling" . -}}
+{{- end -}}
+
+{{/* The group selector of the chart's PromQL: the group's own series only. */}}
+{{- define "capgroup.groupSelector" -}}
+{{- printf "group=%q" (toString .Values.group.id) -}}
+{{- end -}}
+
+{{/* The query KEDA follows: the number of members the group wants (every member exports the
+same figure, so max() reads it once and takes the newest view if they briefly differ). */}}
+{{- define "capgroup.replicasWantedQuery" -}}
+{{- $keda := .Values.autoscaling.keda -}}
+{{- if $keda.prometheus.query -}}
+{{- $keda.prometheus.query -}}
+{{- else -}}
+{{- printf "max(capgroup_group_replicas_wanted{%s})" (include "capgroup.groupSelector" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The group's total lag, each partition once (a partition moving between members may be
+exported by both for a scrape). */}}
+{{- define "capgroup.lagQuery" -}}
+{{- printf "sum(max by (topic, partition) (capgroup_partition_lag_records{%s}))" (include "capgroup.groupSelector" .) -}}
+{{- end -}}
+
+{{/* Fail on autoscaling values that would scale the wrong way or thrash. */}}
+{{- define "capgroup.validateAutoscaling" -}}
+{{- $keda := .Values.autoscaling.keda -}}
+{{- if $keda.enabled -}}
+{{- if not $keda.prometheus.serverAddress -}}
+{{- fail "autoscaling.keda.prometheus.serverAddress is required with autoscaling.keda.enabled: the Prometheus that scrapes the members" -}}
+{{- end -}}
+{{- if gt (int64 $keda.minReplicas) (int64 $keda.maxReplicas) -}}
+{{- fail (printf "autoscaling.keda.minReplicas (%v) is above autoscaling.keda.maxReplicas (%v)" $keda.minReplicas $keda.maxReplicas) -}}
+{{- end -}}
+{{- if le (mul (int64 $keda.scaleDown.periodSeconds) 1000) (int64 .Values.group.sessionTimeoutMs) -}}
+{{- fail (printf "autoscaling.keda.scaleDown.periodSeconds (%v) must be longer than group.sessionTimeoutMs (%v ms): a removed static member's partitions wait out the session timeout before they move, and the next removal must not start before that rebalance" $keda.scaleDown.periodSeconds .Values.group.sessionTimeoutMs) -}}
+{{- end -}}
+{{- if and (not (kindIs "invalid" .Values.drain.fromOrdinal)) (kindIs "invalid" $keda.pausedReplicas) -}}
+{{- fail "drain.fromOrdinal with autoscaling.keda.enabled needs autoscaling.keda.pausedReplicas: pin the replica count while pods drain, or KEDA adds pods that drain at once or removes them before they are empty" -}}
+{{- end -}}
+{{- if not (kindIs "invalid" $keda.fallback.replicas) -}}
+{{- if or (lt (int64 $keda.fallback.replicas) (int64 $keda.minReplicas)) (gt (int64 $keda.fallback.replicas) (int64 $keda.maxReplicas)) -}}
+{{- fail (printf "autoscaling.keda.fallback.replicas (%v) must be within minReplicas..maxReplicas" $keda.fallback.replicas) -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
 {{- end -}}
