@@ -6,42 +6,49 @@ topic, produces to it steadily, and starts three archiver members
 example in ``examples/archiver`` is its documented source) as separate ``capgroup run``
 processes with different partition caps and memory budgets. It prints the group as the
 broker describes it: every member's advertisement (decoded from its JoinGroup metadata) and
-its partitions (decoded from the assignment the leader sent). It then SIGKILLs the largest
-member and prints the group again once the survivors have rebalanced: each stays within its
-budget and the partitions nobody can hold are reported as unassigned, next to what a
-capacity-blind round-robin would have done. Everything it started (members, producer, temp
-directory, topic, broker) is cleaned up.
+its partitions (decoded from the assignment the leader sent), with the code of ``capgroup
+describe`` (:mod:`capgroup.operations.describe`). It then SIGKILLs the largest member and
+prints the group again once the survivors have rebalanced: each stays within its budget and
+the partitions nobody can hold are reported as unassigned, with their lag, the group's figures
+(headroom, replicas wanted) and the members' ``capgroup_group_*`` metrics, next to what a
+capacity-blind round-robin would have done. As an autoscaler would, it then starts one more
+member the size of the dead one, shows the unassigned partitions consumed again, stops the
+producer and checks that every produced record was archived exactly once. Everything it
+started (members, producer, temp directory, topic, broker) is cleaned up.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
+import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 from aiokafka import AIOKafkaProducer
-from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
 
-from capgroup.devkafka.admin import admin_client, create_topic, delete_topics
+from capgroup.cli.describe_cmd import render_figures, render_members
+from capgroup.devkafka.admin import connection_settings, create_topic, delete_topics
 from capgroup.devkafka.cluster import LocalKafkaCluster
 from capgroup.devkafka.jars import KafkaLocalError
 from capgroup.errors import leaf_exceptions
 from capgroup.log import configure_logging
-from capgroup.protocol import MetadataDecodeError, decode_advertisement, decode_assignment_info
-from capgroup.protocol.consumer import decode_member_metadata
-from capgroup.settings import partition_cost_bytes
-from capgroup.types import CapacityAdvertisement, TopicPartition
+from capgroup.operations.describe import GroupState, describe_group
+from capgroup.settings import CapgroupSettings, partition_cost_bytes
 
 __all__ = [
     "ARCHIVER",
@@ -55,15 +62,14 @@ __all__ = [
     "MIB",
     "PARTITION_COST",
     "PRODUCE_RATE",
+    "SCALE_UP_NAME",
     "SESSION_TIMEOUT_MS",
+    "ArchiveCheck",
     "DemoError",
-    "GroupView",
     "MemberPlan",
-    "MemberView",
     "blind_comparison",
-    "describe_group",
+    "check_archive",
     "register",
-    "render",
     "run",
 ]
 
@@ -102,30 +108,8 @@ class MemberPlan:
 PARTITION_COST = partition_cost_bytes(BATCH_MAX_BYTES, BATCH_MAX_RECORDS, FETCH_BYTES)
 
 MEMBERS = (MemberPlan("archiver-a", 6), MemberPlan("archiver-b", 4), MemberPlan("archiver-c", 3))
-
-
-@dataclass(frozen=True)
-class MemberView:
-    """A member as the broker describes it."""
-
-    name: str
-    capacity: CapacityAdvertisement
-    partitions: tuple[TopicPartition, ...]
-    unassigned: int
-    pending: int
-
-
-@dataclass(frozen=True)
-class GroupView:
-    """The group as the broker describes it."""
-
-    state: str
-    members: tuple[MemberView, ...]
-
-    @property
-    def owned(self) -> int:
-        """Partitions owned by some member."""
-        return sum(len(m.partitions) for m in self.members)
+#: The member the "autoscaler" adds after the kill (named after the next letter).
+SCALE_UP_NAME = "archiver-d"
 
 
 def register(sub: Any) -> None:
@@ -179,24 +163,39 @@ def _broker() -> Iterator[str]:
 async def _demo(bootstrap: str, tmp: Path) -> None:
     suffix = uuid.uuid4().hex[:8]
     topic, group = f"capgroup-demo-{suffix}", f"capgroup-demo-{suffix}"
+    settings = connection_settings(bootstrap).model_copy(update={"bootstrap_timeout_ms": 10_000})
     await create_topic(bootstrap, topic, DEMO_PARTITIONS)
     print(f"topic {topic}: {DEMO_PARTITIONS} partitions; producing {PRODUCE_RATE} records/s")
     members: dict[str, subprocess.Popen[bytes]] = {}
+    ports: dict[str, int] = {}
+    archive = tmp / "archive"
+    producer = _Producer()
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_produce, bootstrap, topic)
+            tg.start_soon(producer.run, bootstrap, topic)
             for plan in MEMBERS:
-                members[plan.name] = _start_member(plan, bootstrap, topic, group, tmp)
+                members[plan.name], ports[plan.name] = _start_member(
+                    plan, bootstrap, topic, group, tmp
+                )
             print(
                 "started " + ", ".join(f"{p.name} (pid {members[p.name].pid})" for p in MEMBERS),
                 flush=True,
             )
-            view = await _wait_for(
-                bootstrap, group, members, len(MEMBERS), "all 12 partitions assigned"
+            state = await _wait_for(
+                settings,
+                group,
+                members,
+                len(MEMBERS),
+                "all 12 partitions assigned and committed",
+                committed=True,
             )
             print(f"\nthe group with {len(MEMBERS)} members:")
-            print(render(view, DEMO_PARTITIONS))
-            victim = max(MEMBERS, key=lambda p: p.max_partitions).name
+            print(render_members(state))
+            killed = max(MEMBERS, key=lambda p: p.max_partitions)
+            victim = killed.name
+            victims_partitions = {
+                tp.partition for m in state.members if m.name == victim for tp in m.partitions
+            }
             members[victim].send_signal(signal.SIGKILL)
             members[victim].wait(10)
             print(
@@ -204,24 +203,70 @@ async def _demo(bootstrap: str, tmp: Path) -> None:
                 f"session timeout ({SESSION_TIMEOUT_MS / 1000:.0f} s)",
                 flush=True,
             )
-            view = await _wait_for(
-                bootstrap, group, members, len(MEMBERS) - 1, "the survivors to rebalance"
+            state = await _wait_for(
+                settings, group, members, len(MEMBERS) - 1, "the survivors to rebalance"
             )
-            print(f"\nthe group after {victim} died:")
-            print(render(view, DEMO_PARTITIONS))
-            print(blind_comparison(view, topic))
-            print(_archive_summary(tmp / "archive"), flush=True)
+            redo = _uncommitted_archive(archive / topic, state, victims_partitions)
+            print(f"\nthe group after {victim} died (capgroup describe --group {group}):")
+            print(render_members(state))
+            print(render_figures(state))
+            print(blind_comparison(state, topic))
+            survivor = next(p.name for p in MEMBERS if p.name != victim)
+            print(f"{survivor}'s /metrics (the leader's figures, on every member):")
+            print(await _group_metrics(ports[survivor], state))
+            print(
+                "an autoscaler following capgroup_group_replicas_wanted adds members of the "
+                "group's typical size until it can lose "
+                f"{state.autoscale_headroom} and still place all {DEMO_PARTITIONS}"
+            )
+
+            plan = MemberPlan(SCALE_UP_NAME, killed.max_partitions)
+            members[plan.name], ports[plan.name] = _start_member(plan, bootstrap, topic, group, tmp)
+            print(
+                f"\nas an autoscaler would: started {plan.name} (pid {members[plan.name].pid}), "
+                f"sized like {victim} "
+                f"({plan.max_partitions} partitions, {_mib(plan.budget_bytes)})",
+                flush=True,
+            )
+            state = await _wait_for(
+                settings, group, members, len(MEMBERS), f"{plan.name} to take the partitions"
+            )
+            print(f"\nthe group with {plan.name}:")
+            print(render_members(state))
+            print(render_figures(state))
+
+            await producer.stop()
+            print(
+                f"\nstopped the producer after {producer.sent:,} records; waiting for the "
+                "members to archive and commit everything",
+                flush=True,
+            )
+            state = await _wait_for_no_lag(settings, group, members)
+            print(render_members(state))
+            check = check_archive(archive / topic, state)
+            print(check.summary(victim, plan.name, redo))
+            if not check.complete:
+                raise DemoError(check.summary(victim, plan.name, redo))
             tg.cancel_scope.cancel()
     finally:
         with anyio.CancelScope(shield=True):
+            await producer.stop()
             await anyio.to_thread.run_sync(_stop_members, members)
             with contextlib.suppress(Exception):
                 await delete_topics(bootstrap, [topic])
 
 
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def _start_member(
     plan: MemberPlan, bootstrap: str, topic: str, group: str, tmp: Path
-) -> subprocess.Popen[bytes]:
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start one ``capgroup run`` member; returns it and the port of its /metrics."""
+    port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAPGROUP_")}
     env.update(
         {
@@ -240,18 +285,20 @@ def _start_member(
             "CAPGROUP_REBALANCE_TIMEOUT_MS": "10000",
             "CAPGROUP_REVOKE_SAFETY_MARGIN_MS": "3000",
             "CAPGROUP_SHUTDOWN_TIMEOUT_MS": "8000",
+            "CAPGROUP_HTTP_PORT": str(port),
             "CAPGROUP_LOG_FORMAT": "json",
             "ARCHIVER_DIR": str(tmp / "archive"),
         }
     )
     with open(tmp / f"{plan.name}.log", "ab") as log:
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             [sys.executable, "-m", "capgroup.cli.main", "run", ARCHIVER],
             cwd=tmp,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    return proc, port
 
 
 def _stop_members(members: dict[str, subprocess.Popen[bytes]]) -> None:
@@ -268,127 +315,231 @@ def _stop_members(members: dict[str, subprocess.Popen[bytes]]) -> None:
             proc.wait(10)
 
 
-async def _produce(bootstrap: str, topic: str) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50)
-    await producer.start()
+@dataclass
+class _Producer:
+    """The demo's producer: numbered JSON records at :data:`PRODUCE_RATE` until stopped."""
+
+    sent: int = 0
+    _stop: anyio.Event = field(default_factory=anyio.Event)
+    _done: anyio.Event = field(default_factory=anyio.Event)
+    _started: bool = False
+
+    async def run(self, bootstrap: str, topic: str) -> None:
+        self._started = True
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=50, acks="all")
+        await producer.start()
+        try:
+            while not self._stop.is_set():
+                for _ in range(PRODUCE_RATE // 10):
+                    value = f'{{"event": {self.sent}, "at": {time.time():.3f}}}'.encode()
+                    await producer.send(topic, value=value, key=str(self.sent).encode())
+                    self.sent += 1
+                with anyio.move_on_after(0.1):
+                    await self._stop.wait()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await producer.stop()  # delivers what is still batched
+                self._done.set()
+
+    async def stop(self) -> None:
+        """Stop producing and wait until every record sent is delivered."""
+        self._stop.set()
+        if self._started:
+            await self._done.wait()
+
+
+async def _describe(settings: CapgroupSettings, group: str) -> GroupState | None:
     try:
-        n = 0
-        while True:
-            for _ in range(PRODUCE_RATE // 10):
-                value = f'{{"event": {n}, "at": {time.time():.3f}}}'.encode()
-                await producer.send(topic, value=value, key=str(n).encode())
-                n += 1
-            await anyio.sleep(0.1)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await producer.stop()
+        return await describe_group(settings, group)
+    except Exception:  # the group is forming, a coordinator moving: ask again
+        return None
 
 
-async def describe_group(bootstrap: str, group: str) -> GroupView:
-    """The group's state and members, decoded from DescribeGroups (metadata and assignment)."""
-    async with admin_client(bootstrap) as admin:
-        responses = await admin.describe_consumer_groups([group])
-    described = responses[0].to_object()["groups"][0]
-    members = []
-    for m in described["members"]:
-        capacity = CapacityAdvertisement(
-            max_partitions=0, memory_budget_bytes=0, partition_bytes={}
-        )
-        with contextlib.suppress(MetadataDecodeError):
-            metadata = decode_member_metadata(m["member_metadata"])
-            capacity = decode_advertisement(metadata.user_data)
-        partitions: tuple[TopicPartition, ...] = ()
-        unassigned = pending = 0
-        if m["member_assignment"]:
-            assignment = ConsumerProtocolMemberAssignment.decode(m["member_assignment"])
-            partitions = tuple(
-                sorted(TopicPartition(t, p) for t, ps in assignment.assignment for p in ps)
-            )
-            with contextlib.suppress(MetadataDecodeError):
-                info = decode_assignment_info(assignment.user_data or b"")
-                unassigned, pending = info.unassigned, info.pending
-        members.append(MemberView(m["client_id"], capacity, partitions, unassigned, pending))
-    return GroupView(described["state"], tuple(sorted(members, key=lambda v: v.name)))
+def _check_members(members: dict[str, subprocess.Popen[bytes]]) -> None:
+    dead = [n for n, p in members.items() if p.poll() is not None and p.returncode != -9]
+    if dead:
+        raise DemoError(f"member {dead[0]} exited with code {members[dead[0]].returncode}")
 
 
 async def _wait_for(
-    bootstrap: str,
+    settings: CapgroupSettings,
     group: str,
     members: dict[str, subprocess.Popen[bytes]],
     count: int,
     what: str,
     within: float = 45.0,
-) -> GroupView:
+    *,
+    committed: bool = False,
+) -> GroupState:
     """Poll until the group is stable with ``count`` members, nothing pending, and every
-    partition either owned or reported unassigned."""
+    partition either owned or reported unassigned (with ``committed``, also every partition
+    committed at least once)."""
     deadline = anyio.current_time() + within
-    view = GroupView("unknown", ())
+    state: GroupState | None = None
     while anyio.current_time() < deadline:
-        dead = [n for n, p in members.items() if p.poll() is not None and p.returncode != -9]
-        if dead:
-            raise DemoError(f"member {dead[0]} exited with code {members[dead[0]].returncode}")
-        with contextlib.suppress(Exception):
-            view = await describe_group(bootstrap, group)
+        _check_members(members)
+        state = await _describe(settings, group) or state
+        infos = [m.info for m in state.members] if state else []
         settled = (
-            view.state == "Stable"
-            and len(view.members) == count
-            and all(m.pending == 0 and m.capacity.max_partitions for m in view.members)
-            and view.owned + max((m.unassigned for m in view.members), default=0) == DEMO_PARTITIONS
+            state is not None
+            and state.state == "Stable"
+            and len(state.members) == count
+            and all(m.advertisement is not None for m in state.members)
+            and all(i is not None and i.pending == 0 for i in infos)
+            and state.owned + max((i.unassigned for i in infos if i), default=0) == DEMO_PARTITIONS
+            and (not committed or all(p.committed for p in state.partitions.values()))
         )
-        if settled:
-            return view
+        if settled and state is not None:
+            return state
         await anyio.sleep(0.5)
-    raise DemoError(f"timed out after {within:.0f} s waiting for {what}; last seen {view}")
+    raise DemoError(f"timed out after {within:.0f} s waiting for {what}; last seen {state}")
+
+
+async def _wait_for_no_lag(
+    settings: CapgroupSettings,
+    group: str,
+    members: dict[str, subprocess.Popen[bytes]],
+    within: float = 30.0,
+) -> GroupState:
+    """Poll until every partition is committed up to its high watermark."""
+    deadline = anyio.current_time() + within
+    state: GroupState | None = None
+    while anyio.current_time() < deadline:
+        _check_members(members)
+        state = await _describe(settings, group) or state
+        if state is not None and all(p.lag == 0 for p in state.partitions.values()):
+            return state
+        await anyio.sleep(0.5)
+    lag = "unknown" if state is None else f"{state.total_lag:,} records"
+    raise DemoError(f"the members did not catch up within {within:.0f} s (lag {lag})")
+
+
+async def _group_metrics(port: int, state: GroupState) -> str:
+    """The ``capgroup_group_*`` lines of a member's /metrics (describe's figures when the
+    member exports none)."""
+
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            return str(response.read().decode())
+
+    text = ""
+    with contextlib.suppress(OSError):
+        text = await anyio.to_thread.run_sync(scrape)
+    lines = [
+        "  " + re.sub(r"\{[^}]*\}", "", line)
+        for line in text.splitlines()
+        if line.startswith("capgroup_group_")
+        and any(
+            line.startswith(f"capgroup_group_{name}")
+            for name in ("unassigned", "pending", "members", "headroom", "replicas_wanted")
+        )
+    ]
+    if lines:
+        return "\n".join(lines)
+    return (
+        f"  (no capgroup_group_* series; from describe: unassigned {len(state.unassigned)}, "
+        f"replicas wanted {state.replicas_wanted})"
+    )
 
 
 def _mib(n: int) -> str:
     return f"{n / MIB:.1f} MiB"
 
 
-def render(view: GroupView, partitions: int) -> str:
-    """A fixed-width table of members, their budget and their partitions."""
-    rows = [("member", "partitions", "bytes / budget", "util", "owns")]
-    for m in view.members:
-        cap = m.capacity
-        used = sum(cap.cost_of(tp.topic) for tp in m.partitions)
-        budget = cap.memory_budget_bytes
-        rows.append(
-            (
-                m.name,
-                f"{len(m.partitions)}/{cap.max_partitions}",
-                f"{_mib(used)} / {_mib(budget)}",
-                f"{100 * used / budget:.0f}%" if budget else "-",
-                ",".join(str(tp.partition) for tp in m.partitions),
-            )
-        )
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)) for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    owned = {tp.partition for m in view.members for tp in m.partitions}
-    missing = [p for p in range(partitions) if p not in owned]
-    lines.append(
-        f"unassigned: {len(missing)}"
-        + (f" (partitions {','.join(map(str, missing))})" if missing else "")
-    )
-    return "\n".join(line.rstrip() for line in lines)
-
-
-def blind_comparison(view: GroupView, topic: str) -> str:
+def blind_comparison(state: GroupState, topic: str) -> str:
     """What a capacity-blind round-robin would have given the same survivors."""
-    counts = dict.fromkeys((m.name for m in view.members), 0)
+    counts = dict.fromkeys((m.name for m in state.members), 0)
     names = sorted(counts)
     for p in range(DEMO_PARTITIONS):
         counts[names[p % len(names)]] += 1
     parts = []
-    for m in view.members:
-        cost = counts[m.name] * m.capacity.cost_of(topic)
+    for m in state.members:
+        if m.advertisement is None:
+            continue
+        cost = counts[m.name] * m.advertisement.cost_of(topic)
         parts.append(
             f"{m.name} {counts[m.name]} partitions = {_mib(cost)} "
-            f"({100 * cost / m.capacity.memory_budget_bytes:.0f}% of its budget)"
+            f"({100 * cost / m.advertisement.memory_budget_bytes:.0f}% of its budget)"
         )
     return "a capacity-blind round-robin would give " + ", ".join(parts)
 
 
-def _archive_summary(archive: Path) -> str:
-    files = list(archive.rglob("*.jsonl.gz")) if archive.exists() else []
-    return f"archived so far: {len(files)} files under the members' ARCHIVER_DIR"
+def _archived_files(folder: Path) -> Iterator[tuple[int, int, int, Path]]:
+    """``(partition, first offset, last offset, path)`` of every finished archive file."""
+    if not folder.exists():
+        return
+    for path in sorted(folder.glob("*/*.jsonl.gz")):
+        first, _, last = path.name.removesuffix(".jsonl.gz").partition("-")
+        if first.isdigit() and last.isdigit():
+            yield int(path.parent.name), int(first), int(last), path
+
+
+def _uncommitted_archive(folder: Path, state: GroupState, partitions: set[int]) -> int:
+    """Records of ``partitions`` already archived past the committed offset (what the dead
+    member flushed but never committed; its successor reads them again)."""
+    total = 0
+    for partition, first, last, _ in _archived_files(folder):
+        if partition not in partitions:
+            continue
+        tp = next((tp for tp in state.partitions if tp.partition == partition), None)
+        committed = state.partitions[tp].committed if tp is not None else None
+        if committed is not None and first >= committed:
+            total += last - first + 1
+    return total
+
+
+@dataclass(frozen=True)
+class ArchiveCheck:
+    """Produced records (the high watermarks) against what the archive holds."""
+
+    produced: int
+    archived: int
+    distinct: int
+    missing: int
+    files: int
+
+    @property
+    def duplicates(self) -> int:
+        """Records archived more than once."""
+        return self.archived - self.distinct
+
+    @property
+    def complete(self) -> bool:
+        """Every produced record is in the archive."""
+        return self.missing == 0
+
+    def summary(self, victim: str, successor: str, redo: int) -> str:
+        """The demo's last word on the archive."""
+        verdict = (
+            "every produced record was archived"
+            if self.complete
+            else f"{self.missing:,} produced records are missing from the archive"
+        )
+        why = (
+            f"{victim} had archived {redo:,} records past its last commit when it was killed; "
+            f"{successor} read them again from the committed offset and replaced those files"
+            if redo
+            else f"{victim} had committed everything it archived before it was killed"
+        )
+        return (
+            f"{verdict}: {self.produced:,} produced, {self.distinct:,} in {self.files} archive "
+            f"files, {self.duplicates:,} duplicates ({why})"
+        )
+
+
+def check_archive(folder: Path, state: GroupState) -> ArchiveCheck:
+    """Count the archive's records per partition against the high watermarks in ``state``."""
+    ends = {tp.partition: p.high_watermark or 0 for tp, p in state.partitions.items()}
+    seen: set[tuple[int, int]] = set()
+    archived = files = 0
+    for partition, _, _, path in _archived_files(folder):
+        files += 1
+        with gzip.open(path, "rt", encoding="utf-8") as lines:
+            for line in lines:
+                seen.add((partition, int(json.loads(line)["offset"])))
+                archived += 1
+    produced = sum(ends.values())
+    missing = sum(
+        1 for partition, end in ends.items() for o in range(end) if (partition, o) not in seen
+    )
+    return ArchiveCheck(produced, archived, len(seen), missing, files)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from capgroup.errors import GroupFatalError
 from capgroup.membership.transport import KafkaUnreachableError
+from capgroup.operations.describe import GroupNotFoundError
 from capgroup.settings import SettingsError
 
 __all__ = [
@@ -28,7 +29,7 @@ __all__ = [
 ]
 
 #: A bad target, invalid or missing settings, a topic that does not exist, an HTTP port that
-#: cannot be bound.
+#: cannot be bound, a group ``capgroup describe`` cannot find.
 EXIT_USAGE = 2
 #: The member cannot continue in its group (e.g. fenced by a twin with its static id).
 EXIT_GROUP_FATAL = 3
@@ -61,7 +62,7 @@ def describe_startup_error(exc: BaseException) -> StartupFailure | None:
     """The exit code and message for ``exc``, or None when it is not a known failure."""
     if isinstance(exc, KafkaUnreachableError):
         return StartupFailure(EXIT_KAFKA_UNREACHABLE, str(exc))
-    if isinstance(exc, SettingsError | TargetError):
+    if isinstance(exc, SettingsError | TargetError | GroupNotFoundError):
         return StartupFailure(EXIT_USAGE, one_line(str(exc)))
     if isinstance(exc, GroupFatalError):
         return StartupFailure(EXIT_GROUP_FATAL, one_line(str(exc)))

@@ -10,6 +10,13 @@ from typing import TYPE_CHECKING
 from capgroup._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from capgroup.operations.describe import (
+        GroupNotFoundError,
+        GroupState,
+        MemberState,
+        PartitionLag,
+        describe_group,
+    )
     from capgroup.operations.http import (
         HealthCheck,
         OperationsServer,
@@ -28,11 +35,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConsumerCollector",
+    "GroupNotFoundError",
+    "GroupState",
     "HealthCheck",
+    "MemberState",
     "ObservableConsumer",
     "OperationsServer",
     "OperationsServerError",
+    "PartitionLag",
     "RunnableConsumer",
+    "describe_group",
     "liveness",
     "metrics_registry",
     "readiness",
@@ -42,6 +54,11 @@ __all__ = [
 ]
 
 _EXPORTS = {
+    "GroupNotFoundError": "capgroup.operations.describe",
+    "GroupState": "capgroup.operations.describe",
+    "MemberState": "capgroup.operations.describe",
+    "PartitionLag": "capgroup.operations.describe",
+    "describe_group": "capgroup.operations.describe",
     "HealthCheck": "capgroup.operations.http",
     "OperationsServer": "capgroup.operations.http",
     "OperationsServerError": "capgroup.operations.http",
