@@ -257,6 +257,14 @@ class CapgroupSettings(BaseSettings):
     draining: bool = Field(
         default=False, description="Take nothing new and give everything back (scale-down)."
     )
+    autoscale_headroom_members: int = Field(
+        default=1,
+        ge=0,
+        le=10_000,
+        description="Spare members capgroup_group_replicas_wanted asks for: the group should "
+        "place every partition even after losing this many of its largest members (read by "
+        "the leader).",
+    )
 
     # --- batching -----------------------------------------------------------------------
     batch_max_records: int = Field(
@@ -401,6 +409,13 @@ class CapgroupSettings(BaseSettings):
         le=3_600_000,
         description="How often partition high watermarks are sampled for the ingress rates "
         "advertised to the assignor.",
+    )
+    lag_sample_interval_ms: int = Field(
+        default=10_000,
+        ge=100,
+        le=3_600_000,
+        description="How often the lag and retention margin of owned partitions (and, on the "
+        "leader, of unassigned ones) are sampled for the metrics.",
     )
 
     # --- operations ---------------------------------------------------------------------

@@ -189,6 +189,11 @@ def render_node_config(
         "num.io.threads": "2",
         "background.threads": "2",
         "num.recovery.threads.per.data.dir": "1",
+        # Retention runs every second instead of every 5 minutes (and starts 1 s after start-up,
+        # not 30 s), so a topic with a short retention.ms loses its old segments within a test
+        # (the lag tests rely on it).
+        "log.retention.check.interval.ms": "1000",
+        "log.initial.task.delay.ms": "1000",
     }
     if len(voters) == 1:
         config |= {

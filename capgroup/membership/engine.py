@@ -54,7 +54,12 @@ from capgroup.membership.transport import (
 )
 from capgroup.protocol._wire import MetadataDecodeError
 from capgroup.protocol.capacity import encode_advertisement
-from capgroup.protocol.consumer import decode_member_metadata, encode_member_metadata
+from capgroup.protocol.consumer import (
+    AssignmentInfo,
+    decode_assignment_info,
+    decode_member_metadata,
+    encode_member_metadata,
+)
 from capgroup.settings import CapgroupSettings
 from capgroup.types import CapacityAdvertisement, OwnedPartition, TopicPartition
 
@@ -169,6 +174,10 @@ class MembershipEngine:
         # generation must not commit the old ownership's offset under the new one.
         self._gains = itertools.count()
         self._gained_at: dict[TopicPartition, int] = {}
+        # What the leader said with the latest applied assignment, and, while this member
+        # leads, the partitions its latest plan left unassigned.
+        self._group_figures: AssignmentInfo | None = None
+        self._unassigned: tuple[TopicPartition, ...] = ()
 
     # ------------------------------------------------------------------ observation --
     @property
@@ -191,6 +200,20 @@ class MembershipEngine:
         """The capacity advertisement sent with the latest JoinGroup."""
         return self._advertised
 
+    @property
+    def group_figures(self) -> AssignmentInfo | None:
+        """The group-wide figures the leader sent with the assignment of the current
+        generation (unassigned and pending counts, capacity, demand, headroom, replicas
+        wanted); None when not in a generation. Every member has them, not only the leader;
+        the figures themselves are None when the leader runs a version that sends none."""
+        return self._group_figures if self._generation.valid else None
+
+    @property
+    def unassigned_partitions(self) -> tuple[TopicPartition, ...]:
+        """On the leader, the partitions its plan for the current generation left unassigned
+        (sorted); empty on other members and when not in a generation."""
+        return self._unassigned if self._generation.valid else ()
+
     def snapshot(self) -> MembershipSnapshot:
         """A consistent view of the member for logs, metrics and health checks."""
         return MembershipSnapshot(
@@ -204,6 +227,7 @@ class MembershipEngine:
             advertised=self._advertised,
             rebalances=self._rebalances,
             last_rebalance_seconds=self._last_rebalance_seconds,
+            group_figures=self.group_figures,
         )
 
     # ------------------------------------------------------------------ control ------
@@ -354,8 +378,9 @@ class MembershipEngine:
         self._leader_id = join.leader_id
         bind_member(member_id=self._member_id)
         assignments: list[tuple[str, bytes]] = []
+        unassigned: tuple[TopicPartition, ...] = ()
         if join.leader_id == join.member_id:
-            assignments = await self._lead(join.members, generation.generation_id)
+            assignments, unassigned = await self._lead(join.members, generation.generation_id)
 
         self._set_state(MemberState.SYNCING)
         sync = await self._coordinated(
@@ -378,16 +403,26 @@ class MembershipEngine:
             raise _RetryableError(f"sync refused with error {error}", immediate=True)
         self._raise_for_fatal(error)
         self._raise_for_coordinator(error, "sync")
-        await self._apply(generation, _decode_assignment(sync.member_assignment))
+        assigned, self._group_figures = _decode_assignment(sync.member_assignment)
+        self._unassigned = unassigned
+        await self._apply(generation, assigned)
 
-    async def _lead(self, members: list[Any], generation_id: int) -> list[tuple[str, bytes]]:
-        """Run the capgroup assignor as the group leader; every member gets an entry."""
+    async def _lead(
+        self, members: list[Any], generation_id: int
+    ) -> tuple[list[tuple[str, bytes]], tuple[TopicPartition, ...]]:
+        """Run the capgroup assignor as the group leader; every member gets an entry. Also
+        returns the partitions the plan leaves unassigned."""
         entries = [(m[0], m[1], m[2]) for m in members]
         topics: set[str] = set()
         for _, _, raw in entries:
             topics.update(_subscription(raw))
         partitions = await self._partitions_of(sorted(topics))
-        group_plan = plan_group(entries, partitions, generation_id)
+        group_plan = plan_group(
+            entries,
+            partitions,
+            generation_id,
+            headroom_members=self._settings.autoscale_headroom_members,
+        )
         _log.info(
             "group_plan_computed",
             generation=generation_id,
@@ -397,7 +432,8 @@ class MembershipEngine:
             unassigned=len(group_plan.plan.unassigned),
             moved=group_plan.plan.moved,
         )
-        return list(group_plan.assignments.items())
+        unassigned = tuple(sorted(group_plan.plan.unassigned))
+        return list(group_plan.assignments.items()), unassigned
 
     async def _partitions_of(self, topics: list[str]) -> list[PartitionSpec]:
         known = await self._transport.partitions(topics)
@@ -848,21 +884,32 @@ def _partition_errors(response: Any) -> list[int]:
     return [part[-1] for _, parts in response.topics for part in parts]
 
 
-def _decode_assignment(raw: bytes | None) -> frozenset[TopicPartition]:
+def _decode_assignment(
+    raw: bytes | None,
+) -> tuple[frozenset[TopicPartition], AssignmentInfo | None]:
+    """The partitions of an assignment and the leader's :class:`AssignmentInfo` (None when
+    absent or unreadable: the partitions still count)."""
     if not raw:
-        return frozenset()
+        return frozenset(), None
     try:
         assignment = wire.MemberAssignment.decode(raw)
     except (ValueError, TypeError, EOFError) as exc:
         # A leader running something else sent bytes we cannot read: own nothing rather than
         # guess, and say so; the next rebalance may fix it.
         _log.error("assignment_undecodable", error=str(exc), size=len(raw))
-        return frozenset()
-    return frozenset(
+        return frozenset(), None
+    partitions = frozenset(
         TopicPartition(topic, partition)
         for topic, partitions in assignment.assignment
         for partition in partitions
     )
+    info: AssignmentInfo | None = None
+    if assignment.user_data:
+        try:
+            info = decode_assignment_info(assignment.user_data)
+        except MetadataDecodeError as exc:
+            _log.warning("assignment_info_undecodable", reason=exc.reason, code=exc.code)
+    return partitions, info
 
 
 def _subscription(raw: bytes) -> list[str]:

@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from capgroup.protocol.consumer import AssignmentInfo
 from capgroup.types import CapacityAdvertisement, TopicPartition
 
 __all__ = [
@@ -117,3 +118,6 @@ class MembershipSnapshot:
     advertised: CapacityAdvertisement | None
     rebalances: int
     last_rebalance_seconds: float | None
+    #: The group-wide figures the leader sent with the current generation's assignment
+    #: (:attr:`MembershipEngine.group_figures`); None when not in a generation.
+    group_figures: AssignmentInfo | None = None

@@ -7,15 +7,19 @@ drift, and nothing is counted twice). Every sample carries ``group`` and ``membe
 per-partition samples add ``topic`` and ``partition``.
 
 ``member`` is the static ``group_instance_id`` when there is one (the StatefulSet pod name
-in Kubernetes), else the host name: the broker's member id changes whenever the member is
-forgotten, and a label that changes mid-life splits every counter into pieces. The member id
-is exported as a label of ``capgroup_member_info`` instead.
+in Kubernetes), else the member id the coordinator gave this member (empty before the first
+join; a new one if the coordinator forgets the member): unique per member, where the host name
+made two members on one host collide. The member id is also a label of
+``capgroup_member_info``.
+
+The ``capgroup_group_*`` gauges are group-wide figures the leader sends every member with its
+assignment, so any member's scrape answers and every member exports the same value: aggregate
+with ``max by (group) (...)``, never ``sum``.
 """
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,7 +29,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
 from capgroup.membership.model import MembershipSnapshot, MemberState
-from capgroup.runtime.stats import ConsumerStats, Counters
+from capgroup.runtime.stats import ConsumerStats, Counters, PartitionLag
 from capgroup.settings import CapgroupSettings
 from capgroup.types import TopicPartition
 
@@ -151,6 +155,12 @@ _COUNTERS: tuple[_Counter, ...] = (
         "partitions_stopped",
         "Partitions ever stopped (flush failure, failed on_partitions_assigned, ...).",
     ),
+    _single(
+        "records_deleted_unconsumed",
+        "records_deleted_unconsumed",
+        "Records deleted by retention before the group consumed them (committed offset below "
+        "the log start offset): data loss.",
+    ),
 )
 
 #: Fields of :class:`Counters` that have a metric (a test checks that this is all of them, so
@@ -158,9 +168,32 @@ _COUNTERS: tuple[_Counter, ...] = (
 EXPORTED_COUNTER_FIELDS = frozenset(field for counter in _COUNTERS for field, _ in counter.fields)
 
 
-def member_label(settings: CapgroupSettings) -> str:
-    """The ``member`` label: the static instance id, else the host name."""
-    return settings.group_instance_id or socket.gethostname()
+def member_label(settings: CapgroupSettings, member_id: str = "") -> str:
+    """The ``member`` label: the static instance id, else the member id (unique per member;
+    empty before the member first joins)."""
+    return settings.group_instance_id or member_id
+
+
+#: The group figures of :class:`~capgroup.protocol.AssignmentInfo` exported as
+#: ``capgroup_group_<name>`` gauges, with their help text.
+_GROUP_FIGURES: tuple[tuple[str, str], ...] = (
+    ("unassigned", "Partitions no member could take in this generation (capacity shortfall)."),
+    ("pending", "Partitions withheld for one round while they move (another rebalance is due)."),
+    ("members", "Members in this generation (draining and rejected ones included)."),
+    ("capacity_partitions", "Partitions the live (not draining) members can hold."),
+    ("demand_partitions", "Partitions of the subscribed topics."),
+    ("capacity_bytes", "Sum of the live members' memory budgets."),
+    ("demand_bytes", "Bytes holding every partition costs at the typical member's costs."),
+    (
+        "headroom_members",
+        "Members, largest first, the group can lose and still place every partition.",
+    ),
+    (
+        "replicas_wanted",
+        "Members needed to place every partition with CAPGROUP_AUTOSCALE_HEADROOM_MEMBERS "
+        "spare (the autoscaling target).",
+    ),
+)
 
 
 class ConsumerCollector(Collector):
@@ -170,6 +203,7 @@ class ConsumerCollector(Collector):
         """Export ``consumer``; nothing is read until the first scrape."""
         self._consumer = consumer
         settings = consumer.settings
+        # Refreshed at every scrape: the member id is known only once the member joins.
         self._base = (settings.group_id, member_label(settings))
 
     def describe(self) -> list[Metric]:
@@ -181,10 +215,17 @@ class ConsumerCollector(Collector):
         """Metric families from one stats snapshot and one membership snapshot."""
         stats = self._consumer.stats
         snapshot = self._consumer.membership
+        settings = self._consumer.settings
+        self._base = (
+            settings.group_id,
+            member_label(settings, "" if snapshot is None else snapshot.member_id),
+        )
         yield from self._counters(stats.counters)
         yield from self._gauges(stats)
         yield from self._partitions(stats)
+        yield from self._lag(stats)
         yield from self._membership(snapshot)
+        yield from self._group_figures(snapshot)
         yield self._gauge(
             "healthy",
             "1 unless the member owns a stopped partition or failed fatally.",
@@ -286,6 +327,44 @@ class ConsumerCollector(Collector):
             },
         )
 
+    def _lag(self, stats: ConsumerStats) -> Iterator[Metric]:
+        """Lag and retention figures: ``owner="member"`` for partitions this member owns,
+        ``owner="none"`` for unassigned ones (exported by the leader only)."""
+        figures = [stats.lag[tp] for tp in sorted(stats.lag)]
+        specs: tuple[tuple[str, str, Callable[[PartitionLag], float | None]], ...] = (
+            (
+                "partition_lag_records",
+                "High watermark minus committed offset (owner=none: unassigned, on the leader).",
+                lambda f: float(f.lag_records),
+            ),
+            (
+                "partition_lag_seconds",
+                "Age of the oldest unconsumed record (now minus its timestamp); 0 without lag.",
+                lambda f: f.lag_seconds,
+            ),
+            (
+                "partition_retention_margin_seconds",
+                "Time before the oldest unconsumed record is eligible for time-based deletion "
+                "(a lower bound; negative once eligible; absent for infinite retention).",
+                lambda f: f.retention_margin_seconds,
+            ),
+        )
+        for name, doc, read in specs:
+            family = GaugeMetricFamily(
+                METRIC_PREFIX + name,
+                doc,
+                labels=["group", "member", "topic", "partition", "owner"],
+            )
+            for figure in figures:
+                value = read(figure)
+                if value is None:
+                    continue
+                owner = "member" if figure.owned else "none"
+                family.add_metric(
+                    [*self._base, figure.tp.topic, str(figure.tp.partition), owner], value
+                )
+            yield family
+
     def _membership(self, snapshot: MembershipSnapshot | None) -> Iterator[Metric]:
         state = GaugeMetricFamily(
             METRIC_PREFIX + "member_state",
@@ -351,6 +430,23 @@ class ConsumerCollector(Collector):
                 "1 when the latest advertisement asks for no partitions (scale-down).",
                 1.0 if advertised.draining else 0.0,
             )
+
+    def _group_figures(self, snapshot: MembershipSnapshot | None) -> Iterator[Metric]:
+        """``capgroup_group_*``: what the leader sent with the current generation's
+        assignment; no sample outside a generation, or for a figure the leader did not send."""
+        info = None if snapshot is None else snapshot.group_figures
+        for name, doc in _GROUP_FIGURES:
+            family = GaugeMetricFamily(
+                f"{METRIC_PREFIX}group_{name}_partitions"
+                if name in ("unassigned", "pending")
+                else f"{METRIC_PREFIX}group_{name}",
+                doc,
+                labels=["group", "member"],
+            )
+            value = None if info is None else getattr(info, name)
+            if value is not None:
+                family.add_metric(list(self._base), value)
+            yield family
 
 
 def metrics_registry(consumer: ObservableConsumer, *, process: bool = True) -> CollectorRegistry:

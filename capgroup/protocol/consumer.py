@@ -12,8 +12,17 @@ SyncGroup carries ``ConsumerProtocolMemberAssignment``; its ``user_data`` holds
     info := magic "CA" | major u8 | minor u8 | field*      (fields as in the advertisement)
     tag 1 generation (zigzag varint)   tag 2 unassigned (varint)   tag 3 pending (varint)
 
-Unknown tags are skipped and absent ones default to 0, so the encoding can grow by minor
-versions; a different major version is rejected.
+Version 1.1 adds the group figures, one varint field each, written only when the leader
+computed them (a 1.0 leader sends none, and they decode as None)::
+
+    tag 4 members             tag 5 capacity_partitions    tag 6 demand_partitions
+    tag 8 capacity_bytes      tag 9 demand_bytes           tag 10 headroom_members
+    tag 11 replicas_wanted
+
+Tag 7 is never used (the compatibility tests use it as the unknown field of a future minor).
+Unknown tags are skipped and absent ones take their default (0, or None for the figures), so
+the encoding can grow by minor versions and a 1.0 reader skips the figures; a different major
+version is rejected.
 """
 
 from __future__ import annotations
@@ -43,10 +52,21 @@ __all__ = [
 MAX_MEMBER_METADATA_BYTES = 1024 * 1024
 INFO_MAGIC = b"CA"
 INFO_MAJOR_VERSION = 1
-INFO_MINOR_VERSION = 0
+INFO_MINOR_VERSION = 1
 _TAG_GENERATION = 1
 _TAG_UNASSIGNED = 2
 _TAG_PENDING = 3
+#: Group figures (1.1): field name -> tag. Tag 7 stays unused.
+_FIGURE_TAGS = {
+    "members": 4,
+    "capacity_partitions": 5,
+    "demand_partitions": 6,
+    "capacity_bytes": 8,
+    "demand_bytes": 9,
+    "headroom_members": 10,
+    "replicas_wanted": 11,
+}
+_FIGURE_OF_TAG = {tag: name for name, tag in _FIGURE_TAGS.items()}
 _I16 = struct.Struct(">h")
 _I32 = struct.Struct(">i")
 
@@ -67,11 +87,31 @@ class AssignmentInfo:
     ``unassigned`` is the group-wide number of partitions no member could take (capacity
     shortfall); ``pending`` the group-wide number of partitions withheld for one round while
     they move between live members, i.e. another rebalance is due.
+
+    The group figures (1.1) are None when the leader did not send them (a 1.0 leader); their
+    exact definitions are in :func:`capgroup.assignor.adapter.group_figures`:
+
+    * ``members``: members in the generation (draining and rejected ones included);
+    * ``capacity_partitions`` / ``demand_partitions``: partitions the live members can hold /
+      partitions of the subscribed topics;
+    * ``capacity_bytes`` / ``demand_bytes``: the live members' budgets / the bytes holding
+      every partition costs;
+    * ``headroom_members``: how many of the largest members the group can lose and still
+      place every partition;
+    * ``replicas_wanted``: how many members the group needs to place every partition with
+      ``CAPGROUP_AUTOSCALE_HEADROOM_MEMBERS`` to spare (what an autoscaler follows).
     """
 
     generation: int
     unassigned: int = 0
     pending: int = 0
+    members: int | None = None
+    capacity_partitions: int | None = None
+    demand_partitions: int | None = None
+    capacity_bytes: int | None = None
+    demand_bytes: int | None = None
+    headroom_members: int | None = None
+    replicas_wanted: int | None = None
 
 
 def _string(value: str) -> bytes:
@@ -169,6 +209,12 @@ def encode_assignment_info(info: AssignmentInfo) -> bytes:
         else:
             field.uvarint(value)
         out.field(tag, field.buf)
+    for name, tag in _FIGURE_TAGS.items():
+        figure = getattr(info, name)
+        if figure is not None:
+            field = Writer()
+            field.uvarint(figure)
+            out.field(tag, field.buf)
     return bytes(out.buf)
 
 
@@ -186,6 +232,7 @@ def decode_assignment_info(data: bytes) -> AssignmentInfo:
         )
     r = Reader(data, 4)
     generation, unassigned, pending = -1, 0, 0
+    figures: dict[str, int] = {}
     while r.remaining():
         tag = r.uvarint("field tag")
         field = r.window(r.uvarint("field length"), f"field {tag}")
@@ -195,4 +242,7 @@ def decode_assignment_info(data: bytes) -> AssignmentInfo:
             unassigned = field.uvarint("unassigned", INT63_MAX)
         elif tag == _TAG_PENDING:
             pending = field.uvarint("pending", INT63_MAX)
-    return AssignmentInfo(generation, unassigned, pending)
+        elif tag in _FIGURE_OF_TAG:
+            name = _FIGURE_OF_TAG[tag]
+            figures[name] = field.uvarint(name, INT63_MAX)
+    return AssignmentInfo(generation, unassigned, pending, **figures)

@@ -61,6 +61,20 @@ class Fetcher(Protocol):
     async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """High watermarks of ``partitions``."""
 
+    async def beginning_offsets(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """Log start offsets of ``partitions`` (the first offset not deleted by retention)."""
+
+    async def record_timestamps(
+        self, offsets: Mapping[TopicPartition, int], timeout_ms: int = 2_000
+    ) -> dict[TopicPartition, int]:
+        """Timestamp (ms) of the first record at or after each offset, for any partition
+        (owned or not), without moving the fetch positions; absent where there is none."""
+
+    async def topic_retention_ms(self, topics: Iterable[str]) -> dict[str, int | None]:
+        """``retention.ms`` of each of ``topics`` (-1: infinite; None: not known)."""
+
 
 class DeadLetterSink(Protocol):
     """Where batches go whose flush failed for good (``flush_failure_policy=dead_letter``)."""

@@ -24,8 +24,8 @@ Concurrency (all inside one anyio task group created by :meth:`BatchingConsumer.
   retries, dead-lettering and the revoke/shutdown drain (:mod:`capgroup.runtime.delivery`);
 - the committer, which commits what the tracker says is committable after each settled batch
   (:mod:`capgroup.runtime.committer`);
-- the ingress-rate sampler, the RSS watchdog (:mod:`capgroup.runtime.sampling`) and the signal
-  handler.
+- the ingress-rate sampler, the RSS watchdog (:mod:`capgroup.runtime.sampling`), the lag and
+  retention sampler (:mod:`capgroup.runtime.lag`) and the signal handler.
 
 This module assembles them: it owns the shared state (buffers, ledger, tracker, counters),
 builds the collaborators, starts the tasks in order, and keeps the user-facing hooks. The Kafka
@@ -61,6 +61,7 @@ from capgroup.runtime.clients import AiokafkaClients, Fetcher, KafkaClients
 from capgroup.runtime.committer import Committer
 from capgroup.runtime.delivery import FLUSH_FAILED, Delivery
 from capgroup.runtime.ingest import Ingest, UndecodablePolicy
+from capgroup.runtime.lag import LagSampler
 from capgroup.runtime.memory import (
     MemoryLedger,
     MemoryLimitSource,
@@ -257,6 +258,8 @@ class BatchingConsumer(ABC, Generic[V]):
         self._throughput = FlushThroughput.from_settings(settings)
         self._tracker = CommitTracker()
         self._rates = IngressRates()
+        #: Lag and retention sampler; created in run() (it needs the fetcher).
+        self._lag: LagSampler | None = None
         self._counters = Counters()
         self._partitions: dict[TopicPartition, PartitionState] = {}
         self._stopped_partitions: set[TopicPartition] = set()
@@ -466,6 +469,7 @@ class BatchingConsumer(ABC, Generic[V]):
             flush_bytes_per_second=self._throughput.bytes_per_second,
             ingress_rates=self._rates.rates(),
             stopped=stopped,
+            lag={} if self._lag is None else dict(self._lag.figures),
         )
 
     def _stopped_view(self) -> dict[TopicPartition, StoppedPartition]:
@@ -625,6 +629,17 @@ class BatchingConsumer(ABC, Generic[V]):
                     self._rates,
                     settings.ingress_rate_interval_ms / 1000,
                 )
+                self._lag = LagSampler(
+                    fetcher,
+                    owned=lambda: self.assignment,
+                    owned_committed=self._tracker.committed,
+                    unassigned=lambda: engine.unassigned_partitions,
+                    group_committed=engine.committed,
+                    retention=fetcher.topic_retention_ms,
+                    counters=self._counters,
+                    reset=settings.auto_offset_reset,
+                )
+                tg.start_soon(self._lag.run, settings.lag_sample_interval_ms / 1000)
                 tg.start_soon(self._pressure.run, settings.rss_sample_interval_ms / 1000)
                 task_status.started()
                 await live.stop_requested.wait()

@@ -21,19 +21,22 @@ import anyio
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition as KafkaTopicPartition
 
-from capgroup.connection import ClientRole, client_options
+from capgroup.connection import ClientRole, admin_client, client_options
 from capgroup.log import get_logger
 from capgroup.membership.transport import bootstrap_with_retries
 from capgroup.settings import ENV_PREFIX, CapgroupSettings, SettingsError
 from capgroup.types import TopicPartition
 
-__all__ = ["MISSING_TOPIC_WAIT_S", "MissingTopicError", "PartitionFetcher"]
+__all__ = ["MISSING_TOPIC_WAIT_S", "PEEK_FETCH_BYTES", "MissingTopicError", "PartitionFetcher"]
 
 _log = get_logger("fetcher")
 
 #: At start-up, how long a subscribed topic may be missing from the metadata before the member
 #: gives up (a topic created a moment ago takes a metadata refresh or two to show).
 MISSING_TOPIC_WAIT_S = 5.0
+#: Fetch size of the reader of single records' timestamps (the broker still returns a first
+#: record batch larger than this whole).
+PEEK_FETCH_BYTES = 64 * 1024
 
 
 class MissingTopicError(SettingsError):
@@ -79,6 +82,8 @@ class PartitionFetcher:
         self._owned: set[TopicPartition] = set()
         self._held: set[TopicPartition] = set()
         self._hold_all = False
+        #: Reads single records for :meth:`record_timestamps`; started on first use.
+        self._peek: AIOKafkaConsumer | None = None
 
     @property
     def owned(self) -> frozenset[TopicPartition]:
@@ -207,6 +212,86 @@ class PartitionFetcher:
         offsets = await self._consumer.end_offsets(wanted)
         return {TopicPartition(tp.topic, tp.partition): int(o) for tp, o in offsets.items()}
 
+    async def beginning_offsets(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """Log start offsets of ``partitions`` (the first offset retention has not deleted),
+        asked from the brokers (out of band)."""
+        wanted = [_kafka(tp) for tp in partitions]
+        if not wanted:
+            return {}
+        offsets = await self._consumer.beginning_offsets(wanted)
+        return {TopicPartition(tp.topic, tp.partition): int(o) for tp, o in offsets.items()}
+
+    async def record_timestamps(
+        self, offsets: Mapping[TopicPartition, int], timeout_ms: int = 2_000
+    ) -> dict[TopicPartition, int]:
+        """Timestamp (ms) of the first record at or after each offset of ``offsets``.
+
+        Read with a second consumer of its own (started on first use, small fetches), so the
+        member's fetch positions, pauses and buffers are untouched; it may read partitions the
+        member does not own. A partition with no record there within ``timeout_ms`` is absent.
+        """
+        if not offsets:
+            return {}
+        peek = await self._peek_consumer()
+        peek.assign([_kafka(tp) for tp in offsets])
+        for tp, offset in offsets.items():
+            peek.seek(_kafka(tp), offset)
+        found: dict[TopicPartition, int] = {}
+        with anyio.move_on_after(timeout_ms / 1000):
+            while len(found) < len(offsets):
+                batches = await peek.getmany(timeout_ms=timeout_ms)
+                for ktp, records in batches.items():
+                    tp = TopicPartition(ktp.topic, ktp.partition)
+                    if records and tp in offsets and tp not in found:
+                        found[tp] = int(records[0].timestamp)
+                        peek.pause(ktp)
+        return found
+
+    async def topic_retention_ms(self, topics: Iterable[str]) -> dict[str, int | None]:
+        """``retention.ms`` of each of ``topics`` (-1: infinite; None when the broker does not
+        say), read with an admin client built from the settings (describe_configs)."""
+        from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+        names = sorted(set(topics))
+        if not names:
+            return {}
+        result: dict[str, int | None] = dict.fromkeys(names)
+        async with admin_client(self._settings) as admin:
+            responses = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, name) for name in names]
+            )
+        for response in responses:
+            for resource in response.resources:
+                error, name, entries = resource[0], resource[3], resource[4]
+                if error or name not in result:
+                    continue
+                for entry in entries:
+                    if entry[0] == "retention.ms" and entry[1] is not None:
+                        result[name] = int(entry[1])
+        return result
+
+    async def _peek_consumer(self) -> AIOKafkaConsumer:
+        if self._peek is None:
+            peek = AIOKafkaConsumer(
+                **client_options(self._settings, ClientRole.FETCHER),
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_partition_fetch_bytes=PEEK_FETCH_BYTES,
+                fetch_max_bytes=PEEK_FETCH_BYTES,
+                isolation_level="read_committed",
+            )
+            await peek.start()
+            self._peek = peek
+        return self._peek
+
     async def stop(self) -> None:
-        """Close the consumer."""
-        await self._consumer.stop()
+        """Close the consumer (and the timestamp reader, if it was started)."""
+        peek, self._peek = self._peek, None
+        try:
+            if peek is not None:
+                await peek.stop()
+        finally:
+            await self._consumer.stop()

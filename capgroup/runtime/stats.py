@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from capgroup.types import TopicPartition
 
-__all__ = ["ConsumerStats", "Counters", "IngressRates", "StoppedPartition"]
+__all__ = ["ConsumerStats", "Counters", "IngressRates", "PartitionLag", "StoppedPartition"]
 
 
 @dataclass(slots=True)
@@ -65,6 +65,9 @@ class Counters:
     memory_pressure_events: int = 0
     #: Partitions stopped (flush failure, failed ``on_partitions_assigned``, ...), ever.
     partitions_stopped: int = 0
+    #: Records deleted by retention before the group consumed them (committed offset below
+    #: the log start offset; each gap counted once): data loss.
+    records_deleted_unconsumed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +114,34 @@ class ConsumerStats:
     ingress_rates: Mapping[TopicPartition, float]
     #: The stopped partitions with why and where they stopped (keys: ``stopped_partitions``).
     stopped: Mapping[TopicPartition, StoppedPartition] = field(default_factory=dict)
+    #: Lag and retention figures of owned partitions (and, on the leader, of unassigned
+    #: ones), from the latest lag sample (:mod:`capgroup.runtime.lag`).
+    lag: Mapping[TopicPartition, PartitionLag] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    """One partition's lag and retention risk, as of one lag sample."""
+
+    tp: TopicPartition
+    #: True for a partition this member owns; False for one nobody owns (leader only).
+    owned: bool
+    #: High watermark (the last stable offset under ``read_committed``).
+    end_offset: int
+    #: Log start offset (the first offset retention has not deleted).
+    log_start_offset: int
+    #: The group's committed offset (for an owned partition without a commit: the position
+    #: it started at); None when nothing is committed for an unassigned partition.
+    committed: int | None
+    #: ``end_offset - committed`` (0 when the committed offset is at or past the end).
+    lag_records: int
+    #: Age of the oldest unconsumed record (now − its timestamp); 0 without lag; None when
+    #: its timestamp is not known yet.
+    lag_seconds: float | None
+    #: Time left before the oldest unconsumed record is eligible for time-based deletion (a
+    #: lower bound: see :func:`capgroup.runtime.lag.retention_margin_seconds`); None when
+    #: retention is infinite or unknown.
+    retention_margin_seconds: float | None
 
 
 class IngressRates:

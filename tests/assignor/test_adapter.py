@@ -23,7 +23,6 @@ from capgroup.assignor.adapter import (
 from capgroup.assignor.model import CapacityAdvertisement, MemberSpec, OwnedPartition, PartitionSpec
 from capgroup.membership.aiokafka_assignor import CapacityAwareAssignor
 from capgroup.protocol import (
-    AssignmentInfo,
     decode_advertisement,
     decode_assignment_info,
     decode_member_metadata,
@@ -100,7 +99,9 @@ def test_bad_members_get_nothing_and_the_group_still_gets_a_full_plan() -> None:
     for good in ("m-1", "m-2", "m-3"):
         assert len(decoded[good].partitions()) == 4
         info = decode_assignment_info(decoded[good].user_data)
-        assert info == AssignmentInfo(generation=3, unassigned=0, pending=0)
+        assert (info.generation, info.unassigned, info.pending) == (3, 0, 0)
+        assert info == group.info  # the same group figures for every member
+        assert info.members == 6  # the three rejected members are in the generation too
 
     rejected = {e["member_id"]: e for e in logs if e["event"] == "member_metadata_rejected"}
     assert set(rejected) == {"m-garbage", "m-foreign", "m-future"}

@@ -11,7 +11,7 @@ from capgroup.assignor.model import CapacityAdvertisement, OwnedPartition
 from capgroup.membership import wire
 from capgroup.membership.engine import _decode_assignment, _exceeds, _limits, _within
 from capgroup.membership.model import NO_GENERATION, Generation
-from capgroup.protocol.consumer import encode_member_assignment
+from capgroup.protocol.consumer import AssignmentInfo, encode_member_assignment
 from capgroup.types import TopicPartition
 
 HIGHEST = {8: (2, 9), 12: (0, 4), 13: (0, 5)}  # what a Kafka 4.1 broker advertises
@@ -66,12 +66,24 @@ def test_generation_validity() -> None:
 
 
 def test_assignment_decoding_is_tolerant() -> None:
-    raw = encode_member_assignment([TopicPartition("t", 1), TopicPartition("u", 0)])
-    assert _decode_assignment(raw) == {TopicPartition("t", 1), TopicPartition("u", 0)}
-    assert _decode_assignment(b"") == frozenset()
+    tps = frozenset({TopicPartition("t", 1), TopicPartition("u", 0)})
+    raw = encode_member_assignment(sorted(tps))
+    assert _decode_assignment(raw) == (tps, None)
+    assert _decode_assignment(b"") == (frozenset(), None)
     with capture_logs() as logs:
-        assert _decode_assignment(b"\x00\x01\xff") == frozenset()
+        assert _decode_assignment(b"\x00\x01\xff") == (frozenset(), None)
     assert [e["event"] for e in logs] == ["assignment_undecodable"]
+
+
+def test_assignment_decoding_keeps_the_leaders_figures() -> None:
+    tps = frozenset({TopicPartition("t", 1)})
+    info = AssignmentInfo(5, unassigned=2, pending=1, members=2, replicas_wanted=4)
+    assert _decode_assignment(encode_member_assignment(sorted(tps), info)) == (tps, info)
+    # Foreign user_data (another assignor's) keeps the partitions and drops the figures.
+    foreign = encode_member_assignment(sorted(tps))[:-4] + b"\x00\x00\x00\x03xyz"
+    with capture_logs() as logs:
+        assert _decode_assignment(foreign) == (tps, None)
+    assert [e["event"] for e in logs] == ["assignment_info_undecodable"]
 
 
 def test_capacity_change_ignores_ownership() -> None:

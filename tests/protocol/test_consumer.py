@@ -109,3 +109,63 @@ def test_assignment_encoding_is_byte_identical_to_aiokafka(
         encode_assignment_info(info) if info is not None else b"",
     ).encode()
     assert encode_member_assignment(tps, info) == bytes(theirs)
+
+
+_count = st.integers(0, 2**63 - 1)
+_figure = st.none() | _count
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    generation=st.integers(-1, 2**31 - 1),
+    counts=st.tuples(_count, _count),
+    figures=st.tuples(*[_figure] * 7),
+)
+def test_assignment_info_round_trips_with_the_group_figures(
+    generation: int, counts: tuple[int, int], figures: tuple[int | None, ...]
+) -> None:
+    info = AssignmentInfo(generation, *counts, *figures)
+    assert decode_assignment_info(encode_assignment_info(info)) == info
+
+
+def test_group_figures_golden_v1_1() -> None:
+    info = AssignmentInfo(
+        7,
+        unassigned=2,
+        pending=1,
+        members=3,
+        capacity_partitions=4,
+        demand_partitions=6,
+        capacity_bytes=300,
+        demand_bytes=0,
+        headroom_members=0,
+        replicas_wanted=5,
+    )
+    golden = bytes.fromhex("4341010101010e020102030101040103050104060106")
+    golden += bytes.fromhex("0802ac020901000a01000b0105")
+    assert encode_assignment_info(info) == golden
+    assert decode_assignment_info(golden) == info
+
+
+def test_a_1_0_leaders_info_has_no_figures() -> None:
+    # What a 1.0 leader sends: generation, unassigned and pending only.
+    info = decode_assignment_info(bytes.fromhex("4341010001010e020102030101"))
+    assert info == AssignmentInfo(7, 2, 1)
+    assert info.members is None
+    assert info.replicas_wanted is None
+
+
+def test_a_1_0_reader_skips_the_figures() -> None:
+    # The 1.0 decoder's loop, verbatim but for the tags it knows: the figures are skipped.
+    from capgroup.protocol._wire import Reader
+
+    data = encode_assignment_info(AssignmentInfo(9, 2, 0, members=3, replicas_wanted=4))
+    r, known = Reader(data, 4), dict[object, int]()
+    while r.remaining():
+        tag = r.uvarint("field tag")
+        field = r.window(r.uvarint("field length"), f"field {tag}")
+        if tag == 1:
+            known["generation"] = field.svarint("generation", -1, 2**31 - 1)
+        elif tag in (2, 3):
+            known[tag] = field.uvarint("count")
+    assert known == {"generation": 9, 2: 2, 3: 0}

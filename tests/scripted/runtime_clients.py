@@ -50,6 +50,10 @@ class ScriptedFetcher:
         #: When set, ``end_offsets`` raises it.
         self.end_offsets_error: BaseException | None = None
         self.fetches = 0
+        #: Log start offset per partition (0 unless :meth:`delete_before` moved it).
+        self.log_start: dict[TopicPartition, int] = {}
+        #: ``retention.ms`` per topic answered by ``topic_retention_ms`` (absent: None).
+        self.retention_ms: dict[str, int] = {}
         self._position: dict[TopicPartition, int] = {}
         self._changed: anyio.Event | None = None
 
@@ -75,6 +79,11 @@ class ScriptedFetcher:
     def append_many(self, tp: TopicPartition, count: int, size: int = 10) -> list[int]:
         """Append ``count`` records of ``size`` value bytes to ``tp``; returns their offsets."""
         return [self.append(tp, b"x" * size) for _ in range(count)]
+
+    def delete_before(self, tp: TopicPartition, offset: int) -> None:
+        """Move ``tp``'s log start offset to ``offset``, as retention deleting a segment
+        would (records below it can no longer be read)."""
+        self.log_start[tp] = max(self.log_start.get(tp, 0), offset)
 
     @property
     def flowing(self) -> frozenset[TopicPartition]:
@@ -139,6 +148,27 @@ class ScriptedFetcher:
         if self.end_offsets_error is not None:
             raise self.end_offsets_error
         return {tp: len(self.logs.get(tp, ())) for tp in partitions}
+
+    async def beginning_offsets(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, int]:
+        if self.end_offsets_error is not None:
+            raise self.end_offsets_error
+        return {tp: self.log_start.get(tp, 0) for tp in partitions}
+
+    async def record_timestamps(
+        self, offsets: Mapping[TopicPartition, int], timeout_ms: int = 2_000
+    ) -> dict[TopicPartition, int]:
+        found: dict[TopicPartition, int] = {}
+        for tp, offset in offsets.items():
+            log = self.logs.get(tp, [])
+            first = max(offset, self.log_start.get(tp, 0))
+            if first < len(log):
+                found[tp] = log[first].timestamp
+        return found
+
+    async def topic_retention_ms(self, topics: Iterable[str]) -> dict[str, int | None]:
+        return {topic: self.retention_ms.get(topic) for topic in topics}
 
     # ------------------------------------------------------------------ internals -------
     def _take(self, limit: int) -> dict[TopicPartition, list[Any]]:
