@@ -23,7 +23,7 @@ from tests.scripted.runtime_clients import ScriptedDeadLetterSink, ScriptedFetch
 TP = TopicPartition("events", 0)
 OTHER = TopicPartition("events", 1)
 #: A batch is cut at 10 records; age never cuts one here.
-LIMITS = BatchLimits(max_records=10, max_bytes=1 << 20, max_age=3600.0)
+LIMITS = BatchLimits(max_records=10, max_bytes=1 << 20, max_age=1e12)
 
 
 @dataclass
