@@ -95,8 +95,14 @@ EVERYTHING = {
     },
     "drain": {"fromOrdinal": 3},
 }
+#: capgroup doctor as a CronJob, on a secured cluster.
+DOCTOR = {
+    **SECURITY,
+    "doctor": {"enabled": True, "schedule": "*/30 * * * *", "args": ["--fail-on", "warn"]},
+}
 PROFILES: dict[str, dict[str, Any]] = {
     "defaults": {},
+    "doctor": DOCTOR,
     "keda": KEDA,
     "monitoring": MONITORING,
     "security": SECURITY,
@@ -104,6 +110,7 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 EXPECTED_KINDS = {
     "defaults": {"Service", "StatefulSet", "PodDisruptionBudget"},
+    "doctor": {"Service", "StatefulSet", "PodDisruptionBudget", "ServiceAccount", "CronJob"},
     "keda": {"Service", "StatefulSet", "PodDisruptionBudget", "ScaledObject"},
     "monitoring": {
         "Service",
@@ -577,6 +584,25 @@ def test_autoscaling_values_that_would_misbehave_fail_the_render(
     result = helm("template", "rel", overlay=overlay)
     assert result.returncode != 0, result.stdout
     assert message in result.stderr, result.stderr
+
+
+# ------------------------------------------------------------------- doctor ------
+def test_the_doctor_cron_job_checks_the_group_with_the_connection_settings() -> None:
+    objects = by_kind(DOCTOR)
+    job = objects["CronJob"]
+    assert job["spec"]["schedule"] == "*/30 * * * *"
+    pod = job["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (doctor,) = pod["containers"]
+    assert doctor["command"] == [
+        *("capgroup", "doctor", "--group", "archiver"),
+        *("--topic", "events", "--topic", "audit", "--fail-on", "warn"),
+    ]
+    env = {e["name"]: e for e in doctor["env"]}
+    assert env["CAPGROUP_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
+    assert {"CAPGROUP_SASL_PASSWORD_FILE", "CAPGROUP_SSL_CAFILE"} <= set(env)
+    assert {v["name"] for v in pod["volumes"]} == {"kafka-tls", "kafka-sasl"}
+    assert pod["restartPolicy"] == "Never"
+    assert "CronJob" not in by_kind({})
 
 
 # ------------------------------------------------------------------- alerts ------
