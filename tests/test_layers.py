@@ -26,7 +26,7 @@ LAYERS: dict[str, int] = {
     "devkafka": 5,
     "cli": 6,
 }
-FOUNDATION = {"_lazy", "types", "errors", "log", "settings", "connection", "security"}
+FOUNDATION = {"_lazy", "types", "errors", "log", "settings", "connection", "security", "sharding"}
 
 
 def layer_of(module: str) -> str | None:

@@ -33,12 +33,23 @@ def build_parser() -> argparse.ArgumentParser:
         description="Kafka consumer groups that know their own limits.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    from capgroup.cli import config_cmd, demo_cmd, describe_cmd, kafka_cmd, plan_cmd, run_cmd
+    from capgroup.cli import (
+        config_cmd,
+        demo_cmd,
+        describe_cmd,
+        doctor_cmd,
+        hotkeys_cmd,
+        kafka_cmd,
+        plan_cmd,
+        run_cmd,
+    )
 
     config_cmd.register(sub)
     kafka_cmd.register(sub)
     demo_cmd.register(sub)
     describe_cmd.register(sub)
+    doctor_cmd.register(sub)
+    hotkeys_cmd.register(sub)
     plan_cmd.register(sub)
     run_cmd.register(sub)
     return parser

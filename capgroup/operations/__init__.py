@@ -17,6 +17,14 @@ if TYPE_CHECKING:
         PartitionLag,
         describe_group,
     )
+    from capgroup.operations.doctor import Finding
+    from capgroup.operations.doctor_gather import DoctorReport, run_doctor
+    from capgroup.operations.hotkeys import (
+        HotKey,
+        HotkeysReport,
+        KeySketch,
+        TopicNotFoundError,
+    )
     from capgroup.operations.http import (
         HealthCheck,
         OperationsServer,
@@ -35,20 +43,27 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ConsumerCollector",
+    "DoctorReport",
+    "Finding",
     "GroupNotFoundError",
     "GroupState",
     "HealthCheck",
+    "HotKey",
+    "HotkeysReport",
+    "KeySketch",
     "MemberState",
     "ObservableConsumer",
     "OperationsServer",
     "OperationsServerError",
     "PartitionLag",
     "RunnableConsumer",
+    "TopicNotFoundError",
     "describe_group",
     "liveness",
     "metrics_registry",
     "readiness",
     "render_metrics",
+    "run_doctor",
     "run_with_operations",
     "serve_operations",
 ]
@@ -59,6 +74,13 @@ _EXPORTS = {
     "MemberState": "capgroup.operations.describe",
     "PartitionLag": "capgroup.operations.describe",
     "describe_group": "capgroup.operations.describe",
+    "HotKey": "capgroup.operations.hotkeys",
+    "HotkeysReport": "capgroup.operations.hotkeys",
+    "KeySketch": "capgroup.operations.hotkeys",
+    "TopicNotFoundError": "capgroup.operations.hotkeys",
+    "Finding": "capgroup.operations.doctor",
+    "DoctorReport": "capgroup.operations.doctor_gather",
+    "run_doctor": "capgroup.operations.doctor_gather",
     "HealthCheck": "capgroup.operations.http",
     "OperationsServer": "capgroup.operations.http",
     "OperationsServerError": "capgroup.operations.http",
