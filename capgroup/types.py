@@ -56,6 +56,9 @@ class CapacityAdvertisement:
     rack: str | None = None
     draining: bool = False
     owned: tuple[OwnedPartition, ...] = ()
+    #: Bytes one relay-only partition costs this member (its fetch buffer only: the records are
+    #: republished, never batched); 0 means the member does not relay. See ``docs/assignor.md``.
+    relay_partition_bytes: int = 0
 
     def cost_of(self, topic: str) -> int:
         """Bytes one partition of ``topic`` costs this member."""

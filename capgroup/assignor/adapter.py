@@ -147,12 +147,20 @@ def plan_subscriptions(
     info = group_figures(
         plan, specs, partitions, generation, members=len(decoded), headroom=headroom_members
     )
-    assignments = {
-        member_id: encode_member_assignment(plan.assignment.get(member_id, ()), info)
-        for member_id, _, _ in decoded
-    }
+    assignments = {member_id: _encode_for(plan, member_id, info) for member_id, _, _ in decoded}
     _report(plan, specs, rejected, len(partitions), generation)
     return GroupPlan(plan, assignments, tuple(specs), rejected, info)
+
+
+def _encode_for(plan: Plan, member_id: str, info: AssignmentInfo) -> bytes:
+    """A member's assignment: its relay-only partitions are in the partition list too (it
+    owns them, so the group sees them owned and their commits are fenced as usual) and are
+    named in its :class:`AssignmentInfo`."""
+    batch = plan.assignment.get(member_id, ())
+    relay = plan.relay.get(member_id, ())
+    if relay:
+        return encode_member_assignment((*batch, *relay), replace(info, relay_only=relay))
+    return encode_member_assignment(batch, info)
 
 
 def group_figures(
@@ -172,6 +180,8 @@ def group_figures(
     when that cost is 0, and 0 when it subscribes to none; the *typical* member's slots ``s``
     are the upper median of the live members' non-zero slots; ``H`` is ``headroom``):
 
+    * ``unassigned``: partitions neither assigned nor relay-only (``len(plan.unassigned)``);
+      ``relayed``: the relay-only partitions, sent only when the plan has some (None otherwise);
     * ``members``: members of the generation (``len(specs)`` unless given: the engine counts
       rejected members too);
     * ``capacity_partitions``: the sum of the live members' slots;
@@ -196,8 +206,12 @@ def group_figures(
       identical members of ``s`` slots both cases give ``ceil(P / s) + H``: a target that
       does not move when the autoscaler adds the members it asked for, so it does not flap.
     """
+    n_relayed = sum(map(len, plan.relay.values()))
     n_partitions = (
-        sum(map(len, plan.assignment.values())) + len(plan.pending) + len(plan.unassigned)
+        sum(map(len, plan.assignment.values()))
+        + len(plan.pending)
+        + len(plan.unassigned)
+        + n_relayed
     )
     per_topic = Counter(map(_TOPIC_OF, partitions))
     if sum(per_topic.values()) != n_partitions:  # duplicate specs collapse in the plan
@@ -210,14 +224,16 @@ def group_figures(
         live,
         key=lambda m: (-slots[m.member_id], -balance._clean_weight(m.capacity.weight), m.member_id),
     )
-    # A plan that leaves partitions unassigned is short: nothing can be lost.
-    spare = 0 if plan.unassigned else _headroom(ranked, partitions, costs, n_partitions)
+    # A plan that leaves partitions unassigned (or only relays them: no batch home) is short:
+    # nothing can be lost.
+    short = bool(plan.unassigned) or n_relayed > 0
+    spare = 0 if short else _headroom(ranked, partitions, costs, n_partitions)
     sizes = [n for n in slots.values() if n > 0]
     typical = statistics.median_high(sizes) if sizes else 0
-    if not plan.unassigned and spare >= headroom:
+    if not short and spare >= headroom:
         wanted = len(live) + headroom - spare
     else:
-        extra = max(headroom - spare, 1 if plan.unassigned else 0)
+        extra = max(headroom - spare, 1 if short else 0)
         if typical:
             sizes_desc = [slots[m.member_id] for m in ranked]
             extra = max(extra, _typical_members_needed(sizes_desc, typical, n_partitions, headroom))
@@ -234,6 +250,7 @@ def group_figures(
         demand_bytes=sum(n * typical_cost.get(t, 0) for t, n in per_topic.items()),
         headroom_members=spare,
         replicas_wanted=wanted,
+        relayed=n_relayed or None,
     )
 
 
@@ -419,4 +436,5 @@ def _report(
         pending=len(plan.pending),
         unassigned=len(plan.unassigned),
         moved=plan.moved,
+        **({"relayed": sum(map(len, plan.relay.values()))} if plan.relay else {}),
     )

@@ -3,7 +3,7 @@
 The body of :func:`assign` is a fixed pipeline of small named steps::
 
     normalize -> resolve claims -> load units -> capacities -> keep owned
-    -> place free -> augment -> balance -> cooperative adjustment (output)
+    -> place free -> augment -> balance -> relay -> cooperative adjustment (output)
 
 Every step works on integer indexes into two sorted tables (members by id, partitions by
 topic and number), so the result does not depend on input order, and on flat lists rather
@@ -856,10 +856,83 @@ def _balance(st: _State, owner: list[int]) -> int:
     return moves
 
 
+# --------------------------------------------------------------------------- relay
+
+
+def _relay_costs(grp: _Group, st: _State) -> list[int]:
+    """Per member, what one relay-only partition costs it; 0 when it does not relay."""
+    return [
+        r if r > 0 and st.cap[i] > 0 and st.budget[i] >= 0 else 0
+        for i, r in enumerate(s.capacity.relay_partition_bytes for s in grp.specs)
+    ]
+
+
+def _relay(grp: _Group, st: _State, claims: _Claims) -> dict[int, list[int]]:
+    """Relay-only assignments (issue 13) out of what batch placement left unassigned.
+
+    Runs after every batch step, on the capacity they left, so it never displaces a batch
+    assignment. Hottest partitions first. A partition with a valid owner goes only to that
+    owner (stickiness: a member keeps its relay-only partitions while they have no batch home;
+    no relay assignment passes straight between live members), and a contested one to nobody
+    this round. A free one goes to the subscribed relaying member with room holding the fewest
+    relay-only partitions (ties to the smaller id). Each costs 1 slot and the member's
+    ``relay_partition_bytes``. Returns member index -> partition indexes.
+    """
+    cost = _relay_costs(grp, st)
+    if not any(cost):
+        return {}
+    target, owner, ptopic = st.target, claims.owner, st.ptopic
+    left = [j for j, i in enumerate(target) if i < 0 and j not in claims.conflicts]
+    if not left:
+        return {}
+    count = [0] * len(cost)
+    used = [0] * len(cost)
+
+    def fits(i: int, t: int) -> bool:
+        return (
+            cost[i] > 0
+            and t in st.ccost[st.mcls[i]]
+            and st.count[i] + count[i] < st.cap[i]
+            and st.used[i] + used[i] + cost[i] <= st.budget[i]
+        )
+
+    heaps: dict[int, list[tuple[int, int]]] = {}
+    relay: dict[int, list[int]] = {}
+    unit = st.unit
+    for j in sorted(left, key=lambda j: (-unit[j], j)):
+        t = ptopic[j]
+        i = owner[j]
+        if i < 0:
+            heap = heaps.get(t)
+            if heap is None:
+                heap = heaps[t] = [(0, m) for m in range(len(cost)) if fits(m, t)]
+            while heap:
+                n, m = heap[0]
+                if n != count[m]:
+                    heapq.heapreplace(heap, (count[m], m))
+                elif not fits(m, t):
+                    heapq.heappop(heap)  # room only shrinks: never again
+                else:
+                    i = m
+                    break
+        if i < 0 or not fits(i, t):
+            continue
+        relay.setdefault(i, []).append(j)
+        count[i] += 1
+        used[i] += cost[i]
+    return relay
+
+
 # --------------------------------------------------------------------------- output
 
 
-def _output(grp: _Group, st: _State, claims: _Claims, notes: list[str]) -> Plan:
+def _output(
+    grp: _Group,
+    st: _State,
+    claims: _Claims,
+    notes: list[str],
+    relay: dict[int, list[int]] | None = None,
+) -> Plan:
     """Cooperative adjustment and output: withhold every move away from a live claimant.
 
     A partition leaving its valid owner for another member is pending (the owner revokes
@@ -871,7 +944,8 @@ def _output(grp: _Group, st: _State, claims: _Claims, notes: list[str]) -> Plan:
     # Stable sort by holder keeps each member's partitions in (topic, partition) order.
     order = sorted(range(len(target)), key=target.__getitem__)
     n_out = target.count(-1)
-    unassigned = tuple(map(tps.__getitem__, order[:n_out]))
+    relayed = {j for js in relay.values() for j in js} if relay else set()
+    unassigned = tuple(tps[j] for j in order[:n_out] if j not in relayed)
     moves: list[tuple[int, int, int]] = []  # (partition, from, to)
     kept = 0
     for i, js in claims.mine.items():
@@ -902,12 +976,18 @@ def _output(grp: _Group, st: _State, claims: _Claims, notes: list[str]) -> Plan:
         notes.append(
             f"{len(unassigned)} partition(s) unassigned: members' budgets cannot hold them"
         )
+    if relayed:
+        notes.append(f"{len(relayed)} partition(s) relay-only: no member can batch them")
     return Plan(
         assignment=assignment,
         pending=tuple(PendingMove(tps[j], ids[a], ids[b]) for j, a, b in moves),
         unassigned=unassigned,
-        moved=len(target) - n_out - kept,
+        # A relay-only partition changes holder only when it had no valid owner.
+        moved=len(target) - n_out - kept + sum(claims.owner[j] < 0 for j in relayed),
         notes=tuple(notes),
+        relay={
+            ids[i]: tuple(tps[j] for j in sorted(js)) for i, js in sorted((relay or {}).items())
+        },
     )
 
 
@@ -939,7 +1019,7 @@ def assign(
         unplaced = _place_free(st, free)
         _augment(st, unplaced)
         _balance(st, claims.owner)
-        return _output(grp, st, claims, _notes(claims, shed))
+        return _output(grp, st, claims, _notes(claims, shed), _relay(grp, st, claims))
 
 
 def _notes(claims: _Claims, shed: list[int]) -> list[str]:

@@ -54,8 +54,8 @@ class PendingMove:
 class Plan:
     """The assignor's output for one generation.
 
-    Every input partition appears exactly once across ``assignment``, ``pending`` and
-    ``unassigned``. ``assignment`` has an entry for every input member, possibly empty.
+    Every input partition appears exactly once across ``assignment``, ``relay``, ``pending``
+    and ``unassigned``. ``assignment`` has an entry for every input member, possibly empty.
     """
 
     assignment: Mapping[str, tuple[TopicPartition, ...]]
@@ -66,3 +66,8 @@ class Plan:
     moved: int = 0
     #: Human-readable reasons for anything notable (capacity shortfall, claim conflicts).
     notes: tuple[str, ...] = field(default=())
+    #: Relay-only assignments (issue 13): per member (only members that got any), partitions
+    #: batch capacity could not place, which the member fetches and republishes but never
+    #: batches. Each costs 1 against ``max_partitions`` and ``relay_partition_bytes`` against
+    #: the budget, out of what batch placement left. Empty unless some member relays.
+    relay: Mapping[str, tuple[TopicPartition, ...]] = field(default_factory=dict)

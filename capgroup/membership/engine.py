@@ -178,6 +178,8 @@ class MembershipEngine:
         # leads, the partitions its latest plan left unassigned.
         self._group_figures: AssignmentInfo | None = None
         self._unassigned: tuple[TopicPartition, ...] = ()
+        # The relay-only part of ``_owned`` (issue 13): owned, fetched, never batched.
+        self._relay_only: frozenset[TopicPartition] = frozenset()
 
     # ------------------------------------------------------------------ observation --
     @property
@@ -214,6 +216,13 @@ class MembershipEngine:
         (sorted); empty on other members and when not in a generation."""
         return self._unassigned if self._generation.valid else ()
 
+    @property
+    def relay_only(self) -> frozenset[TopicPartition]:
+        """The relay-only partitions of the current assignment (a subset of
+        :attr:`assignment`: owned and committed as usual, but their records are republished,
+        never batched); empty when not in a generation or when the leader sent none."""
+        return self._relay_only if self._generation.valid else frozenset()
+
     def snapshot(self) -> MembershipSnapshot:
         """A consistent view of the member for logs, metrics and health checks."""
         return MembershipSnapshot(
@@ -228,6 +237,7 @@ class MembershipEngine:
             rebalances=self._rebalances,
             last_rebalance_seconds=self._last_rebalance_seconds,
             group_figures=self.group_figures,
+            relay_only=self.relay_only,
         )
 
     # ------------------------------------------------------------------ control ------
@@ -329,6 +339,7 @@ class MembershipEngine:
             rack=base.rack,
             draining=base.draining or self._stopping,
             owned=owned,
+            relay_partition_bytes=base.relay_partition_bytes,
         )
         self._advertised = advertised
         return advertised
@@ -405,7 +416,8 @@ class MembershipEngine:
         self._raise_for_coordinator(error, "sync")
         assigned, self._group_figures = _decode_assignment(sync.member_assignment)
         self._unassigned = unassigned
-        await self._apply(generation, assigned)
+        relay = self._group_figures.relay_only if self._group_figures is not None else ()
+        await self._apply(generation, assigned, assigned.intersection(relay))
 
     async def _lead(
         self, members: list[Any], generation_id: int
@@ -443,16 +455,21 @@ class MembershipEngine:
             for partition in sorted(known.get(topic, ()))
         ]
 
-    async def _apply(self, generation: Generation, assigned: frozenset[TopicPartition]) -> None:
+    async def _apply(
+        self,
+        generation: Generation,
+        assigned: frozenset[TopicPartition],
+        relay: frozenset[TopicPartition] = frozenset(),
+    ) -> None:
         began = anyio.current_time()
         previous = self._owned
         offered = len(assigned)
-        if self._advertised is not None and _exceeds(assigned, self._advertised):
+        if self._advertised is not None and _exceeds(assigned, self._advertised, relay):
             # A static member restarting with a lower budget is answered from the broker's
             # cache, without the leader seeing the new budget. Take only what fits (what we
             # already hold first), never start the rest, and ask for a real rebalance: our
             # next join claims only what we took, so the leader places the rest elsewhere.
-            assigned = _within(assigned, previous, self._advertised)
+            assigned = _within(assigned, previous, self._advertised, relay)
             _log.warning(
                 "assignment_exceeds_capacity",
                 generation=generation.generation_id,
@@ -461,6 +478,7 @@ class MembershipEngine:
                 max_partitions=self._advertised.max_partitions,
             )
             self.request_rejoin("assignment exceeds the advertised capacity")
+        relay = relay & assigned
         revoked = previous - assigned
         added = assigned - previous
         self._generation = generation
@@ -471,14 +489,18 @@ class MembershipEngine:
             # Two-phase hand-off: what we give up is flushed or discarded and committed
             # under this generation before anybody else may get it (in the next round).
             await self._listener.on_partitions_revoked(
-                AssignmentChange(generation, assigned, revoked, "revoked by the group leader")
+                AssignmentChange(
+                    generation, assigned, revoked, "revoked by the group leader", relay
+                )
             )
         self._owned = previous & assigned
+        self._relay_only = relay & self._owned
         if self._lost_reason is not None:
             # The generation died while the revoke hook ran: what we kept is lost too, and
             # nothing new is announced for a generation that no longer exists.
             return
         self._owned = assigned
+        self._relay_only = relay
         self._committable = assigned
         self._owned_generation = dict.fromkeys(assigned, generation.generation_id)
         for tp in added:
@@ -486,7 +508,9 @@ class MembershipEngine:
         if added:
             try:
                 await self._listener.on_partitions_assigned(
-                    AssignmentChange(generation, assigned, added, "assigned by the group leader")
+                    AssignmentChange(
+                        generation, assigned, added, "assigned by the group leader", relay
+                    )
                 )
             except (CommitFailedError, CommitFencedError) as exc:
                 # Gained partitions whose committed offsets cannot be read cannot be started
@@ -501,6 +525,7 @@ class MembershipEngine:
             assigned=_names(assigned),
             added=_names(added),
             revoked=_names(revoked),
+            **({"relay_only": _names(relay)} if relay else {}),
             duration_s=round(anyio.current_time() - began, 3),
         )
         if revoked:
@@ -524,6 +549,7 @@ class MembershipEngine:
         self._lost_reason = None
         lost = self._owned
         self._owned = frozenset()
+        self._relay_only = frozenset()
         self._owned_generation = {}
         self._gained_at.clear()
         _log.warning("generation_lost", reason=reason, lost=_names(lost))
@@ -920,28 +946,43 @@ def _subscription(raw: bytes) -> list[str]:
         return []
 
 
+def _cost(tp: TopicPartition, adv: CapacityAdvertisement, relay: frozenset[TopicPartition]) -> int:
+    """What ``tp`` costs the member: ``relay_partition_bytes`` for a relay-only partition
+    (the topic's batch cost if the member does not advertise relay), else the topic's cost."""
+    if tp in relay and adv.relay_partition_bytes > 0:
+        return adv.relay_partition_bytes
+    return adv.cost_of(tp.topic)
+
+
 def _within(
     assigned: frozenset[TopicPartition],
     held: frozenset[TopicPartition],
     adv: CapacityAdvertisement,
+    relay: frozenset[TopicPartition] = frozenset(),
 ) -> frozenset[TopicPartition]:
     """The part of ``assigned`` the member takes when it exceeds its own budget: partitions
-    it already holds first, then in order, while the count and bytes fit."""
+    it already holds first, then in order, while the count and bytes fit (relay-only ones,
+    ``relay``, at their relay cost)."""
     taken: list[TopicPartition] = []
     used = 0
     for tp in sorted(assigned, key=lambda tp: (tp not in held, tp)):
-        cost = adv.cost_of(tp.topic)
+        cost = _cost(tp, adv, relay)
         if len(taken) < adv.max_partitions and used + cost <= adv.memory_budget_bytes:
             taken.append(tp)
             used += cost
     return frozenset(taken)
 
 
-def _exceeds(assigned: frozenset[TopicPartition], adv: CapacityAdvertisement) -> bool:
-    """Whether ``assigned`` breaks the member's own advertised budget."""
+def _exceeds(
+    assigned: frozenset[TopicPartition],
+    adv: CapacityAdvertisement,
+    relay: frozenset[TopicPartition] = frozenset(),
+) -> bool:
+    """Whether ``assigned`` breaks the member's own advertised budget (relay-only partitions,
+    ``relay``, cost ``relay_partition_bytes``)."""
     if len(assigned) > adv.max_partitions:
         return True
-    return sum(adv.cost_of(tp.topic) for tp in assigned) > adv.memory_budget_bytes
+    return sum(_cost(tp, adv, relay) for tp in assigned) > adv.memory_budget_bytes
 
 
 def _limits(adv: CapacityAdvertisement) -> tuple[Any, ...]:
@@ -954,6 +995,7 @@ def _limits(adv: CapacityAdvertisement) -> tuple[Any, ...]:
         adv.weight,
         adv.rack,
         adv.draining,
+        adv.relay_partition_bytes,
     )
 
 

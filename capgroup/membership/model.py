@@ -71,13 +71,15 @@ NO_GENERATION = Generation(-1, "")
 class AssignmentChange:
     """One step of the member's ownership, handed to the runtime.
 
-    ``assigned`` is the full set the member owns once the step completes.
+    ``assigned`` is the full set the member owns once the step completes; ``relay_only`` the
+    part of it the leader gave as relay-only (fetch and republish, never batch; issue 13).
     """
 
     generation: Generation
     assigned: frozenset[TopicPartition]
     partitions: frozenset[TopicPartition]
     reason: str
+    relay_only: frozenset[TopicPartition] = frozenset()
 
 
 class AssignmentListener(Protocol):
@@ -121,3 +123,5 @@ class MembershipSnapshot:
     #: The group-wide figures the leader sent with the current generation's assignment
     #: (:attr:`MembershipEngine.group_figures`); None when not in a generation.
     group_figures: AssignmentInfo | None = None
+    #: The relay-only part of ``assigned`` (:attr:`MembershipEngine.relay_only`).
+    relay_only: frozenset[TopicPartition] = frozenset()

@@ -23,6 +23,19 @@ tag   field                      payload                                        
 8     owned                      see below                                          empty
 ====  =========================  =================================================  ========
 
+Version 1.1 adds one tag (tag 9 is never used: the compatibility tests use it as the unknown
+field of a future minor):
+
+====  =========================  =================================================  ========
+tag   field                      payload                                            default
+====  =========================  =================================================  ========
+10    relay_partition_bytes      varint, <= 2**63-1 (0: the member does not relay)  0
+====  =========================  =================================================  ========
+
+The encoder writes the lowest version that describes the advertisement: 1.0 when
+``relay_partition_bytes`` is 0 (byte for byte what a 1.0 encoder writes), 1.1 otherwise. A 1.0
+decoder skips tag 10, so an old leader simply never plans relay-only assignments.
+
 ``name`` is a varint length and UTF-8 bytes (1..255 bytes). The ``owned`` payload groups
 partitions by topic and stores each distinct generation once::
 
@@ -63,7 +76,7 @@ from capgroup.types import CapacityAdvertisement, OwnedPartition
 
 MAGIC = b"CG"
 MAJOR_VERSION = 1
-MINOR_VERSION = 0
+MINOR_VERSION = 1
 #: Hard cap on one encoded advertisement, enforced on encode and on decode.
 MAX_ENCODED_BYTES = 64 * 1024
 #: Longest topic or rack name, in UTF-8 bytes (Kafka topic names are at most 249 characters).
@@ -79,6 +92,7 @@ TAG_RACK = 5
 TAG_FLAGS = 6
 TAG_PARTITION_BYTES = 7
 TAG_OWNED = 8
+TAG_RELAY_PARTITION_BYTES = 10
 
 _FLAG_DRAINING = 1
 _TOPIC_HAS_RATES = 1
@@ -112,7 +126,7 @@ class AdvertisementTooLargeError(AdvertisementEncodeError):
 
 
 def encode_advertisement(adv: CapacityAdvertisement) -> bytes:
-    """Encode ``adv`` as version 1.0 ``user_data``.
+    """Encode ``adv`` as version 1.0 ``user_data`` (1.1 when ``relay_partition_bytes`` is set).
 
     Rates are rounded to float32. Raises :class:`AdvertisementEncodeError` for values the
     decoder would reject, and :class:`AdvertisementTooLargeError` above :data:`MAX_ENCODED_BYTES`.
@@ -120,11 +134,14 @@ def encode_advertisement(adv: CapacityAdvertisement) -> bytes:
     _check_int("max_partitions", adv.max_partitions, 0, INT32_MAX)
     _check_int("memory_budget_bytes", adv.memory_budget_bytes, 0, INT63_MAX)
     _check_int("default_partition_bytes", adv.default_partition_bytes, 0, INT63_MAX)
+    _check_int("relay_partition_bytes", adv.relay_partition_bytes, 0, INT63_MAX)
     if not (math.isfinite(adv.weight) and adv.weight > 0):
         raise AdvertisementEncodeError(f"weight must be finite and > 0, got {adv.weight!r}")
 
     out = Writer()
-    out.buf += MAGIC + bytes((MAJOR_VERSION, MINOR_VERSION))
+    # The lowest minor that carries what is set: without relay, exactly a 1.0 encoding.
+    minor = MINOR_VERSION if adv.relay_partition_bytes else 0
+    out.buf += MAGIC + bytes((MAJOR_VERSION, minor))
     field = Writer()
     field.uvarint(adv.max_partitions)
     out.field(TAG_MAX_PARTITIONS, field.buf)
@@ -157,6 +174,10 @@ def encode_advertisement(adv: CapacityAdvertisement) -> bytes:
         out.field(TAG_PARTITION_BYTES, field.buf)
     if adv.owned:
         out.field(TAG_OWNED, _encode_owned(adv.owned))
+    if adv.relay_partition_bytes:
+        field = Writer()
+        field.uvarint(adv.relay_partition_bytes)
+        out.field(TAG_RELAY_PARTITION_BYTES, field.buf)
     if len(out.buf) > MAX_ENCODED_BYTES:
         raise AdvertisementTooLargeError(len(out.buf), len(adv.owned))
     return bytes(out.buf)
@@ -244,7 +265,7 @@ def _decode(data: bytes) -> CapacityAdvertisement:
         tag = reader.uvarint("field tag")
         length = reader.uvarint(f"length of field {tag}")
         payload = reader.window(length, f"field {tag}")
-        if TAG_MAX_PARTITIONS <= tag <= TAG_OWNED:
+        if TAG_MAX_PARTITIONS <= tag <= TAG_OWNED or tag == TAG_RELAY_PARTITION_BYTES:
             if tag in values:
                 raise MetadataDecodeError(f"field {tag} appears twice")
             values[tag] = payload
@@ -290,6 +311,13 @@ def _decode(data: bytes) -> CapacityAdvertisement:
         adv = replace(adv, partition_bytes=_decode_partition_bytes(values[TAG_PARTITION_BYTES]))
     if TAG_OWNED in values:
         adv = replace(adv, owned=_decode_owned(values[TAG_OWNED]))
+    if TAG_RELAY_PARTITION_BYTES in values:
+        adv = replace(
+            adv,
+            relay_partition_bytes=values[TAG_RELAY_PARTITION_BYTES].uvarint(
+                "relay_partition_bytes"
+            ),
+        )
     return adv
 
 

@@ -19,6 +19,12 @@ computed them (a 1.0 leader sends none, and they decode as None)::
     tag 8 capacity_bytes      tag 9 demand_bytes           tag 10 headroom_members
     tag 11 replicas_wanted
 
+Version 1.2 adds the relay-only assignments (issue 13), written only when the leader planned
+some (so without relay an encoding is byte for byte a 1.1 one)::
+
+    tag 12 relay_only (this member's relay-only partitions)   tag 13 relayed (group-wide count)
+    relay_only := T | T x (name | N | N x gap)     (partitions ascending; gaps as in ``owned``)
+
 Tag 7 is never used (the compatibility tests use it as the unknown field of a future minor).
 Unknown tags are skipped and absent ones take their default (0, or None for the figures), so
 the encoding can grow by minor versions and a 1.0 reader skips the figures; a different major
@@ -29,7 +35,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 from capgroup.protocol._wire import INT32_MAX, INT63_MAX, MetadataDecodeError, Reader, Writer
 from capgroup.types import TopicPartition
@@ -52,10 +58,14 @@ __all__ = [
 MAX_MEMBER_METADATA_BYTES = 1024 * 1024
 INFO_MAGIC = b"CA"
 INFO_MAJOR_VERSION = 1
-INFO_MINOR_VERSION = 1
+INFO_MINOR_VERSION = 2
 _TAG_GENERATION = 1
 _TAG_UNASSIGNED = 2
 _TAG_PENDING = 3
+_TAG_RELAY_ONLY = 12
+_TAG_RELAYED = 13
+#: Longest topic name in ``relay_only``, in UTF-8 bytes.
+_MAX_NAME_BYTES = 255
 #: Group figures (1.1): field name -> tag. Tag 7 stays unused.
 _FIGURE_TAGS = {
     "members": 4,
@@ -100,6 +110,11 @@ class AssignmentInfo:
       place every partition;
     * ``replicas_wanted``: how many members the group needs to place every partition with
       ``CAPGROUP_AUTOSCALE_HEADROOM_MEMBERS`` to spare (what an autoscaler follows).
+
+    Relay (1.2, issue 13): ``relay_only`` lists this member's relay-only partitions (they
+    are also in its assignment's partition list: the member owns them, but only republishes
+    their records); ``relayed`` is the group-wide number of relay-only partitions (None when
+    the leader did not send it). ``unassigned`` counts neither assigned nor relayed ones.
     """
 
     generation: int
@@ -112,6 +127,9 @@ class AssignmentInfo:
     demand_bytes: int | None = None
     headroom_members: int | None = None
     replicas_wanted: int | None = None
+    _: KW_ONLY
+    relay_only: tuple[TopicPartition, ...] = ()
+    relayed: int | None = None
 
 
 def _string(value: str) -> bytes:
@@ -215,7 +233,55 @@ def encode_assignment_info(info: AssignmentInfo) -> bytes:
             field = Writer()
             field.uvarint(figure)
             out.field(tag, field.buf)
+    if info.relay_only:
+        out.field(_TAG_RELAY_ONLY, _encode_partitions(info.relay_only))
+    if info.relayed is not None:
+        field = Writer()
+        field.uvarint(info.relayed)
+        out.field(_TAG_RELAYED, field.buf)
+    if not info.relay_only and info.relayed is None:
+        out.buf[3] = 1  # nothing of 1.2 in it: byte for byte a 1.1 encoding
     return bytes(out.buf)
+
+
+def _encode_partitions(partitions: Iterable[TopicPartition]) -> bytearray:
+    by_topic: dict[str, list[int]] = {}
+    for tp in sorted(set(partitions)):
+        if not 0 <= tp.partition <= INT32_MAX:
+            raise ValueError(f"partition number {tp.partition} is outside [0, 2**31-1]")
+        by_topic.setdefault(tp.topic, []).append(tp.partition)
+    out = Writer()
+    out.uvarint(len(by_topic))
+    for topic, numbers in by_topic.items():
+        name = topic.encode("utf-8")
+        if not 0 < len(name) <= _MAX_NAME_BYTES:
+            raise ValueError(f"topic name {topic!r} must be 1..{_MAX_NAME_BYTES} UTF-8 bytes")
+        out.text(name)
+        out.uvarint(len(numbers))
+        prev = -1
+        for n in numbers:
+            out.uvarint(n - prev - 1)
+            prev = n
+    return out.buf
+
+
+def _decode_partitions(r: Reader) -> tuple[TopicPartition, ...]:
+    # A topic entry is at least a name length, one name byte and a count.
+    n_topics = r.count("relay_only topic count", 3, INT32_MAX)
+    out: list[TopicPartition] = []
+    seen: set[str] = set()
+    for _ in range(n_topics):
+        topic = r.text("relay_only topic", _MAX_NAME_BYTES)
+        if not topic or topic in seen:
+            raise MetadataDecodeError(f"relay_only topic {topic!r} is empty or repeated")
+        seen.add(topic)
+        prev = -1
+        for _ in range(r.count(f"relay_only count of {topic!r}", 1, INT32_MAX)):
+            prev = prev + 1 + r.uvarint(f"relay_only gap in {topic!r}", INT32_MAX)
+            if prev > INT32_MAX:
+                raise MetadataDecodeError(f"relay_only partition {prev} exceeds 2**31-1")
+            out.append(TopicPartition(topic, prev))
+    return tuple(out)
 
 
 def decode_assignment_info(data: bytes) -> AssignmentInfo:
@@ -233,6 +299,8 @@ def decode_assignment_info(data: bytes) -> AssignmentInfo:
     r = Reader(data, 4)
     generation, unassigned, pending = -1, 0, 0
     figures: dict[str, int] = {}
+    relay_only: tuple[TopicPartition, ...] = ()
+    relayed: int | None = None
     while r.remaining():
         tag = r.uvarint("field tag")
         field = r.window(r.uvarint("field length"), f"field {tag}")
@@ -245,4 +313,10 @@ def decode_assignment_info(data: bytes) -> AssignmentInfo:
         elif tag in _FIGURE_OF_TAG:
             name = _FIGURE_OF_TAG[tag]
             figures[name] = field.uvarint(name, INT63_MAX)
-    return AssignmentInfo(generation, unassigned, pending, **figures)
+        elif tag == _TAG_RELAY_ONLY:
+            relay_only = _decode_partitions(field)
+        elif tag == _TAG_RELAYED:
+            relayed = field.uvarint("relayed", INT63_MAX)
+    return AssignmentInfo(
+        generation, unassigned, pending, **figures, relay_only=relay_only, relayed=relayed
+    )

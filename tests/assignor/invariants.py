@@ -20,14 +20,19 @@ def phase2(plan: Plan) -> dict[str, list[TopicPartition]]:
 
 
 def check_budgets(members: Sequence[MemberSpec], plan: Plan) -> None:
-    """Property 1: caps and byte budgets hold in both phases of every move."""
+    """Property 1: caps and byte budgets hold in both phases of every move (relay-only
+    partitions count 1 and ``relay_partition_bytes`` each)."""
     by_id = {m.member_id: m for m in members}
     for phase in (dict(plan.assignment), phase2(plan)):
-        for mid, tps in phase.items():
+        for mid in phase.keys() | plan.relay.keys():
+            tps, relayed = phase.get(mid, ()), plan.relay.get(mid, ())
             adv = by_id[mid].capacity
-            assert len(tps) <= max(0, adv.max_partitions), (mid, len(tps), adv.max_partitions)
+            n = len(tps) + len(relayed)
+            assert n <= max(0, adv.max_partitions), (mid, n, adv.max_partitions)
             used = sum(adv.cost_of(tp.topic) for tp in tps)
-            assert used <= adv.memory_budget_bytes or not tps, (mid, used)
+            used += len(relayed) * adv.relay_partition_bytes
+            assert used <= adv.memory_budget_bytes or not n, (mid, used)
+            assert not relayed or adv.relay_partition_bytes > 0, mid
 
 
 def check_exclusive(
@@ -38,11 +43,12 @@ def check_exclusive(
     seen = Counter(tp for tps in plan.assignment.values() for tp in tps)
     seen.update(move.tp for move in plan.pending)
     seen.update(plan.unassigned)
+    seen.update(tp for tps in plan.relay.values() for tp in tps)
     assert set(seen) == wanted
     assert all(n == 1 for n in seen.values()), [tp for tp, n in seen.items() if n > 1]
     by_id = {m.member_id: m for m in members}
     assert set(plan.assignment) == set(by_id)
-    for mid, tps in phase2(plan).items():
+    for mid, tps in [*phase2(plan).items(), *plan.relay.items()]:
         assert all(tp.topic in by_id[mid].topics for tp in tps), mid
     for move in plan.pending:
         assert move.from_member in by_id
@@ -67,7 +73,7 @@ def top_claimants(members: Sequence[MemberSpec], generation: int) -> dict[TopicP
 def check_cooperative(members: Sequence[MemberSpec], plan: Plan, generation: int) -> None:
     """Property 6: nothing passes straight from one live claimant to another member."""
     tops = top_claimants(members, generation)
-    for mid, tps in plan.assignment.items():
+    for mid, tps in [*plan.assignment.items(), *plan.relay.items()]:
         for tp in tps:
             who = tops.get(tp)
             assert who is None or who == {mid}, (tp, mid, who)
@@ -85,12 +91,17 @@ def check_draining(members: Sequence[MemberSpec], plan: Plan) -> None:
     for m in members:
         if m.capacity.draining:
             assert not p2[m.member_id], m.member_id
+            assert not plan.relay.get(m.member_id), m.member_id
 
 
 def owned_from(plan: Plan, generation: int) -> dict[str, tuple[OwnedPartition, ...]]:
-    """Ownership claims members would send after the plan's phase 2 has landed."""
+    """Ownership claims members would send after the plan's phase 2 has landed (relay-only
+    partitions included: members own them)."""
     return {
-        mid: tuple(OwnedPartition(tp.topic, tp.partition, generation) for tp in tps)
+        mid: tuple(
+            OwnedPartition(tp.topic, tp.partition, generation)
+            for tp in (*tps, *plan.relay.get(mid, ()))
+        )
         for mid, tps in phase2(plan).items()
     }
 

@@ -40,11 +40,14 @@ def cases(
     owned: bool = True,
     draining: bool = True,
     max_members: int = 7,
+    relay: bool = False,
 ) -> Case:
     """A random group.
 
     ``uniform_cost``: each member pays one cost for every topic. ``equal``: same weight,
     cap and budget for every member. ``all_topics``: everyone subscribes to every topic.
+    ``relay``: members draw a ``relay_partition_bytes`` (without it nothing more is drawn, so
+    the other strategies' examples stay as they were).
     """
     counts = draw(st.lists(st.integers(0, 9), min_size=len(TOPICS), max_size=len(TOPICS)))
     # Rates and claims come from one seeded generator each: far fewer draws per example,
@@ -97,6 +100,7 @@ def cases(
                     weight=weight,
                     draining=draining and draw(st.integers(0, 6)) == 0,
                     owned=tuple(claims),
+                    relay_partition_bytes=draw(st.sampled_from([0, 1, 2, HUGE])) if relay else 0,
                 ),
             )
         )

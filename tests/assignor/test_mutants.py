@@ -30,6 +30,13 @@ from tests.assignor.test_properties import (
     check_property_exclusive,
     check_property_sticky,
 )
+from tests.assignor.test_relay import (
+    check_property_relay_budgets,
+    check_property_relay_invariants,
+    check_property_relay_leftovers,
+    check_property_relay_maximal,
+    check_property_relay_sticky,
+)
 
 Patch = Callable[[pytest.MonkeyPatch], None]
 
@@ -147,6 +154,71 @@ def keep_input_member_order(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(balance, "_normalize", normalize)
 
 
+def relay_ignores_budget(mp: pytest.MonkeyPatch) -> None:
+    """Relay charges one byte whatever the member advertises."""
+    wrap(mp, "_relay_costs", lambda costs, *_: [1 if c else 0 for c in costs])
+
+
+def relay_steals_from_owner(mp: pytest.MonkeyPatch) -> None:
+    """Relay ignores ownership: a claimed leftover goes to whoever has room."""
+    original = balance._relay
+
+    def relay(grp: Any, st: Any, claims: Any) -> Any:
+        return original(grp, st, dataclasses.replace(claims, owner=[-1] * len(claims.owner)))
+
+    mp.setattr(balance, "_relay", relay)
+
+
+def relay_before_batch(mp: pytest.MonkeyPatch) -> None:
+    """Relay runs before free partitions are placed, taking room batch placement needed."""
+    original_place, original_relay, original_resolve = (
+        balance._place_free,
+        balance._relay,
+        balance._resolve_claims,
+    )
+    box: dict[str, Any] = {}
+
+    def resolve(grp: Any, generation: int) -> Any:
+        box["grp"] = grp
+        box["claims"] = claims = original_resolve(grp, generation)
+        return claims
+
+    def place(st: Any, free: list[int]) -> list[int]:
+        early = original_relay(box["grp"], st, box["claims"])
+        # Charge the relay-only partitions as if batch placement had to live with them.
+        for i, js in early.items():
+            st.count[i] += len(js)
+            st.used[i] += len(js) * box["grp"].specs[i].capacity.relay_partition_bytes
+        taken = {j for js in early.values() for j in js}
+        left = original_place(st, [j for j in free if j not in taken])
+        for i, js in early.items():
+            st.count[i] -= len(js)
+            st.used[i] -= len(js) * box["grp"].specs[i].capacity.relay_partition_bytes
+        box["early"] = early
+        return left
+
+    mp.setattr(balance, "_resolve_claims", resolve)
+    mp.setattr(balance, "_place_free", place)
+    mp.setattr(balance, "_relay", lambda grp, st, claims: box.pop("early", {}))
+
+
+def relay_nothing(mp: pytest.MonkeyPatch) -> None:
+    mp.setattr(balance, "_relay", lambda grp, st, claims: {})
+
+
+def relay_forgets_owner(mp: pytest.MonkeyPatch) -> None:
+    """Relay drops owned leftovers instead of keeping them with their owner."""
+    original = balance._relay
+
+    def relay(grp: Any, st: Any, claims: Any) -> Any:
+        found = original(grp, st, claims)
+        return {
+            i: kept for i, js in found.items() if (kept := [j for j in js if claims.owner[j] < 0])
+        }
+
+    mp.setattr(balance, "_relay", relay)
+
+
 MUTANTS: list[tuple[str, Patch, Callable[..., None], Any]] = [
     ("1 budgets", ignore_max_partitions, check_property_budgets, cases()),
     ("2 exclusive", give_one_partition_twice, check_property_exclusive, cases()),
@@ -186,6 +258,26 @@ MUTANTS: list[tuple[str, Patch, Callable[..., None], Any]] = [
         st.tuples(cases(), st.integers(0, 2**32)),
     ),
     ("8 draining", ignore_draining, check_property_draining, cases()),
+    (
+        "relay: budget ignored",
+        relay_ignores_budget,
+        check_property_relay_budgets,
+        cases(relay=True),
+    ),
+    (
+        "relay: steals from owners",
+        relay_steals_from_owner,
+        check_property_relay_invariants,
+        cases(relay=True),
+    ),
+    (
+        "relay: before batch",
+        relay_before_batch,
+        check_property_relay_leftovers,
+        cases(relay=True),
+    ),
+    ("relay: does nothing", relay_nothing, check_property_relay_maximal, cases(relay=True)),
+    ("relay: not sticky", relay_forgets_owner, check_property_relay_sticky, cases(relay=True)),
 ]
 
 
