@@ -32,7 +32,10 @@ class ClientRole(StrEnum):
     COORDINATOR = "coordinator"
     FETCHER = "fetch"
     DEAD_LETTER = "dlq"
+    RELAY = "relay"
     ADMIN = "admin"
+    #: ``capgroup hotkeys``: reads a topic out of band (no group, no commits).
+    HOTKEYS = "hotkeys"
 
 
 def client_options(settings: CapgroupSettings, role: ClientRole) -> dict[str, Any]:

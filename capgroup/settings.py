@@ -418,6 +418,40 @@ class CapgroupSettings(BaseSettings):
         "leader, of unassigned ones) are sampled for the metrics.",
     )
 
+    # --- runtime: relaying records (issue 13; opt-in) -----------------------------------
+    relay_enabled: bool = Field(
+        default=False,
+        description="Relay records of lagging and relay-only partitions, unprocessed, to "
+        "healthy partitions of other members. Breaks per-key order and exactly-once: "
+        "opt in only where neither matters.",
+    )
+    relay_lag_records: int | None = Field(
+        default=10_000,
+        ge=1,
+        description="With relay_enabled: an owned partition whose lag passes this many records "
+        "while still growing relays its oldest records; also the most lag a target partition "
+        "may have to receive relayed records. None: no record threshold.",
+    )
+    relay_lag_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="With relay_enabled: an owned partition whose oldest unconsumed record is "
+        "older than this while its lag grows relays its oldest records. None: off.",
+    )
+    relay_max_hops: int = Field(
+        default=3,
+        ge=1,
+        le=100,
+        description="A record relayed this many times (capgroup.relay.hops header) is "
+        "processed where it is, never relayed again.",
+    )
+    relay_topic: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Topic relayed records go to (it must be one the group consumes); None: "
+        "the record's own topic.",
+    )
+
     # --- operations ---------------------------------------------------------------------
     http_port: int = Field(
         default=0,
@@ -451,7 +485,7 @@ class CapgroupSettings(BaseSettings):
             check_topic_name(topic)
         return value
 
-    @field_validator("dead_letter_topic")
+    @field_validator("dead_letter_topic", "relay_topic")
     @classmethod
     def _dead_letter_topic_name(cls, value: str | None) -> str | None:
         if value is not None:

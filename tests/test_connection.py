@@ -47,7 +47,9 @@ def test_options_carry_the_connection_settings_and_a_client_id_per_role() -> Non
         ClientRole.COORDINATOR: "svc",
         ClientRole.FETCHER: "svc-fetch",
         ClientRole.DEAD_LETTER: "svc-dlq",
+        ClientRole.RELAY: "svc-relay",
         ClientRole.ADMIN: "svc-admin",
+        ClientRole.HOTKEYS: "svc-hotkeys",
     }
     for role in ClientRole:
         options = client_options(SETTINGS, role)

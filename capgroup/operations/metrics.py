@@ -24,7 +24,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
@@ -161,7 +166,15 @@ _COUNTERS: tuple[_Counter, ...] = (
         "Records deleted by retention before the group consumed them (committed offset below "
         "the log start offset): data loss.",
     ),
+    _single(
+        "records_relayed",
+        "records_relayed",
+        "Records relayed to another member's partition (relay_enabled), once acknowledged.",
+    ),
 )
+
+#: Upper bounds of the ``capgroup_relay_hops`` histogram's buckets.
+RELAY_HOPS_BUCKETS = (1, 2, 3, 5, 10)
 
 #: Fields of :class:`Counters` that have a metric (a test checks that this is all of them, so
 #: a counter added to the runtime without a metric fails the suite).
@@ -224,6 +237,7 @@ class ConsumerCollector(Collector):
         yield from self._gauges(stats)
         yield from self._partitions(stats)
         yield from self._lag(stats)
+        yield from self._relay(stats)
         yield from self._membership(snapshot)
         yield from self._group_figures(snapshot)
         yield self._gauge(
@@ -291,6 +305,30 @@ class ConsumerCollector(Collector):
             "flush_throughput_bytes_per_second",
             "Measured flush throughput (moving average) used by the revoke decision.",
             stats.flush_bytes_per_second,
+        )
+
+    def _relay(self, stats: ConsumerStats) -> Iterator[Metric]:
+        hops = HistogramMetricFamily(
+            METRIC_PREFIX + "relay_hops",
+            "Relayed records by the capgroup.relay.hops header they were produced with.",
+            labels=["group", "member"],
+        )
+        buckets = [
+            (str(bound), float(sum(n for h, n in stats.relay_hops.items() if h <= bound)))
+            for bound in RELAY_HOPS_BUCKETS
+        ]
+        total = float(sum(stats.relay_hops.values()))
+        buckets.append(("+Inf", total))
+        hops.add_metric(
+            list(self._base),
+            buckets,
+            float(sum(h * n for h, n in stats.relay_hops.items())),
+        )
+        yield hops
+        yield self._gauge(
+            "relay_lag_records",
+            "Lag (records, latest sample) of the partitions this member relays now.",
+            stats.relay_lag_records,
         )
 
     def _per_partition(self, name: str, doc: str, values: Mapping[TopicPartition, float]) -> Metric:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from capgroup.runtime.ownership import Ownership
     from capgroup.runtime.partition import PartitionState
     from capgroup.runtime.policy import RevokeAction
+    from capgroup.runtime.relay import Relayed, RelaySink
     from capgroup.runtime.retry import FailurePolicy, RetryPolicy
     from capgroup.runtime.sampling import MemoryPressure
     from capgroup.runtime.stats import ConsumerStats, Counters, IngressRates
@@ -55,6 +56,8 @@ __all__ = [
     "PartitionFetcher",
     "PartitionState",
     "Record",
+    "RelaySink",
+    "Relayed",
     "RetryPolicy",
     "RevokeAction",
     "RssWatchdog",
@@ -76,6 +79,8 @@ _EXPORTS = {
     "KafkaClients": "capgroup.runtime.clients",
     "PartitionFetcher": "capgroup.runtime.fetcher",
     "DeadLetterProducer": "capgroup.runtime.deadletter",
+    "Relayed": "capgroup.runtime.relay",
+    "RelaySink": "capgroup.runtime.relay",
     "Backpressure": "capgroup.runtime.backpressure",
     "Committer": "capgroup.runtime.committer",
     "Delivery": "capgroup.runtime.delivery",

@@ -18,6 +18,7 @@ from capgroup.membership.transport import AiokafkaTransport, CoordinatorTranspor
 from capgroup.runtime.batch import Batch
 from capgroup.runtime.deadletter import DeadLetterProducer
 from capgroup.runtime.fetcher import PartitionFetcher
+from capgroup.runtime.relay import RelayProducer, RelaySink
 from capgroup.settings import CapgroupSettings
 from capgroup.types import TopicPartition
 
@@ -125,3 +126,8 @@ class AiokafkaClients:
     def dead_letter(self, topic: str) -> DeadLetterSink:
         """A :class:`~capgroup.runtime.deadletter.DeadLetterProducer`."""
         return DeadLetterProducer(self._settings, topic)
+
+    def relay(self) -> RelaySink:
+        """A :class:`~capgroup.runtime.relay.RelayProducer` (``relay_enabled`` only; a
+        :class:`KafkaClients` without ``relay`` gets one too)."""
+        return RelayProducer(self._settings)

@@ -39,7 +39,7 @@ import signal
 import threading
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, cast
 
@@ -74,6 +74,7 @@ from capgroup.runtime.offsets import CommitTracker
 from capgroup.runtime.ownership import Ownership
 from capgroup.runtime.partition import PartitionState, partition_names
 from capgroup.runtime.policy import FlushThroughput, RevokeAction, decide
+from capgroup.runtime.relay import Relay, Relayed, RelayProducer, RelaySink, relay_limits
 from capgroup.runtime.retry import FailurePolicy, RetryPolicy
 from capgroup.runtime.sampling import MemoryPressure, sample_ingress_rates
 from capgroup.runtime.stats import ConsumerStats, Counters, IngressRates, StoppedPartition
@@ -145,12 +146,15 @@ class _Listener:
 
     async def on_partitions_revoked(self, change: AssignmentChange) -> None:
         await self._consumer._rt.ownership.on_partitions_revoked(change)
+        self._consumer._assignment_changed()
 
     async def on_partitions_assigned(self, change: AssignmentChange) -> None:
         await self._consumer._rt.ownership.on_partitions_assigned(change)
+        self._consumer._assignment_changed()
 
     async def on_partitions_lost(self, change: AssignmentChange) -> None:
         await self._consumer._rt.ownership.on_partitions_lost(change)
+        self._consumer._assignment_changed()
 
 
 def rss_overhead_bytes(partitions: int, max_partition_fetch_bytes: int) -> int:
@@ -284,6 +288,8 @@ class BatchingConsumer(ABC, Generic[V]):
         # Created in run(): aiokafka and anyio objects need the running event loop.
         self._engine: MembershipEngine | None = None
         self._live: _Live | None = None
+        #: The relay (``relay_enabled``); created in run().
+        self._relay: Relay | None = None
 
     # ------------------------------------------------------------------ user hooks ------
     @abstractmethod
@@ -367,6 +373,11 @@ class BatchingConsumer(ABC, Generic[V]):
         legacy = type(self).on_lost
         if legacy is not BatchingConsumer.on_lost:
             await legacy(self, partitions)
+
+    async def on_records_relayed(self, relayed: Sequence[Relayed]) -> None:
+        """Called (``relay_enabled`` only) once the producer acknowledged ``relayed`` records,
+        before their offsets are committed; for observability. An exception fails the batch,
+        which is retried (its records are then relayed again: duplicates, never a loss)."""
 
     # Deprecated names, kept so that subclasses written for them keep working.
     async def on_revoke(self, batch: Batch[V], deadline: float) -> RevokeAction:
@@ -470,6 +481,8 @@ class BatchingConsumer(ABC, Generic[V]):
             ingress_rates=self._rates.rates(),
             stopped=stopped,
             lag={} if self._lag is None else dict(self._lag.figures),
+            relay_hops={} if self._relay is None else dict(self._relay.hops),
+            relay_lag_records=0 if self._relay is None else self._relay.relay_lag_records(),
         )
 
     def _stopped_view(self) -> dict[TopicPartition, StoppedPartition]:
@@ -537,6 +550,10 @@ class BatchingConsumer(ABC, Generic[V]):
         if settings.dead_letter_topic and (flush_dlq or undecodable_dlq):
             # Its start checks that the topic exists (DeadLetterTopicError, a SettingsError).
             dlq = clients.dead_letter(settings.dead_letter_topic)
+        relay_sink: RelaySink | None = None
+        if settings.relay_enabled:
+            make_sink = getattr(clients, "relay", None)
+            relay_sink = RelayProducer(settings) if make_sink is None else make_sink()
         _log.info(
             "consumer_starting",
             topics=settings.topics,
@@ -550,6 +567,8 @@ class BatchingConsumer(ABC, Generic[V]):
             await fetcher.start()
             if dlq is not None:
                 await dlq.start()
+            if relay_sink is not None:
+                await relay_sink.start()
             await self.on_start()
             started_hook = True
             async with anyio.create_task_group() as tg:
@@ -559,6 +578,21 @@ class BatchingConsumer(ABC, Generic[V]):
                     engine.commit,
                     lambda: engine.generation.generation_id,
                 )
+                relay = None
+                if relay_sink is not None:
+                    relay = self._relay = Relay(
+                        settings=settings,
+                        sink=relay_sink,
+                        owned=lambda: engine.assignment,
+                        relay_only=lambda: engine.relay_only,
+                        end_offsets=fetcher.end_offsets,
+                        group_committed=engine.committed,
+                        lag_figures=lambda: {} if self._lag is None else self._lag.figures,
+                        counters=self._counters,
+                        on_relayed=None
+                        if type(self).on_records_relayed is BatchingConsumer.on_records_relayed
+                        else self.on_records_relayed,
+                    )
                 delivery = Delivery(
                     flush=self.flush,
                     on_revoke=self.revoke_action,
@@ -576,6 +610,7 @@ class BatchingConsumer(ABC, Generic[V]):
                     dead_letter=dlq if flush_dlq else None,
                     undecodable_dead_letter=dlq if undecodable_dlq else None,
                     stop_reasons=self._stop_reasons,
+                    relay=relay,
                 )
                 ownership = Ownership(
                     settings=settings,
@@ -595,6 +630,7 @@ class BatchingConsumer(ABC, Generic[V]):
                     on_lost=self.on_partitions_lost,
                     stopped=self._stopped_partitions,
                     stop_reasons=self._stop_reasons,
+                    limits_for=None if relay is None else self._limits_for,
                 )
                 ingest = Ingest(
                     fetcher=fetcher,
@@ -640,6 +676,8 @@ class BatchingConsumer(ABC, Generic[V]):
                     reset=settings.auto_offset_reset,
                 )
                 tg.start_soon(self._lag.run, settings.lag_sample_interval_ms / 1000)
+                if relay is not None:
+                    tg.start_soon(relay.run, settings.lag_sample_interval_ms / 1000)
                 tg.start_soon(self._pressure.run, settings.rss_sample_interval_ms / 1000)
                 task_status.started()
                 await live.stop_requested.wait()
@@ -667,6 +705,8 @@ class BatchingConsumer(ABC, Generic[V]):
                 await _close_quietly(fetcher.stop)
                 if dlq is not None:
                     await _close_quietly(dlq.stop)
+                if relay_sink is not None:
+                    await _close_quietly(relay_sink.stop)
         if self._forced is not None:
             raise ShutdownForcedError(self._forced)
 
@@ -681,6 +721,16 @@ class BatchingConsumer(ABC, Generic[V]):
                 await self.on_stop()
             except Exception as exc:
                 _log.error("on_stop_failed", error=repr(exc))
+
+    def _assignment_changed(self) -> None:
+        if self._relay is not None:
+            self._relay.assignment_changed()
+
+    def _limits_for(self, tp: TopicPartition) -> BatchLimits:
+        """Batch limits of a new ownership of ``tp``: a relay-only partition relays at once."""
+        engine = self._engine
+        relay_only = frozenset() if engine is None else engine.relay_only
+        return relay_limits(self._limits, self._settings) if tp in relay_only else self._limits
 
     def _request_rejoin(self, reason: str) -> None:
         if self._engine is not None:
@@ -753,4 +803,7 @@ class BatchingConsumer(ABC, Generic[V]):
             weight=settings.weight,
             rack=settings.rack,
             draining=settings.draining,
+            relay_partition_bytes=settings.max_partition_fetch_bytes
+            if settings.relay_enabled
+            else 0,
         )

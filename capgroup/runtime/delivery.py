@@ -37,6 +37,7 @@ from capgroup.runtime.memory import MemoryLedger
 from capgroup.runtime.offsets import BatchOutcome, CommitTracker
 from capgroup.runtime.partition import PartitionState, footprint
 from capgroup.runtime.policy import FlushThroughput, RevokeAction
+from capgroup.runtime.relay import TARGET_POLL_SECONDS, Relay
 from capgroup.runtime.retry import (
     RetriesExhaustedError,
     RetryPolicy,
@@ -101,8 +102,10 @@ class Delivery:
         dead_letter: DeadLetterSink | None = None,
         undecodable_dead_letter: DeadLetterSink | None = None,
         stop_reasons: dict[TopicPartition, str] | None = None,
+        relay: Relay | None = None,
     ) -> None:
-        self._flush = flush
+        self._flush = flush if relay is None else partial(relay.deliver, flush=flush)
+        self._relay = relay
         self._on_revoke = on_revoke
         self._retry = retry
         self._throughput = throughput
@@ -136,6 +139,12 @@ class Delivery:
                     if reason is None:
                         due_at = state.buffer.due_at()
                         with anyio.move_on_at(math.inf if due_at is None else due_at):
+                            await wake.wait()
+                        continue
+                    relay = self._relay
+                    if relay is not None and relay.must_wait(state.tp):
+                        # Relay-only with no target: held, nothing cut or committed.
+                        with anyio.move_on_after(TARGET_POLL_SECONDS):
                             await wake.wait()
                         continue
                     if not self._owned():

@@ -86,11 +86,15 @@ class Ownership:
         on_lost: PartitionsHook,
         stopped: set[TopicPartition] | None = None,
         stop_reasons: dict[TopicPartition, str] | None = None,
+        limits_for: Callable[[TopicPartition], BatchLimits] | None = None,
     ) -> None:
         self._settings = settings
         self._committed = committed
         self._fetcher = fetcher
         self._limits = limits
+        self._limits_for: Callable[[TopicPartition], BatchLimits] = (
+            (lambda _tp: limits) if limits_for is None else limits_for
+        )
         self._tracker = tracker
         self._ledger = ledger
         self._counters = counters
@@ -128,7 +132,7 @@ class Ownership:
             state = PartitionState(
                 tp=tp,
                 epoch=self._tracker.assign(tp, position),
-                buffer=PartitionBuffer(tp, self._limits, next_offset=position),
+                buffer=PartitionBuffer(tp, self._limits_for(tp), next_offset=position),
             )
             self._partitions[tp] = state
             states.append(state)

@@ -68,6 +68,8 @@ class Counters:
     #: Records deleted by retention before the group consumed them (committed offset below
     #: the log start offset; each gap counted once): data loss.
     records_deleted_unconsumed: int = 0
+    #: Records relayed to another partition (``relay_enabled``), once acknowledged.
+    records_relayed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +119,10 @@ class ConsumerStats:
     #: Lag and retention figures of owned partitions (and, on the leader, of unassigned
     #: ones), from the latest lag sample (:mod:`capgroup.runtime.lag`).
     lag: Mapping[TopicPartition, PartitionLag] = field(default_factory=dict)
+    #: Relayed records by the ``capgroup.relay.hops`` they were produced with.
+    relay_hops: Mapping[int, int] = field(default_factory=dict)
+    #: Lag (records, latest sample) of the partitions relaying now.
+    relay_lag_records: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ fetcher would. Nothing sleeps: an empty fetch waits for an append or a resume, a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -19,9 +19,16 @@ from aiokafka.errors import KafkaError
 from capgroup.membership.transport import CoordinatorTransport
 from capgroup.runtime.batch import Batch, Record, make_record
 from capgroup.runtime.clients import DeadLetterSink, Fetcher, KafkaClients
+from capgroup.runtime.relay import RelayRecord, RelaySink
 from capgroup.types import TopicPartition
 
-__all__ = ["DeadLetterSent", "ScriptedClients", "ScriptedDeadLetterSink", "ScriptedFetcher"]
+__all__ = [
+    "DeadLetterSent",
+    "ScriptedClients",
+    "ScriptedDeadLetterSink",
+    "ScriptedFetcher",
+    "ScriptedRelaySink",
+]
 
 
 class ScriptedFetcher:
@@ -237,6 +244,44 @@ class ScriptedDeadLetterSink:
         return [r for sent in self.sent for r in sent.batch.records]
 
 
+class ScriptedRelaySink:
+    """A :class:`~capgroup.runtime.relay.RelaySink` that records what it got.
+
+    ``topic_partitions`` maps a topic to its partitions; ``hold`` (an event) makes every send
+    wait for it before it is acknowledged; ``failures`` sends fail before the next succeeds.
+    """
+
+    def __init__(self, topic_partitions: dict[str, int] | None = None) -> None:
+        self.topic_partitions = dict(topic_partitions or {})
+        self.sent: list[RelayRecord] = []
+        self.attempts = 0
+        self.failures = 0
+        self.hold: anyio.Event | None = None
+        #: Set once a send is waiting on ``hold``.
+        self.waiting = anyio.Event()
+        self.started = False
+        self.stopped = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+    async def partitions(self, topic: str) -> frozenset[int]:
+        return frozenset(range(self.topic_partitions.get(topic, 0)))
+
+    async def send(self, records: Sequence[RelayRecord]) -> None:
+        self.attempts += 1
+        if self.hold is not None:
+            self.waiting.set()
+            await self.hold.wait()
+        if self.failures > 0:
+            self.failures -= 1
+            raise KafkaError("scripted relay failure")
+        self.sent.extend(records)
+
+
 class ScriptedClients:
     """A :class:`~capgroup.runtime.clients.KafkaClients` handing out the given clients.
 
@@ -254,6 +299,7 @@ class ScriptedClients:
         self.scripted_fetcher = fetcher or ScriptedFetcher()
         self.scripted_dead_letter = dead_letter
         self.fetch_max_bytes: int | None = None
+        self.scripted_relay: ScriptedRelaySink | None = None
 
     def coordinator_transport(self) -> CoordinatorTransport:
         return self.transport
@@ -266,6 +312,16 @@ class ScriptedClients:
         if self.scripted_dead_letter is None:
             self.scripted_dead_letter = ScriptedDeadLetterSink(topic)
         return self.scripted_dead_letter
+
+    def relay(self) -> RelaySink:
+        if self.scripted_relay is None:
+            self.scripted_relay = ScriptedRelaySink()
+        return self.scripted_relay
+
+
+def _conforms_relay(sink: ScriptedRelaySink) -> RelaySink:
+    """Type-checked only: the scripted relay sink satisfies the runtime's protocol."""
+    return sink
 
 
 def _conforms(
