@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 
-from tests.chaos.driver import FAULT_KINDS, ChaosConfig, run_chaos, write_report
+from tests.chaos.driver import FAULT_KINDS, ChaosConfig, relay_config, run_chaos, write_report
 from tests.chaos.invariants import check_all
 from tests.chaos.logs import load_run
 from tests.chaos.report import build_report
@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plant", default="", help="planted fault (tests only)")
     parser.add_argument("--faults", default="", help="comma-separated fault kinds, in order")
     parser.add_argument("--rate", type=float, default=150.0, help="records per second")
+    parser.add_argument(
+        "--relay",
+        action="store_true",
+        help="the relay schedule (hot + relay-only partition, relay on); "
+        "--duration, --seed, --faults and --plant apply",
+    )
     parser.add_argument("--report", type=Path, default=Path("chaos-report.json"))
     parser.add_argument("--run-dir", type=Path, default=None)
     parser.add_argument(
@@ -63,6 +69,20 @@ def main(argv: list[str] | None = None) -> int:
         cluster = "broker_restart" if args.nodes == 1 else "node_loss"
         faults = ["sigkill", "zombie", "join", "sigterm", "lower_budget", cluster, "sigkill"]
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"chaos-{args.seed}-"))
+    if args.relay:
+        relay_faults = [f for f in args.faults.split(",") if f]
+        config = relay_config(
+            run_dir,
+            seed=args.seed,
+            duration_s=args.duration,
+            plant=args.plant,
+            **({"faults": relay_faults} if relay_faults else {}),
+        )
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        report = anyio.run(run_chaos, config)
+        report["run_dir"] = str(run_dir)
+        write_report(report, args.report)
+        return 0 if report["passed"] else 1
     config = ChaosConfig(
         seed=args.seed,
         duration_s=args.duration,

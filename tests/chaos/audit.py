@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -34,6 +34,8 @@ PLANTS = frozenset(
         "drop_revoke_commits",
         "slow_takeover",
         "no_fencing",
+        "relay_to_self",
+        "commit_before_ack",
     }
 )
 #: How far ``commit_before_flush`` lets the commit run ahead of the flush: longer than the
@@ -103,23 +105,35 @@ class ChaosAudit:
         partitions: Iterable[TopicPartition],
         changed: Iterable[TopicPartition],
         buffered_bytes: int,
+        relay_only: Iterable[TopicPartition] = (),
     ) -> None:
         """An applied assignment step: ``kind`` is ``assign``, ``revoke``, ``lost`` or ``stop``
         (shutdown drained and committed everything; the member leaves or, if static, waits to
-        be replaced); ``partitions`` is what the member owns afterwards."""
+        be replaced); ``partitions`` is what the member owns afterwards (its relay-only
+        partitions included, and listed again in ``relay_only`` when there are any)."""
         key = {"assign": "added", "revoke": "revoked", "lost": "lost", "stop": "released"}[kind]
+        relay = _tps(relay_only)
         self.event(
             kind,
             gen=generation,
             partitions=_tps(partitions),
             **{key: _tps(changed)},
+            **({"relay_only": relay} if relay else {}),
             buffered_bytes=buffered_bytes,
             **self._limits(),
         )
 
-    def flushed(self, tp: TopicPartition, offsets: Iterable[int], generation: int) -> None:
-        """Records of one flush reached the sink (one fsync for the whole batch)."""
+    def flushed(
+        self,
+        tp: TopicPartition,
+        offsets: Iterable[int],
+        generation: int,
+        copies: Mapping[int, dict[str, Any]] | None = None,
+    ) -> None:
+        """Records of one flush reached the sink (one fsync for the whole batch); ``copies``:
+        offset -> ``{"origin": [topic, p, o], "hops": n}`` of the relayed copies among them."""
         now = time.time()
+        copies = copies or {}
         self.sink.write(
             *(
                 {
@@ -130,10 +144,23 @@ class ChaosAudit:
                     "topic": tp.topic,
                     "p": tp.partition,
                     "o": o,
+                    **copies.get(o, {}),
                 }
                 for o in offsets
             )
         )
+
+    def relayed(
+        self,
+        rows: Iterable[list[Any]],
+        generation: int,
+        owned: Iterable[TopicPartition],
+    ) -> None:
+        """Records the runtime relayed, acknowledged and not yet committed
+        (``on_records_relayed``): ``[topic, p, o, dest_topic, dest_p, hops, up]`` each, ``up``
+        the relayed record's own origin header (``None`` for a produced record); ``owned`` is
+        what the member held at that moment."""
+        self.event("relay", gen=generation, relayed=list(rows), owned=_tps(owned))
 
     def discarded(self, tp: TopicPartition, first: int, last: int, reason: str) -> None:
         """A buffer was dropped unflushed (its records will be read again by the next owner)."""

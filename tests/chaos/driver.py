@@ -63,13 +63,13 @@ BATCH_MAX_RECORDS = 500
 FETCH_BYTES = 64 * 1024
 
 
-def partition_cost() -> int:
+def partition_cost(batch_max_records: int = BATCH_MAX_RECORDS) -> int:
     """Bytes one partition costs a member with those limits, by the runtime's own formula
     (``CapgroupSettings.partition_cost_bytes``, what the member advertises and the assignor
     charges), so a budget sized for N partitions buys exactly N whatever the formula is."""
     settings = load_settings(
         batch_max_bytes=BATCH_MAX_BYTES,
-        batch_max_records=BATCH_MAX_RECORDS,
+        batch_max_records=batch_max_records,
         max_partition_fetch_bytes=FETCH_BYTES,
     )
     return int(settings.partition_cost_bytes)
@@ -77,16 +77,27 @@ def partition_cost() -> int:
 
 @dataclass(frozen=True)
 class MemberSpec:
-    """A member of the chaos group: its name, partition cap and whether it is static."""
+    """A member of the chaos group: its name, partition cap and whether it is static.
+
+    ``relay_slots`` (relay runs): how many of its ``max_partitions`` slots its budget buys only
+    as relay-only partitions (a fetch buffer each), not as batch partitions.
+    """
 
     name: str
     max_partitions: int
     static: bool
+    relay_slots: int = 0
 
     @property
     def budget(self) -> int:
         """Memory budget sized for exactly ``max_partitions`` partitions."""
-        return self.max_partitions * partition_cost()
+        return self.budget_for(BATCH_MAX_RECORDS)
+
+    def budget_for(self, batch_max_records: int) -> int:
+        """Memory budget for ``max_partitions - relay_slots`` batch partitions of that batch
+        size plus ``relay_slots`` fetch buffers."""
+        batch = self.max_partitions - self.relay_slots
+        return batch * partition_cost(batch_max_records) + self.relay_slots * FETCH_BYTES
 
 
 #: The group at the start: two large members (6 partitions) and one small (2); capacity 14
@@ -95,6 +106,15 @@ INITIAL_MEMBERS = (
     MemberSpec("m1", 6, static=True),
     MemberSpec("m2", 6, static=False),
     MemberSpec("m3", 2, static=True),
+)
+
+#: The relay schedule's group: batch capacity 5 for 6 partitions, and ``m3``'s budget buys
+#: one batch partition plus one fetch buffer, so the partition nobody can batch is given to it
+#: relay-only (issue 13: a member that cannot afford to batch a partition may still relay it).
+RELAY_MEMBERS = (
+    MemberSpec("m1", 2, static=True),
+    MemberSpec("m2", 2, static=False),
+    MemberSpec("m3", 2, static=True, relay_slots=1),
 )
 
 
@@ -123,6 +143,24 @@ class ChaosConfig:
     warmup_s: float = 12.0
     #: Longest wait for the sinks to catch up with the producer at the end.
     drain_s: float = 90.0
+    #: The group at the start (``None``: :data:`INITIAL_MEMBERS`).
+    members: tuple[MemberSpec, ...] | None = None
+    batch_max_records: int = BATCH_MAX_RECORDS
+    #: Producer skew: this share of the records use one of ``hot_keys`` keys.
+    hot_keys: int = 2
+    hot_share: float = 0.5
+    #: Milliseconds ``flush`` takes per record (``CHAOS_FLUSH_MS_PER_RECORD``): a slow sink.
+    flush_ms_per_record: float = 0.0
+    #: Relay run (issue 13): ``CAPGROUP_RELAY_ENABLED`` with these thresholds.
+    relay: bool = False
+    relay_lag_records: int = 200
+    relay_max_hops: int = 3
+    lag_sample_interval_ms: int = 1000
+
+    @property
+    def initial_members(self) -> tuple[MemberSpec, ...]:
+        """The members started first."""
+        return self.members if self.members is not None else INITIAL_MEMBERS
 
     def limits(self) -> Limits:
         """Bounds the invariants apply to this run."""
@@ -130,7 +168,38 @@ class ChaosConfig:
             session_timeout_s=self.session_timeout_ms / 1000,
             batch_age_s=self.batch_max_age_ms / 1000,
             unassigned_grace_s=2 * self.rebalance_timeout_ms / 1000 + 5,
+            relay_max_hops=self.relay_max_hops if self.relay else 0,
         )
+
+
+#: The relay schedule's faults (CI): kills and a zombie while the hot partition relays.
+RELAY_FAULTS = ["sigkill", "zombie", "sigkill"]
+
+
+def relay_config(run_dir: Path, **overrides: Any) -> ChaosConfig:
+    """The relay schedule (issue 13): 6 partitions for a batch capacity of 5, so one partition
+    is left to relay-only; one hot key carries 70 % of 100 records/s, i.e. 75/s on the hot
+    partition against 25/s a partition can flush (40 ms per record), three times its owner's
+    pace; relay on (lag threshold 200 records, 3 hops, lag sampled every second); small
+    batches (50 records, 2 s of flushing) so revokes and shutdowns stay within their
+    deadlines. ``overrides`` replace any field (seed, duration, faults, plant...)."""
+    fields: dict[str, Any] = {
+        "seed": 13,
+        "duration_s": 30.0,
+        "run_dir": run_dir,
+        "faults": list(RELAY_FAULTS),
+        "partitions": 6,
+        "rate": 100.0,
+        "members": RELAY_MEMBERS,
+        "batch_max_records": 50,
+        "hot_keys": 1,
+        "hot_share": 0.7,
+        "flush_ms_per_record": 40.0,
+        "relay": True,
+        "warmup_s": 6.0,
+        "drain_s": 60.0,
+    }
+    return ChaosConfig(**(fields | overrides))
 
 
 @dataclass
@@ -186,7 +255,9 @@ class ChaosMember(MemberProcess):
             "CHAOS_MEMBER": spec.name,
             "CHAOS_INC": str(inc),
             "CHAOS_PLANT": config.plant,
+            "CHAOS_FLUSH_MS_PER_RECORD": str(config.flush_ms_per_record),
         }
+        self.budget = spec.budget_for(config.batch_max_records)
         self.start_t = 0.0
         self.end_t: float | None = None
 
@@ -217,7 +288,7 @@ class ChaosMember(MemberProcess):
             "start_t": self.start_t,
             "end_t": self.end_t,
             "max_partitions": self.spec.max_partitions,
-            "budget": self.spec.budget,
+            "budget": self.budget,
             "static": self.spec.static,
             "exit_code": self.proc.returncode if self.proc else None,
         }
@@ -239,7 +310,7 @@ class Driver:
         self.history: list[ChaosMember] = []
         config.run_dir.mkdir(parents=True, exist_ok=True)
         self.faults = JsonLines(config.run_dir / "faults.jsonl")
-        self._next_member = len(INITIAL_MEMBERS) + 1
+        self._next_member = len(config.initial_members) + 1
         self.log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
 
     # ------------------------------------------------------------------ members -------
@@ -255,8 +326,8 @@ class Driver:
             "revoke_safety_margin_ms": 3000,
             "shutdown_timeout_ms": 8000,
             "max_partitions": spec.max_partitions,
-            "memory_budget_bytes": spec.budget,
-            "batch_max_records": BATCH_MAX_RECORDS,
+            "memory_budget_bytes": spec.budget_for(c.batch_max_records),
+            "batch_max_records": c.batch_max_records,
             "batch_max_bytes": BATCH_MAX_BYTES,
             "batch_max_age_ms": c.batch_max_age_ms,
             "max_partition_fetch_bytes": FETCH_BYTES,
@@ -265,6 +336,13 @@ class Driver:
         }
         if spec.static:
             settings["group_instance_id"] = f"{self.group}-{spec.name}"
+        if c.relay:
+            settings |= {
+                "relay_enabled": True,
+                "relay_lag_records": c.relay_lag_records,
+                "relay_max_hops": c.relay_max_hops,
+                "lag_sample_interval_ms": c.lag_sample_interval_ms,
+            }
         return settings
 
     def _write_incarnations(self) -> None:
@@ -358,7 +436,7 @@ class Driver:
         candidates = [m for m in self.members.values() if m.spec.static]
         victim = self._pick(candidates)
         old = victim.spec
-        original = next(s for s in INITIAL_MEMBERS if s.name == old.name).max_partitions
+        original = next(s for s in self.config.initial_members if s.name == old.name).max_partitions
         lowered = old.max_partitions // 2 if old.max_partitions > 1 else original
         spec = MemberSpec(old.name, lowered, static=True)
         t = time.time()
@@ -417,18 +495,29 @@ class Driver:
             "group": self.group,
             "partitions": c.partitions,
             "limits": asdict(c.limits()),
-            "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(c).items()},
+            "config": {
+                k: str(v) if isinstance(v, Path) else v
+                for k, v in asdict(c).items()
+                if k != "members"
+            },
+            "members": [asdict(m) for m in c.initial_members],
             "schedule": [asdict(s) for s in schedule],
         }
         (c.run_dir / "run.json").write_text(json.dumps(meta, indent=2))
         producer = ChaosProducer(
-            self.bootstrap, self.topic, c.run_dir / "produced.jsonl", rate=c.rate, seed=c.seed
+            self.bootstrap,
+            self.topic,
+            c.run_dir / "produced.jsonl",
+            rate=c.rate,
+            seed=c.seed,
+            hot_keys=c.hot_keys,
+            hot_share=c.hot_share,
         )
         started = time.time()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(producer.run)
-                for spec in INITIAL_MEMBERS:
+                for spec in c.initial_members:
                     self.start_member(spec)
                 # Faults start only once the whole group is in: on a loaded machine a member
                 # process can take many seconds to import and join.
@@ -491,13 +580,13 @@ class Driver:
                 self.start_member(member.spec)
 
     async def _drain(self) -> None:
-        """Wait (bounded) until every acknowledged record is in some sink."""
+        """Wait (bounded) until every acknowledged record is in some sink (directly, or as a
+        relayed copy naming it)."""
         deadline = anyio.current_time() + self.config.drain_s
         while anyio.current_time() < deadline:
             acked = {(a["p"], a["o"]) for a in read_jsonl(self.config.run_dir / "produced.jsonl")}
-            seen: set[tuple[int, int]] = set()
-            for path in self.config.run_dir.glob("sink-*.jsonl"):
-                seen.update((r["p"], r["o"]) for r in read_jsonl(path))
+            data = load_run(self.config.run_dir)
+            seen = {(p, o) for p, offs in invariants.processed_roots(data).items() for o in offs}
             if acked <= seen:
                 return
             self._check_alive()

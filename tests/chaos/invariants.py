@@ -8,9 +8,14 @@ smallest evidence that explains a failure. Nothing here touches Kafka, files or 
 Log shapes (JSON lines; see ``service.py`` and ``driver.py`` for the writers):
 
 * sink row: ``{"t", "member", "inc", "gen", "topic", "p", "o"}`` -- one per flushed record;
+  a relayed copy also carries ``"origin": [topic, p, o]`` and ``"hops"`` (its
+  ``capgroup.relay.*`` headers);
 * audit event: ``{"kind", "t", "member", "inc", ...}`` with kinds ``start``, ``assign``,
   ``revoke``, ``lost``, ``stop`` (graceful shutdown done: owns nothing from here),
-  ``commit``, ``discard`` and ``rss``;
+  ``commit``, ``discard``, ``rss`` and ``relay`` (``on_records_relayed``: after the produce
+  acknowledgement, before the commit; ``"relayed": [[topic, p, o, dest_topic, dest_p, hops,
+  up], ...]`` with ``up`` the relayed record's own ``capgroup.relay.origin`` (``[topic, p,
+  o]``, ``null`` for a produced record), ``"owned"``: the member's partitions then);
 * producer ack: ``{"seq", "p", "o", "t"}``;
 * fault: ``{"kind", "t", "t_end", "member", ...}``; zombies carry ``t_stop`` and ``t_cont``;
 * incarnation: ``{"member", "inc", "pid", "start_t", "end_t", "max_partitions", "budget"}``.
@@ -52,6 +57,9 @@ class Limits:
     #: How long partitions may stay unassigned while capacity suffices: a two-phase hand-off
     #: takes two rebalances, each of which may wait up to the rebalance timeout for members.
     unassigned_grace_s: float = 20.0
+    #: ``CAPGROUP_RELAY_MAX_HOPS`` of a relay run; 0: relay off (the relay invariants are not
+    #: part of :func:`check_all`).
+    relay_max_hops: int = 0
 
 
 @dataclass
@@ -336,17 +344,92 @@ def no_double_ownership(data: RunData) -> Verdict:
 # ------------------------------------------------------------------ 3 ---------------
 
 
+def relays(data: RunData) -> list[Event]:
+    """One row per relayed record: ``{"t", "member", "inc", "gen", "topic", "p", "o",
+    "dest_topic", "dest_p", "hops", "owned"}`` (``p``/``o``: where the relaying member read
+    it; ``t``: when ``on_records_relayed`` saw the produce acknowledged)."""
+    out: list[Event] = []
+    for e in _of(data.audits, "relay"):
+        for topic, p, o, dest_topic, dest_p, hops, *up in e["relayed"]:
+            out.append(
+                {
+                    "t": e["t"],
+                    "member": e["member"],
+                    "inc": e["inc"],
+                    "gen": e.get("gen", -1),
+                    "topic": topic,
+                    "p": p,
+                    "o": o,
+                    "dest_topic": dest_topic,
+                    "dest_p": dest_p,
+                    "hops": hops,
+                    "owned": e.get("owned"),
+                    "up": up[0] if up else None,
+                }
+            )
+    return out
+
+
+Chains = dict[tuple[int, int], tuple[int, int]]
+
+
+def upstream(data: RunData) -> Chains:
+    """Position of a relayed copy -> the position it was relayed from, for copies that were
+    themselves relayed on (the relaying member audits the incoming ``capgroup.relay.origin``
+    header of what it relays as ``up``)."""
+    out: Chains = {}
+    for r in relays(data):
+        up = r.get("up")
+        if up and r["topic"] == data.topic:
+            out[(r["p"], r["o"])] = (int(up[1]), int(up[2]))
+    return out
+
+
+def resolve(position: tuple[int, int], chains: Chains) -> tuple[int, int]:
+    """Follow relay hops back to the produced record (at most 100 steps: no cycles)."""
+    for _ in range(100):
+        if position not in chains:
+            break
+        position = chains[position]
+    return position
+
+
+def root(r: Event, chains: Chains | None = None) -> tuple[int, int]:
+    """The produced record a sink row stands for: for a relayed copy, its
+    ``capgroup.relay.origin`` (where it was relayed from) followed back through earlier hops
+    with ``chains`` (:func:`upstream`); else its own position."""
+    origin = r.get("origin")
+    if not origin:
+        return (r["p"], r["o"])
+    return resolve((int(origin[1]), int(origin[2])), chains or {})
+
+
 def flushed_offsets(data: RunData) -> dict[int, set[int]]:
-    """Partition -> offsets present in some sink."""
+    """Partition -> offsets handled at that position: flushed into some sink, or relayed on
+    (a relayed record's offset is its relaying member's to commit once acknowledged)."""
     out: dict[int, set[int]] = defaultdict(set)
     for r in data.sinks:
         out[r["p"]].add(r["o"])
+    for r in relays(data):
+        if r["topic"] == data.topic:
+            out[r["p"]].add(r["o"])
+    return out
+
+
+def processed_roots(data: RunData) -> dict[int, set[int]]:
+    """Partition -> produced offsets some sink holds, directly or as a relayed copy."""
+    out: dict[int, set[int]] = defaultdict(set)
+    chains = upstream(data)
+    for r in data.sinks:
+        p, o = root(r, chains)
+        out[p].add(o)
     return out
 
 
 def no_loss(data: RunData) -> Verdict:
-    """3. Every acknowledged record appears in some sink file."""
-    flushed = flushed_offsets(data)
+    """3. Every acknowledged record appears in some sink file, at its position or as a relayed
+    copy naming it in its origin header (a relay alone is not processing)."""
+    flushed = processed_roots(data)
     missing: dict[int, list[int]] = {}
     for p, offs in _acked(data).items():
         gone = offs - flushed.get(p, set())
@@ -377,10 +460,12 @@ def _acked(data: RunData) -> dict[int, set[int]]:
 def honest_commits(data: RunData) -> Verdict:
     """4. Final committed offsets are at most 1 + the highest flushed offset with everything
     below flushed, and every accepted commit during the run covered only records some sink had
-    already received when the commit was sent."""
+    already received when the commit was sent (or, relayed, whose produce had been
+    acknowledged: the ``relay`` audit event comes after the acknowledgement)."""
     evidence: list[Any] = []
     first_flush: dict[tuple[int, int], float] = {}
-    for r in data.sinks:
+    handled = data.sinks + [r for r in relays(data) if r["topic"] == data.topic]
+    for r in handled:
         key = (r["p"], r["o"])
         if key not in first_flush or r["t"] < first_flush[key]:
             first_flush[key] = r["t"]
@@ -446,11 +531,13 @@ def honest_commits(data: RunData) -> Verdict:
 
 
 def duplicates(data: RunData) -> list[tuple[Event, Event]]:
-    """(first flush, later flush) pairs of every record flushed more than once."""
+    """(first flush, later flush) pairs of every produced record flushed more than once, at
+    its position or as relayed copies (keyed by :func:`root`)."""
     first: dict[tuple[int, int], Event] = {}
     out: list[tuple[Event, Event]] = []
+    chains = upstream(data)
     for r in sorted(data.sinks, key=lambda r: r["t"]):
-        key = (r["p"], r["o"])
+        key = root(r, chains)
         if key in first:
             out.append((first[key], r))
         else:
@@ -494,23 +581,57 @@ def attribute_duplicate(data: RunData, first: Event, again: Event) -> str | None
     return None
 
 
+def attribute_relayed_duplicate(data: RunData, first: Event, again: Event) -> str | None:
+    """Like :func:`attribute_duplicate`, for a record that went through a relay: the copy
+    was produced twice (or processed both in place and as a copy) because of what happened to
+    a member that *relayed* it. Every relay of the record (at its produced position) before
+    the second flush counts as a handling of it, first or again."""
+    chains = upstream(data)
+    key = root(again, chains)
+    hi = again["t"] + data.limits.clock_slack_s
+    handlings = [
+        r for r in relays(data) if resolve((r["p"], r["o"]), chains) == key and r["t"] <= hi
+    ]
+    if not handlings:
+        return None
+    firsts = [first, *handlings]
+    agains = [again, *handlings]
+    for a in firsts:
+        for b in agains:
+            if a is b or b["t"] < a["t"]:
+                continue
+            cause = attribute_duplicate(data, a, b)
+            if cause is not None:
+                return cause
+    return None
+
+
 def bounded_duplicates(data: RunData) -> Verdict:
-    """5. Every duplicate is explained by a fault or a discarded/lost/fenced batch."""
+    """5. Every duplicate is explained by a fault or a discarded/lost/fenced batch (of the
+    record's first flusher or, for a relayed record, of a member that relayed it)."""
     by_cause: dict[str, int] = defaultdict(int)
     unexplained: list[tuple[Event, Event]] = []
     pairs = duplicates(data)
+    chains = upstream(data)
     for first, again in pairs:
         cause = attribute_duplicate(data, first, again)
+        if cause is None:
+            cause = attribute_relayed_duplicate(data, first, again)
         if cause is None:
             unexplained.append((first, again))
         else:
             by_cause[cause] += 1
     evidence = [
         {
-            "partition": a["p"],
-            "offset": a["o"],
+            "partition": root(a, chains)[0],
+            "offset": root(a, chains)[1],
             "first": [a["member"], a["inc"], a["gen"], round(a["t"], 3)],
             "again": [b["member"], b["inc"], b["gen"], round(b["t"], 3)],
+            **(
+                {"copies": [[r["p"], r["o"]] for r in (a, b)]}
+                if "origin" in a or "origin" in b
+                else {}
+            ),
         }
         for a, b in unexplained[:20]
     ]
@@ -541,7 +662,8 @@ def recovery_times(data: RunData) -> list[dict[str, Any]]:
     flushed by someone else (or by the victim's next incarnation)."""
     out: list[dict[str, Any]] = []
     by_partition: dict[int, list[Event]] = defaultdict(list)
-    for r in sorted(data.sinks, key=lambda r: r["t"]):
+    # A relay of a partition's records is consuming it too (the copies are processed elsewhere).
+    for r in sorted(data.sinks + relays(data), key=lambda r: r["t"]):
         by_partition[r["p"]].append(r)
     owned_at = ownerships(data)
     last_ack: dict[int, float] = {}
@@ -755,6 +877,148 @@ def zombies_never_commit(data: RunData) -> Verdict:
     )
 
 
+# ------------------------------------------------------------------ 8 (relay) -------
+
+
+def hop_limit(data: RunData) -> Verdict:
+    """8. No record goes over ``CAPGROUP_RELAY_MAX_HOPS``: no relay produces a copy with more
+    hops than the limit (a record at the limit is processed where it is), and no flushed copy
+    carries more. Figures: relays per source partition and the hops histogram."""
+    limit = data.limits.relay_max_hops
+    evidence: list[Any] = []
+    rows = relays(data)
+    hops: dict[int, int] = defaultdict(int)
+    by_source: dict[int, int] = defaultdict(int)
+    for r in rows:
+        hops[int(r["hops"])] += 1
+        by_source[r["p"]] += 1
+        if int(r["hops"]) > limit:
+            evidence.append(
+                {
+                    "relay": [r["member"], r["inc"], r["gen"], round(r["t"], 3)],
+                    "from": [r["p"], r["o"]],
+                    "to": r["dest_p"],
+                    "hops": r["hops"],
+                    "limit": limit,
+                }
+            )
+    copies = [r for r in data.sinks if "hops" in r]
+    for r in copies:
+        if int(r["hops"]) > limit:
+            evidence.append(
+                {
+                    "flushed": [r["member"], r["inc"], r["gen"], round(r["t"], 3)],
+                    "at": [r["p"], r["o"]],
+                    "origin": r.get("origin"),
+                    "hops": r["hops"],
+                    "limit": limit,
+                }
+            )
+    return Verdict(
+        8,
+        "relay hop limit",
+        not evidence,
+        len(rows) + len(copies),
+        f"{len(rows)} relays, {len(copies)} relayed copies flushed (limit {limit} hops); "
+        f"{len(evidence)} over the limit",
+        evidence[:20],
+        {
+            "relayed": len(rows),
+            "copies_flushed": len(copies),
+            "hops": dict(sorted(hops.items())),
+            "relayed_by_source_partition": dict(sorted(by_source.items())),
+        },
+    )
+
+
+# ------------------------------------------------------------------ 9 (relay) -------
+
+
+def _owned_at(data: RunData) -> dict[tuple[str, int], list[tuple[float, set[tuple[str, int]]]]]:
+    """Per incarnation, its owned (topic, partition) set after each assignment step."""
+    out: dict[tuple[str, int], list[tuple[float, set[tuple[str, int]]]]] = defaultdict(list)
+    steps = (e for e in data.audits if e["kind"] in ("assign", "revoke", "lost", "stop"))
+    for e in sorted(steps, key=lambda e: e["t"]):
+        held = [*e.get("partitions", []), *e.get("relay_only", [])]
+        out[_key(e)].append((e["t"], {(t, p) for t, p in held}))
+    return out
+
+
+def no_relay_to_self(data: RunData) -> Verdict:
+    """9. Relays go to another member's partition: no member relays to a partition it owns at
+    that moment (the destination is not in the relaying incarnation's audited assignment at the
+    time of the relay: its trail of assign/revoke/lost/stop steps, relay-only partitions
+    included; without any, the owned set it audited with the relay), and no relay goes to a
+    partition nobody owned around then (a copy there waits for capacity: not a healthy
+    partition). A destination gained within the clock slack before the relay (a rebalance
+    between the produce and its acknowledgement) is not held against it; a destination counts
+    as owned by someone if any incarnation held it within a session timeout before the relay
+    (a killed owner's partition is still healthy until the group notices)."""
+    evidence: list[Any] = []
+    steps = _owned_at(data)
+    slack = data.limits.clock_slack_s
+    owners: dict[int, list[Ownership]] = defaultdict(list)
+    for o in ownerships(data):
+        owners[o.partition].append(o)
+    rows = relays(data)
+    unowned: dict[int, int] = defaultdict(int)
+    for r in rows:
+        dest = (r["dest_topic"], r["dest_p"])
+        history = steps.get((r["member"], r["inc"]), [])
+        trail = [(t, owned) for t, owned in history if t <= r["t"]]
+        held_since: float | None = None
+        for t, owned in trail:
+            if dest not in owned:
+                held_since = None
+            elif held_since is None:
+                held_since = t
+        if trail:
+            owns = held_since is not None and held_since <= r["t"] - slack
+        else:  # no assignment audited (e.g. a relay-only member): the relay's own snapshot
+            snapshot = r.get("owned") or []
+            owns = [dest[0], dest[1]] in snapshot
+        if owns:
+            evidence.append(
+                {
+                    "member": r["member"],
+                    "inc": r["inc"],
+                    "gen": r["gen"],
+                    "t": round(r["t"], 3),
+                    "from": [r["p"], r["o"]],
+                    "to": dest[1],
+                    "owned": sorted(p for _, p in trail[-1][1]) if trail else r.get("owned"),
+                }
+            )
+            continue
+        if dest[0] != data.topic:
+            continue  # a relay topic's ownership is not audited
+        lo = r["t"] - data.limits.session_timeout_s - slack
+        if not any(o.start <= r["t"] + slack and o.end >= lo for o in owners[dest[1]]):
+            if not unowned[dest[1]]:
+                evidence.append(
+                    {
+                        "member": r["member"],
+                        "inc": r["inc"],
+                        "t": round(r["t"], 3),
+                        "from": [r["p"], r["o"]],
+                        "to": dest[1],
+                        "to_unowned_partition": True,
+                    }
+                )
+            unowned[dest[1]] += 1
+    return Verdict(
+        9,
+        "relay to another member",
+        not evidence,
+        len(rows),
+        f"{len(rows)} relays checked against the members' ownership; "
+        f"{len(evidence) - len(unowned)} to a partition the relaying member owned, "
+        f"{sum(unowned.values())} to a partition nobody owned",
+        evidence[:20],
+        {"to_unowned_partition": dict(sorted(unowned.items()))},
+    )
+
+
 ALL: Sequence[Callable[[RunData], Verdict]] = (
     no_overload,
     no_double_ownership,
@@ -764,8 +1028,11 @@ ALL: Sequence[Callable[[RunData], Verdict]] = (
     recovery,
     zombies_never_commit,
 )
+#: Judged only in relay runs (``Limits.relay_max_hops`` set).
+RELAY: Sequence[Callable[[RunData], Verdict]] = (hop_limit, no_relay_to_self)
 
 
 def check_all(data: RunData) -> list[Verdict]:
-    """Every invariant's verdict, in order."""
-    return [check(data) for check in ALL]
+    """Every invariant's verdict, in order (the relay ones only for a relay run)."""
+    checks = [*ALL, *(RELAY if data.limits.relay_max_hops else ())]
+    return [check(data) for check in checks]

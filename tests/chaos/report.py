@@ -51,8 +51,24 @@ def build_report(
         "utilisation": by_kind[1].figures.get("utilisation", {}) if 1 in by_kind else {},
         "recovery": by_kind[6].figures if 6 in by_kind else {},
         "duplicates_by_cause": by_kind[5].figures.get("by_cause", {}) if 5 in by_kind else {},
+        "relay": relay_figures(data, by_kind[8]) if 8 in by_kind else None,
         "verdicts": [v.as_dict() for v in verdicts],
         "passed": all(v.passed and not v.skipped for v in verdicts),
+    }
+
+
+def relay_figures(data: RunData, hops: Verdict) -> dict[str, Any]:
+    """Relay run: relays by source partition, hops, the hot partition and the partitions that
+    were relay-only at some point (with how many of their records were relayed)."""
+    produced = Counter(a["p"] for a in data.produced)
+    relay_only = sorted({p for e in data.audits for _, p in e.get("relay_only", [])})
+    by_source = hops.figures.get("relayed_by_source_partition", {})
+    return {
+        **hops.figures,
+        "produced_by_partition": dict(sorted(produced.items())),
+        "hot_partition": produced.most_common(1)[0][0] if produced else None,
+        "relay_only_partitions": relay_only,
+        "relayed_from_relay_only": sum(by_source.get(p, 0) for p in relay_only),
     }
 
 
@@ -77,6 +93,15 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(
             "duplicates by cause: "
             + ", ".join(f"{c}={n}" for c, n in report["duplicates_by_cause"].items())
+        )
+    relay = report.get("relay")
+    if relay:
+        lines.append(
+            f"relay: {relay['relayed']} relayed (hops {relay['hops']}), "
+            f"{relay['copies_flushed']} copies flushed; by source partition "
+            f"{relay['relayed_by_source_partition']}; hot partition {relay['hot_partition']}; "
+            f"relay-only {relay['relay_only_partitions']} "
+            f"({relay['relayed_from_relay_only']} relayed from them)"
         )
     lines.append("highest budget utilisation (partitions/max, buffered/budget, rss/limit):")
     for member, u in sorted(report["utilisation"].items()):

@@ -25,7 +25,21 @@ exist only here, in tests:
                          session (no heartbeat for a whole session, e.g. after SIGSTOP), and
                          commits go straight to the wire under the generation of the last
                          assignment, so a woken zombie commits under its stale generation
-                         until the broker says no (invariant 7).
+                         until the broker says no (invariant 7);
+``relay_to_self``        (relay runs) the runtime's relay target choice
+                         (``Relay.targets``, monkeypatched on the instance) returns partitions
+                         the member owns (invariant 9);
+``commit_before_ack``    (relay runs) before each relay produce, the member commits the relayed
+                         records' offsets and produces ``PLANTED_FLUSH_DELAY_S`` later, so a
+                         commit runs ahead of the acknowledgement (invariant 4, and 3 when a
+                         kill falls in between).
+
+Relay runs (``CAPGROUP_RELAY_ENABLED``): ``on_records_relayed`` audits every acknowledged
+relay with the member's owned set at that moment and, for a copy relayed on, its own origin
+header (read by wrapping ``capgroup.runtime.relay.hops_of``, which the relay calls for every
+record it considers); sink rows of relayed copies carry their ``origin`` and ``hops`` headers.
+``CHAOS_FLUSH_MS_PER_RECORD`` makes ``flush`` that slow per record, so a hot partition outruns
+its owner.
 """
 
 from __future__ import annotations
@@ -33,13 +47,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
 
+import capgroup.runtime.relay as relay_module
 from capgroup import Batch, BatchingConsumer, RevokeAction
 from capgroup.assignor.model import CapacityAdvertisement
 from capgroup.membership.model import AssignmentChange, Generation
+from capgroup.runtime.relay import RELAY_HOPS_HEADER, RELAY_ORIGIN_HEADER, Relayed
 from capgroup.types import TopicPartition
 from tests.chaos.audit import PLANTED_FLUSH_DELAY_S, PLANTS, ChaosAudit
 
@@ -47,6 +64,20 @@ from tests.chaos.audit import PLANTED_FLUSH_DELAY_S, PLANTS, ChaosAudit
 _LOCAL_FENCING = ("no successful heartbeat", "without heartbeat")
 #: How long ``slow_takeover`` sits in ``on_partitions_assigned``.
 SLOW_TAKEOVER_S = 20.0
+
+
+def relay_headers(record: Any) -> dict[str, Any]:
+    """``{"origin": [topic, p, o], "hops": n}`` of a relayed copy, else ``{}``."""
+    out: dict[str, Any] = {}
+    for name, value in record.headers or ():
+        if value is None:
+            continue
+        if name == RELAY_ORIGIN_HEADER:
+            topic, partition, offset = value.decode().rsplit("/", 2)
+            out["origin"] = [topic, int(partition), int(offset)]
+        elif name == RELAY_HOPS_HEADER:
+            out["hops"] = int(value)
+    return out if "origin" in out else {}
 
 
 class ChaosService(BatchingConsumer):
@@ -63,6 +94,12 @@ class ChaosService(BatchingConsumer):
         self._revoking = False
         self._owned: frozenset[TopicPartition] = frozenset()
         self._last_generation: Generation | None = None
+        #: Seconds ``flush`` takes per record (a slow sink: the relay schedule's hot partition).
+        self.flush_delay_s = float(os.environ.get("CHAOS_FLUSH_MS_PER_RECORD", "0")) / 1000
+        #: (partition, offset) -> origin header of copies the relay is about to relay on.
+        self._upstream: dict[tuple[TopicPartition, int], list[Any] | None] = {}
+        if self.settings.relay_enabled:
+            self._watch_relay_hops()
         self.audit.start(
             max_partitions=self.settings.max_partitions,
             budget=self.budget_bytes,
@@ -71,6 +108,8 @@ class ChaosService(BatchingConsumer):
             instance_id=self.settings.group_instance_id,
             member_kind="service",
             plant=self.plant,
+            relay=self.settings.relay_enabled,
+            flush_ms_per_record=self.flush_delay_s * 1000,
         )
         # A thread, not a task: it samples even while the event loop is busy flushing.
         self._sampler = threading.Thread(target=self._sample_rss, daemon=True)
@@ -117,6 +156,53 @@ class ChaosService(BatchingConsumer):
             engine._mark_lost = lenient  # type: ignore[method-assign]
             engine._committable_generation = stale_generation  # type: ignore[method-assign]
             engine._check_commit = lambda *args: None  # type: ignore[method-assign]
+        if self.plant in ("relay_to_self", "commit_before_ack"):
+            self._plant_relay(engine)
+
+    def _watch_relay_hops(self) -> None:
+        """Note the origin header of every copy the relay considers (it calls ``hops_of`` on
+        each record it may relay), so ``on_records_relayed`` can say where a copy relayed on
+        came from. A module-level wrap: this process runs one consumer."""
+        hops_of = relay_module.hops_of
+
+        def noting(record: Any) -> int:
+            hops = hops_of(record)
+            if hops:
+                origin = relay_headers(record).get("origin")
+                tp = TopicPartition(record.topic, record.partition)
+                self._upstream[(tp, record.offset)] = origin
+            return hops
+
+        relay_module.hops_of = noting
+
+    def _plant_relay(self, engine: Any) -> None:
+        """The relay plants, on the runtime's :class:`~capgroup.runtime.relay.Relay` instance
+        (private on purpose: a planted fault)."""
+        relay = self._relay
+        if relay is None:
+            raise RuntimeError(f"CHAOS_PLANT={self.plant} needs CAPGROUP_RELAY_ENABLED")
+        if self.plant == "relay_to_self":
+
+            def own_targets(tp: TopicPartition) -> list[TopicPartition]:
+                mine = sorted(engine.assignment - {tp}) or [tp]
+                return [t for t in mine if t.topic == tp.topic] or [tp]
+
+            relay.targets = own_targets  # type: ignore[method-assign]
+            return
+        sink = relay._sink
+        send = sink.send
+
+        async def commit_first(records: Sequence[Any]) -> None:
+            ends: dict[TopicPartition, int] = {}
+            for r in records:
+                origin = dict(r.headers)[RELAY_ORIGIN_HEADER].decode().rsplit("/", 2)
+                tp = TopicPartition(origin[0], int(origin[1]))
+                ends[tp] = max(ends.get(tp, 0), int(origin[2]) + 1)
+            await engine.commit(ends)
+            await anyio.sleep(PLANTED_FLUSH_DELAY_S)
+            await send(records)
+
+        sink.send = commit_first  # type: ignore[method-assign]
 
     def _wrap_revoke(self, engine: Any) -> None:
         """Audit the runtime's revoke step (partitions are given up once it returns); with
@@ -139,6 +225,7 @@ class ChaosService(BatchingConsumer):
                 self._owned,
                 change.partitions,
                 self._buffered(),
+                self._relay_only() & self._owned,
             )
 
         listener.on_partitions_revoked = audited
@@ -161,7 +248,34 @@ class ChaosService(BatchingConsumer):
         if self.plant == "commit_before_flush" and self.engine is not None:
             await self.engine.commit({batch.tp: batch.last_offset + 1})
             await anyio.sleep(PLANTED_FLUSH_DELAY_S)
-        self.audit.flushed(batch.tp, (r.offset for r in batch.records), generation)
+        if self.flush_delay_s:
+            await anyio.sleep(self.flush_delay_s * len(batch.records))
+        copies: dict[int, dict[str, Any]] = {}
+        for r in batch.records:
+            if found := relay_headers(r):
+                copies[r.offset] = found
+                self._upstream.pop((batch.tp, r.offset), None)
+        self.audit.flushed(batch.tp, (r.offset for r in batch.records), generation, copies)
+
+    async def on_records_relayed(self, relayed: Sequence[Relayed]) -> None:
+        """Audit acknowledged relays (before their commit) with what the member owns now."""
+        rows = [
+            [
+                r.origin.topic,
+                r.origin.partition,
+                r.offset,
+                r.destination.topic,
+                r.destination.partition,
+                r.hops,
+                self._upstream.pop((r.origin, r.offset), None),
+            ]
+            for r in relayed
+        ]
+        self.audit.relayed(rows, self.generation.generation_id, self.assignment)
+
+    def _relay_only(self) -> frozenset[TopicPartition]:
+        engine = self.engine
+        return frozenset(getattr(engine, "relay_only", ())) if engine is not None else frozenset()
 
     async def revoke_action(self, batch: Batch, deadline: float) -> RevokeAction:
         """The runtime's default decision, audited when it drops the batch."""
@@ -176,7 +290,12 @@ class ChaosService(BatchingConsumer):
         self._owned = self.assignment
         self._last_generation = self.generation
         self.audit.assignment(
-            "assign", self.generation.generation_id, self._owned, partitions, self._buffered()
+            "assign",
+            self.generation.generation_id,
+            self._owned,
+            partitions,
+            self._buffered(),
+            self._relay_only() & self._owned,
         )
         # Every gain but a first start's: a restarted incarnation's first assignment is a
         # takeover too (the partitions of the process it replaces).

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.brokers import KafkaEndpoint
-from tests.chaos.driver import ChaosConfig, run_chaos
+from tests.chaos.driver import ChaosConfig, relay_config, run_chaos
 from tests.chaos.report import summary
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -25,6 +25,11 @@ PLANTED = {
     "drop_revoke_commits": (["sigterm"], {5}),
     "slow_takeover": (["sigkill"], {6}),
     "no_fencing": (["zombie"], {7}),
+}
+#: Relay plants (issue 13), on the relay schedule: plant -> (faults, invariants that must fail).
+RELAY_PLANTED = {
+    "relay_to_self": (["zombie"], {9}),
+    "commit_before_ack": (["sigkill"], {4}),
 }
 
 
@@ -50,3 +55,24 @@ async def test_invariant_catches_planted_fault(
     for v in report["verdicts"]:
         if v["number"] in expected:
             assert v["evidence"], text
+
+
+@pytest.mark.parametrize("plant", sorted(RELAY_PLANTED))
+async def test_relay_invariant_catches_planted_fault(
+    plant: str, kafka: KafkaEndpoint, tmp_path: Path
+) -> None:
+    faults, expected = RELAY_PLANTED[plant]
+    config = relay_config(
+        tmp_path, seed=11, duration_s=20, faults=faults, plant=plant, drain_s=30.0
+    )
+    report = await run_chaos(config, kafka.bootstrap_servers, kafka.cluster)
+    text = summary(report)
+    print(text)
+    failed = {v["number"] for v in report["verdicts"] if not v["passed"]}
+    assert expected <= failed, text
+    # The planted evidence itself: a relay to the member's own partition (not one to a
+    # partition nobody owns), a commit ahead of its relay's acknowledgement.
+    key = "owned" if plant == "relay_to_self" else "not_flushed_before_commit"
+    for v in report["verdicts"]:
+        if v["number"] in expected:
+            assert any(key in e for e in v["evidence"]), text

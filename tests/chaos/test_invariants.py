@@ -382,3 +382,208 @@ def test_graceful_stop_ends_ownership_before_the_takeover() -> None:
     assert not inv.no_double_ownership(run).passed
     run.audits.append({**_assign("a", 2, T0 + 29.5, []), "kind": "stop"})
     assert inv.no_double_ownership(run).passed
+
+
+# ------------------------------------------------------------------ relay runs -------
+
+
+def _relay(
+    member: str, gen: int, t: float, moves: list[tuple[int, int, int, int]], **extra: Any
+) -> dict[str, Any]:
+    """An ``on_records_relayed`` audit event: ``moves`` are (p, o, dest_p, hops)."""
+    return {
+        "kind": "relay",
+        "t": t,
+        "member": member,
+        "inc": 0,
+        "gen": gen,
+        "relayed": [[TOPIC, p, o, TOPIC, d, h] for p, o, d, h in moves],
+        **extra,
+    }
+
+
+def _copies(
+    member: str, gen: int, t: float, p: int, at: range, origin_p: int, origin: range
+) -> list[dict[str, Any]]:
+    """Relayed copies flushed at ``p``/``at`` standing for ``origin_p``/``origin``."""
+    rows = _sink(member, gen, t, p, at)
+    for r, o in zip(rows, origin, strict=True):
+        r["origin"] = [TOPIC, origin_p, o]
+        r["hops"] = 1
+    return rows
+
+
+def relay_run() -> RunData:
+    """The clean run, relay on: partition 0's records 20..24 (produced at T0+25) are relayed
+    by a (which owns 0 and 1) to partition 2 (b's), acknowledged at T0+30, committed at
+    T0+31; b flushes the copies (partition 2, offsets 20..24) at T0+33 and commits them."""
+    run = clean_run()
+    run.limits = Limits(session_timeout_s=6.0, relay_max_hops=3)
+    run.produced += [{"seq": 100 + o, "p": 0, "o": o, "t": T0 + 25} for o in range(20, 25)]
+    run.audits.append(
+        _relay(
+            "a", 2, T0 + 30, [(0, o, 2, 1) for o in range(20, 25)], owned=[[TOPIC, 0], [TOPIC, 1]]
+        )
+    )
+    run.audits.append(_commit("a", 2, T0 + 31, {0: 25}))
+    run.sinks += [
+        {**r, "inc": 1} for r in _copies("b", 2, T0 + 33, 2, range(20, 25), 0, range(20, 25))
+    ]
+    run.audits.append({**_commit("b", 2, T0 + 34, {2: 25}), "inc": 1})
+    run.committed[0] = 25
+    run.committed[2] = 25
+    return run
+
+
+def test_clean_relay_run_passes_every_invariant() -> None:
+    verdicts = inv.check_all(relay_run())
+    assert [v.number for v in verdicts] == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+    assert not [(v.name, v.evidence) for v in verdicts if not v.passed]
+    assert not any(v.skipped for v in verdicts)
+    assert verdicts[7].figures["hops"] == {1: 5}
+    assert verdicts[7].figures["relayed_by_source_partition"] == {0: 5}
+
+
+def test_relay_invariants_only_in_relay_runs() -> None:
+    assert [v.number for v in inv.check_all(clean_run())] == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_relayed_record_lost_caught() -> None:
+    run = relay_run()
+    # The copies of 22..23 never reach a sink: relayed (and committed) is not processed.
+    run.sinks = [r for r in run.sinks if not (r["p"] == 2 and r["o"] in (22, 23))]
+    v = inv.no_loss(run)
+    assert not v.passed
+    assert v.evidence == [{"partition": 0, "missing": ["22-23"]}]
+    # A copy without its origin header does not stand for the record either.
+    run = relay_run()
+    for r in run.sinks:
+        r.pop("origin", None)
+    assert inv.no_loss(run).evidence == [{"partition": 0, "missing": ["20-24"]}]
+
+
+def test_relay_over_the_hop_limit_caught() -> None:
+    run = relay_run()
+    run.audits.append(_relay("a", 2, T0 + 35, [(0, 30, 3, 4)]))
+    v = inv.hop_limit(run)
+    assert not v.passed
+    assert v.evidence == [
+        {"relay": ["a", 0, 2, T0 + 35], "from": [0, 30], "to": 3, "hops": 4, "limit": 3}
+    ]
+    # A flushed copy past the limit (relayed further by someone who did not count) too.
+    run = relay_run()
+    run.sinks[-1]["hops"] = 5
+    v = inv.hop_limit(run)
+    assert not v.passed
+    assert v.evidence[0]["hops"] == 5
+    assert v.evidence[0]["origin"] == [TOPIC, 0, 24]
+
+
+def test_relay_to_an_owned_partition_caught() -> None:
+    run = relay_run()
+    # a relays partition 0's offset 25 to partition 1, which it has owned since T0+1.
+    run.audits.append(_relay("a", 2, T0 + 36, [(0, 25, 1, 1)], owned=[[TOPIC, 0], [TOPIC, 1]]))
+    v = inv.no_relay_to_self(run)
+    assert not v.passed
+    assert v.evidence == [
+        {"member": "a", "inc": 0, "gen": 2, "t": T0 + 36, "from": [0, 25], "to": 1, "owned": [0, 1]}
+    ]
+
+
+def test_relay_to_a_partition_gained_during_the_produce_is_not_self() -> None:
+    run = relay_run()
+    # a gains partition 2 at T0+40.0; the relay to 2 acknowledged at T0+40.2 was chosen before.
+    run.audits.append(_assign("a", 5, T0 + 40, [0, 1, 2]))
+    run.audits.append(_relay("a", 5, T0 + 40.2, [(0, 26, 2, 1)]))
+    assert inv.no_relay_to_self(run).passed
+    # ... but a second later it should know better.
+    run.audits.append(_relay("a", 5, T0 + 41.2, [(0, 27, 2, 1)]))
+    assert not inv.no_relay_to_self(run).passed
+
+
+def test_relay_member_without_assignment_trail_judged_by_its_snapshot() -> None:
+    run = relay_run()
+    run.audits.append({**_relay("r", 2, T0 + 36, [(0, 25, 3, 1)], owned=[[TOPIC, 3]])})
+    v = inv.no_relay_to_self(run)
+    assert not v.passed
+    assert v.evidence[0]["member"] == "r"
+
+
+def test_commit_before_the_relay_ack_caught() -> None:
+    run = relay_run()
+    # a commits partition 0 up to 25 at T0+28, before the relay was acknowledged (T0+30).
+    run.audits.append(_commit("a", 2, T0 + 28, {0: 25}))
+    v = inv.honest_commits(run)
+    assert not v.passed
+    assert v.evidence[0]["partition"] == 0
+    assert v.evidence[0]["not_flushed_before_commit"] == ["20-24"]
+
+
+def test_relayed_duplicate_must_be_attributed() -> None:
+    run = relay_run()
+    # a relays 20..24 again at T0+35 (a second copy at partition 2, 30..34, flushed by b at
+    # T0+37): with no fault of a in between nothing explains the duplicate.
+    run.audits.append(_relay("a", 2, T0 + 35, [(0, o, 2, 1) for o in range(20, 25)]))
+    run.sinks += [
+        {**r, "inc": 1} for r in _copies("b", 2, T0 + 37, 2, range(30, 35), 0, range(20, 25))
+    ]
+    v = inv.bounded_duplicates(run)
+    assert not v.passed
+    assert v.evidence[0]["offset"] == 20
+    assert v.evidence[0]["copies"] == [[2, 20], [2, 30]]
+    # A SIGKILL of the relaying member between the relays explains all five.
+    run.faults.append({"kind": "sigkill", "t": T0 + 34, "t_end": T0 + 35, "member": "a", "inc": 0})
+    v = inv.bounded_duplicates(run)
+    assert v.passed, v.evidence
+    assert v.figures["by_cause"] == {"sigkill@1020.0:b": 2, "sigkill@1034.0:a": 5}
+
+
+@pytest.mark.parametrize("check", inv.RELAY, ids=lambda c: c.__name__)
+def test_relay_run_without_relays_is_skipped(check: Any) -> None:
+    empty = RunData(
+        topic=TOPIC, partitions=4, limits=Limits(session_timeout_s=6.0, relay_max_hops=3)
+    )
+    assert check(empty).skipped
+
+
+def test_copy_relayed_twice_resolves_to_its_produced_record() -> None:
+    run = relay_run()
+    # b relays the copy at partition 2 offset 20 (origin 0/20) on to partition 1 (hops 2);
+    # a flushes that second copy at partition 1 offset 20, whose origin header is 2/20.
+    run.sinks = [r for r in run.sinks if not (r["p"] == 2 and r["o"] == 20)]
+    run.audits.append(
+        {
+            **_relay("b", 2, T0 + 33.5, []),
+            "inc": 1,
+            "relayed": [[TOPIC, 2, 20, TOPIC, 1, 2, [TOPIC, 0, 20]]],
+        }
+    )
+    second = _copies("a", 2, T0 + 35, 1, range(20, 21), 2, range(20, 21))
+    second[0]["hops"] = 2
+    run.sinks += second
+    verdicts = inv.check_all(run)
+    assert not [(v.name, v.evidence) for v in verdicts if not v.passed]
+    assert verdicts[7].figures["hops"] == {1: 5, 2: 1}
+    # Without the relaying member's record of where the copy came from, 0/20 is missing.
+    run.audits[-1]["relayed"][0][-1] = None
+    assert inv.no_loss(run).evidence == [{"partition": 0, "missing": ["20"]}]
+
+
+def test_relay_to_a_partition_nobody_owns_caught() -> None:
+    run = relay_run()
+    # Partition 4 is in no assignment (capacity short): a copy there is processed by nobody.
+    run.partitions = 5
+    run.audits.append(_relay("a", 2, T0 + 36, [(0, 25, 4, 1), (0, 26, 4, 1)]))
+    v = inv.no_relay_to_self(run)
+    assert not v.passed
+    assert v.evidence == [
+        {
+            "member": "a",
+            "inc": 0,
+            "t": T0 + 36,
+            "from": [0, 25],
+            "to": 4,
+            "to_unowned_partition": True,
+        }
+    ]
+    assert v.figures["to_unowned_partition"] == {4: 2}
