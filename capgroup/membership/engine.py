@@ -180,6 +180,8 @@ class MembershipEngine:
         self._unassigned: tuple[TopicPartition, ...] = ()
         # The relay-only part of ``_owned`` (issue 13): owned, fetched, never batched.
         self._relay_only: frozenset[TopicPartition] = frozenset()
+        # When the current generation was applied (the pending-moves watch measures from it).
+        self._applied_at = 0.0
 
     # ------------------------------------------------------------------ observation --
     @property
@@ -483,7 +485,7 @@ class MembershipEngine:
         added = assigned - previous
         self._generation = generation
         self._committable = previous | assigned
-        self._last_heartbeat_ok = anyio.current_time()
+        self._last_heartbeat_ok = self._applied_at = anyio.current_time()
         self._set_state(MemberState.ASSIGNING)
         if revoked:
             # Two-phase hand-off: what we give up is flushed or discarded and committed
@@ -652,6 +654,19 @@ class MembershipEngine:
                 self.request_rejoin("advertised capacity changed")
                 # The next join re-reads the capacity; until then don't ask again.
                 self._advertised = replace(current, owned=advertised.owned)
+                continue
+            figures = self._group_figures
+            stuck = self._settings.session_timeout_ms / 1000
+            if (
+                figures is not None
+                and figures.pending > 0
+                and anyio.current_time() - self._applied_at > stuck
+            ):
+                # A pending move waits for its old owner to revoke and rejoin. When that owner
+                # died and a static twin took its place from the broker's cache (no rebalance),
+                # nobody rejoins and the partition stays unowned: ask for the next round.
+                self.request_rejoin("pending moves were not released")
+                self._applied_at = anyio.current_time()
 
     # ------------------------------------------------------------------ commits -------
     async def commit(self, offsets: Mapping[TopicPartition, int], metadata: str = "") -> Generation:
@@ -789,6 +804,39 @@ class MembershipEngine:
                 if tp in result:
                     result[tp] = part[1] if part[1] >= 0 else None
         return result
+
+    async def group_batch_partitions(self) -> dict[str, frozenset[TopicPartition]] | None:
+        """The batch partitions each live member of the group owns now, by member id, read
+        from the coordinator (DescribeGroups) and decoded from each member's assignment: its
+        partitions minus the relay-only ones its :class:`AssignmentInfo` lists. None when the
+        view cannot be read (no coordinator, an error, or the group is rebalancing: a group
+        that is not Stable has no current assignment)."""
+        if not self._connected:
+            return None
+        try:
+            response = await self._coordinated(
+                wire.DescribeGroups([self._group]), coordination=False
+            )
+        except (_RetryableError, Errors.KafkaError, *CONNECTION_ERRORS) as exc:
+            _log.info("group_view_failed", error=type(exc).__name__)
+            return None
+        groups = [g for g in response.groups if g[1] == self._group]
+        if len(groups) != 1:
+            return None
+        error, _, state, _, _, members = groups[0][:6]
+        if error != NONE:
+            if error in _COORDINATOR_MOVED:
+                self._coordinator_unknown(f"describe groups: error {error}")
+            return None
+        if state != "Stable":
+            return None
+        view: dict[str, frozenset[TopicPartition]] = {}
+        for member in members:
+            member_id, raw = member[0], member[4]
+            assigned, info = _decode_assignment(raw)
+            relay = frozenset(info.relay_only) if info is not None else frozenset()
+            view[member_id] = assigned - relay
+        return view
 
     # ------------------------------------------------------------------ transport -----
     async def _coordinated(self, request: Any, *, coordination: bool) -> Any:

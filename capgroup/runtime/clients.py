@@ -53,8 +53,11 @@ class Fetcher(Protocol):
     def hold_all(self, held: bool) -> None:
         """Pause (or stop pausing) every partition."""
 
-    async def fetch(self, timeout_ms: int) -> Mapping[TopicPartition, list[Any]]:
-        """Records of flowing owned partitions, after at most ``timeout_ms`` of waiting."""
+    async def fetch(
+        self, timeout_ms: int, max_records: int | None = None
+    ) -> Mapping[TopicPartition, list[Any]]:
+        """Records of flowing owned partitions (at most ``max_records`` in all, when given),
+        after at most ``timeout_ms`` of waiting."""
 
     async def positions(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
         """The next offset to be read of each of ``partitions`` (after :meth:`gain`)."""

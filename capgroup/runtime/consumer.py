@@ -41,6 +41,7 @@ import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Generic, cast
 
 import anyio
@@ -176,6 +177,16 @@ def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException | N
     return errors[0] if len(errors) == 1 else None
 
 
+async def _others_own(engine: MembershipEngine) -> frozenset[TopicPartition] | None:
+    """The batch partitions the group's other live members own now (the relay's targets are
+    among them); None when the group view cannot be read."""
+    view = await engine.group_batch_partitions()
+    if view is None:
+        return None
+    me = engine.generation.member_id
+    return frozenset().union(*(parts for member, parts in view.items() if member != me))
+
+
 async def _close_quietly(close: Callable[[], Awaitable[None]]) -> None:
     try:
         with anyio.move_on_after(10):
@@ -244,7 +255,10 @@ class BatchingConsumer(ABC, Generic[V]):
         self._budget_bytes = budget.budget_bytes
         self._partition_cost = settings.partition_cost_bytes
         self._max_partitions = effective_max_partitions(
-            settings.max_partitions, budget.budget_bytes, self._partition_cost
+            settings.max_partitions,
+            budget.budget_bytes,
+            self._partition_cost,
+            settings.max_partition_fetch_bytes if settings.relay_enabled else 0,
         )
         # The ledger counts memory, not payload: every buffered record also costs its object.
         self._ledger = MemoryLedger(budget.budget_bytes, settings.batch_footprint_bytes)
@@ -587,6 +601,7 @@ class BatchingConsumer(ABC, Generic[V]):
                         relay_only=lambda: engine.relay_only,
                         end_offsets=fetcher.end_offsets,
                         group_committed=engine.committed,
+                        others_own=partial(_others_own, engine),
                         lag_figures=lambda: {} if self._lag is None else self._lag.figures,
                         counters=self._counters,
                         on_relayed=None
@@ -647,6 +662,12 @@ class BatchingConsumer(ABC, Generic[V]):
                     undecodable=undecodable,
                     tracker=self._tracker,
                     request_commit=committer.request,
+                    # A relay-only partition costs a fetch buffer, not a batch: while one is
+                    # owned, take at most a batch's worth of records per fetch (the rest stay
+                    # in the fetch buffer), so one fetch of a backlog cannot overrun it.
+                    max_records=None
+                    if relay is None
+                    else lambda: settings.batch_max_records if engine.relay_only else None,
                 )
                 live = self._live = _Live(engine, fetcher, tg, committer, delivery, ownership)
                 self._backpressure.attach(fetcher)
@@ -727,10 +748,17 @@ class BatchingConsumer(ABC, Generic[V]):
             self._relay.assignment_changed()
 
     def _limits_for(self, tp: TopicPartition) -> BatchLimits:
-        """Batch limits of a new ownership of ``tp``: a relay-only partition relays at once."""
+        """Batch limits of a new ownership of ``tp``: a relay-only partition relays at once,
+        and stops fetching while it holds anything (it costs one fetch buffer, not a batch)."""
         engine = self._engine
         relay_only = frozenset() if engine is None else engine.relay_only
-        return relay_limits(self._limits, self._settings) if tp in relay_only else self._limits
+        if tp not in relay_only:
+            self._ledger.set_partition_limit(tp, None)
+            return self._limits
+        limits = relay_limits(self._limits, self._settings)
+        # Stop fetching it as soon as it holds anything: its fetch buffer is all it may use.
+        self._ledger.set_partition_limit(tp, 1)
+        return limits
 
     def _request_rejoin(self, reason: str) -> None:
         if self._engine is not None:

@@ -87,8 +87,11 @@ class Ingest:
         undecodable: UndecodablePolicy = UndecodablePolicy.STOP_PARTITION,
         tracker: CommitTracker | None = None,
         request_commit: Callable[[], None] | None = None,
+        max_records: Callable[[], int | None] | None = None,
     ) -> None:
         self._fetcher = fetcher
+        #: Records to take per fetch (None: all); the rest wait in the fetch buffer.
+        self._max_records = max_records
         self._generation_valid = generation_valid
         self._partitions = partitions
         self._ledger = ledger
@@ -106,7 +109,11 @@ class Ingest:
         failures = 0
         while not self._stopping():
             try:
-                chunks = await self._fetcher.fetch(timeout_ms=FETCH_WAIT_MS)
+                limit = None if self._max_records is None else self._max_records()
+                if limit is None:
+                    chunks = await self._fetcher.fetch(timeout_ms=FETCH_WAIT_MS)
+                else:
+                    chunks = await self._fetcher.fetch(timeout_ms=FETCH_WAIT_MS, max_records=limit)
             except KafkaError as exc:
                 failures += 1
                 _log.warning("fetch_failed", error=repr(exc), consecutive_failures=failures)

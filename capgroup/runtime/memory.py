@@ -188,11 +188,27 @@ def memory_budget_from_settings(
     )
 
 
-def effective_max_partitions(max_partitions: int, budget_bytes: int, partition_cost: int) -> int:
-    """Partitions this member can hold: ``min(max_partitions, budget_bytes // partition_cost)``."""
+def effective_max_partitions(
+    max_partitions: int, budget_bytes: int, partition_cost: int, relay_partition_bytes: int = 0
+) -> int:
+    """Partitions this member can hold, the ``max_partitions`` it advertises.
+
+    Relay off (``relay_partition_bytes`` 0): ``min(max_partitions, budget // partition_cost)``.
+    Relay on, with ``batch = budget // partition_cost``: ``min(max_partitions, batch +
+    (budget - batch * partition_cost) // relay_partition_bytes)``, so the count leaves a slot for
+    every relay-only partition the leftover budget (after a full set of batch partitions) can
+    pay for. The count never lets batch partitions exceed the budget: the assignor also checks
+    the bytes, each partition at its own cost (batch or relay-only).
+    """
     if partition_cost <= 0:
         raise ValueError(f"partition cost must be positive, got {partition_cost}")
-    return max(min(max_partitions, budget_bytes // partition_cost), 0)
+    if relay_partition_bytes < 0:
+        raise ValueError(f"relay partition bytes must be >= 0, got {relay_partition_bytes}")
+    batch = max(budget_bytes // partition_cost, 0)
+    relay = 0
+    if relay_partition_bytes > 0:
+        relay = max(budget_bytes - batch * partition_cost, 0) // relay_partition_bytes
+    return max(min(max_partitions, batch + relay), 0)
 
 
 class MemoryLedger:
@@ -203,7 +219,7 @@ class MemoryLedger:
     the total reaches the budget.
     """
 
-    __slots__ = ("_held", "_total", "budget_bytes", "partition_limit_bytes")
+    __slots__ = ("_held", "_limits", "_total", "budget_bytes", "partition_limit_bytes")
 
     def __init__(self, budget_bytes: int, partition_limit_bytes: int) -> None:
         """Start empty with the member budget and the per-partition limit."""
@@ -212,7 +228,17 @@ class MemoryLedger:
         self.budget_bytes = budget_bytes
         self.partition_limit_bytes = partition_limit_bytes
         self._held: dict[TopicPartition, int] = {}
+        #: Per-partition limits below ``partition_limit_bytes`` (relay-only partitions).
+        self._limits: dict[TopicPartition, int] = {}
         self._total = 0
+
+    def set_partition_limit(self, tp: TopicPartition, limit_bytes: int | None) -> None:
+        """Pause ``tp`` at ``limit_bytes`` instead of ``partition_limit_bytes`` (None: the
+        default again). A relay-only partition costs one fetch buffer, not a batch."""
+        if limit_bytes is None:
+            self._limits.pop(tp, None)
+        else:
+            self._limits[tp] = max(limit_bytes, 1)
 
     @property
     def total_bytes(self) -> int:
@@ -249,12 +275,13 @@ class MemoryLedger:
     def drop(self, tp: TopicPartition) -> int:
         """Stop counting everything ``tp`` holds; returns the bytes released."""
         held = self._held.pop(tp, 0)
+        self._limits.pop(tp, None)
         self._total -= held
         return held
 
     def should_pause_partition(self, tp: TopicPartition) -> bool:
         """Whether ``tp`` holds a whole batch's worth and must stop fetching."""
-        return self._held.get(tp, 0) >= self.partition_limit_bytes
+        return self._held.get(tp, 0) >= self._limits.get(tp, self.partition_limit_bytes)
 
     def should_pause_all(self) -> bool:
         """Whether the member's buffers reached the budget and all fetching must stop."""

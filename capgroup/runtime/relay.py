@@ -9,13 +9,17 @@ are cut as usual (oldest records first) and handed to :meth:`Relay.deliver` inst
 ``flush``: every record whose ``capgroup.relay.hops`` header is below ``relay_max_hops`` is
 produced to a target partition, the others are flushed locally in a batch of their own.
 
-Targets are partitions of the record's topic (or ``relay_topic``) whose lag, read from the
-broker (the group's committed offsets and the high watermarks), is at most
-``relay_lag_records``, and that this member does **not** own at the moment of the choice
-(neither batch nor relay-only): the owned set is read at every choice and the lag figures are
-refreshed after every assignment change, so a rebalance never makes a member relay to itself.
-Without a target, a lagging batch partition flushes locally; a relay-only one waits (held,
-nothing committed past it).
+Targets are partitions of the record's topic (or ``relay_topic``) that **another** live member
+owns as batch partitions, by the group's current assignment read from the coordinator
+(DescribeGroups, ``others_own``), whose lag, read from the broker (the group's committed offsets
+and the high watermarks), is at most ``relay_lag_records``, and that this member does **not**
+own at the moment of the choice (neither batch nor relay-only). A partition nobody owns (left
+unassigned, or relay-only elsewhere) is never a target: records sent there would wait for an
+owner. The group view and the lag figures are refreshed after every assignment change and every
+lag sample interval; the owned set is read at every choice, so a rebalance never makes a member
+relay to itself. When the group view cannot be read, nothing is a target. Without a target, a
+lagging batch partition flushes locally; a relay-only one waits (held, nothing committed past
+it).
 
 No loss: :meth:`Relay.deliver` returns only once the producer (``acks=all``, idempotent)
 acknowledged every relayed record and the local remainder was flushed; only then does the batch
@@ -162,6 +166,8 @@ GroupCommitted = Callable[
 ]
 EndOffsets = Callable[[Iterable[TopicPartition]], Awaitable[Mapping[TopicPartition, int]]]
 OnRelayed = Callable[[Sequence["Relayed"]], Awaitable[None]]
+#: The batch partitions other live members of the group own now; None when unknown.
+OthersOwn = Callable[[], Awaitable[frozenset[TopicPartition] | None]]
 
 
 class Relay:
@@ -169,8 +175,10 @@ class Relay:
 
     ``owned`` and ``relay_only`` read the member's current assignment (``relay_only`` a subset
     of it); ``end_offsets`` and ``group_committed`` read the broker for the targets' lag;
-    ``lag_figures`` is the lag sampler's latest sample of owned partitions; ``on_relayed`` is
-    the service's hook (after the acknowledgement, before the commit).
+    ``others_own`` reads the batch partitions the group's other live members own now (None
+    when the group view cannot be read); ``lag_figures`` is the lag sampler's latest sample of
+    owned partitions; ``on_relayed`` is the service's hook (after the acknowledgement, before
+    the commit).
     """
 
     def __init__(
@@ -182,6 +190,7 @@ class Relay:
         relay_only: Callable[[], Iterable[TopicPartition]],
         end_offsets: EndOffsets,
         group_committed: GroupCommitted,
+        others_own: OthersOwn,
         lag_figures: Callable[[], Mapping[TopicPartition, PartitionLag]],
         counters: Counters,
         on_relayed: OnRelayed | None = None,
@@ -192,6 +201,7 @@ class Relay:
         self._relay_only = relay_only
         self._end_offsets = end_offsets
         self._group_committed = group_committed
+        self._others_own = others_own
         self._lag_figures = lag_figures
         self._counters = counters
         self._on_relayed = on_relayed
@@ -201,6 +211,8 @@ class Relay:
         self._previous_lag: dict[TopicPartition, int] = {}
         #: Lag of candidate target partitions (records; None: unknown), latest refresh.
         self._target_lag: dict[TopicPartition, int | None] = {}
+        #: Batch partitions other live members own, latest refresh (None: unknown).
+        self._others: frozenset[TopicPartition] | None = None
         self._stale = anyio.Event()
         self._round_robin = itertools.count()
         #: Relayed records by the hops they were produced with.
@@ -223,15 +235,22 @@ class Relay:
         return sum(f.lag_records for tp in self.relaying_partitions if (f := figures.get(tp)))
 
     def targets(self, tp: TopicPartition) -> list[TopicPartition]:
-        """Healthy partitions ``tp``'s records may go to, none of them owned by this member
-        now (the owned set is read at every call)."""
+        """Healthy partitions ``tp``'s records may go to: owned as batch partitions by
+        another live member (latest group view; none when it is unknown), none of them owned by
+        this member now (the owned set is read at every call)."""
+        others = self._others
+        if not others:
+            return []
         topic = self._settings.relay_topic or tp.topic
         mine = frozenset(self._owned()) | frozenset(self._relay_only())
         limit = self._settings.relay_lag_records
         return sorted(
             t
             for t, lag in self._target_lag.items()
-            if t.topic == topic and t not in mine and (lag is None or limit is None or lag <= limit)
+            if t.topic == topic
+            and t in others
+            and t not in mine
+            and (lag is None or limit is None or lag <= limit)
         )
 
     def must_wait(self, tp: TopicPartition) -> bool:
@@ -239,8 +258,10 @@ class Relay:
         return tp in frozenset(self._relay_only()) and not self.targets(tp)
 
     def assignment_changed(self) -> None:
-        """The assignment changed: refresh the targets' lag now, and forget departed
-        partitions' lag history."""
+        """The assignment changed: forget the group view (nothing is a target until it is read
+        again), refresh it and the targets' lag now, and forget departed partitions' lag
+        history."""
+        self._others = None
         owned = frozenset(self._owned())
         self._lagging &= owned
         for tp in set(self._previous_lag) - owned:
@@ -273,7 +294,13 @@ class Relay:
                 _log.warning("relay_started", partition=f"{tp.topic}-{tp.partition}", lag=lag)
 
     async def refresh_targets(self) -> None:
-        """Read every candidate target partition's lag from the broker."""
+        """Read the group's current assignment (who owns what) and every candidate target
+        partition's lag from the broker; a failed read of the group view leaves no target."""
+        try:
+            self._others = await self._others_own()
+        except Exception as exc:
+            self._others = None
+            _log.warning("relay_group_view_failed", error=repr(exc))
         topics = (
             {self._settings.relay_topic}
             if self._settings.relay_topic

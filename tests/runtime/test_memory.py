@@ -150,6 +150,33 @@ def test_effective_max_partitions_uses_the_settings_cost() -> None:
         effective_max_partitions(1, 1, 0)
 
 
+@pytest.mark.parametrize(
+    ("max_partitions", "budget", "cost", "relay", "expected"),
+    [
+        (64, 100, 30, 0, 3),  # relay off: unchanged, the 10 bytes left buy nothing
+        (64, 100, 30, 10, 4),  # 3 batch partitions + 10 left // 10 = 1 relay-only slot
+        (64, 100, 30, 4, 5),  # 10 left buy 2 relay-only slots
+        (64, 100, 30, 11, 3),  # the leftover cannot pay for one fetch buffer
+        (64, 120, 30, 10, 4),  # nothing left over: no relay-only slot
+        (4, 100, 30, 4, 4),  # the configured cap still wins
+        (64, 20, 30, 10, 2),  # no batch partition fits, two relay-only ones do
+    ],
+)
+def test_effective_max_partitions_leaves_room_for_relay_only_partitions(
+    max_partitions: int, budget: int, cost: int, relay: int, expected: int
+) -> None:
+    assert effective_max_partitions(max_partitions, budget, cost, relay) == expected
+
+
+def test_effective_max_partitions_with_relay_off_ignores_the_fetch_buffer() -> None:
+    for budget in range(0, 200, 7):
+        assert effective_max_partitions(64, budget, 30, 0) == effective_max_partitions(
+            64, budget, 30
+        )
+    with pytest.raises(ValueError, match=">= 0"):
+        effective_max_partitions(1, 1, 1, -1)
+
+
 A = TopicPartition("t", 0)
 B = TopicPartition("t", 1)
 
@@ -339,3 +366,18 @@ def test_record_overhead_bound_covers_a_buffered_record() -> None:
     overhead = held / count - payload
     assert overhead <= RECORD_OVERHEAD_BYTES, f"measured {overhead:.0f} B per record"
     assert overhead > RECORD_OVERHEAD_BYTES / 4, f"the bound is far off: {overhead:.0f} B"
+
+
+def test_ledger_pauses_a_relay_only_partition_at_its_own_limit() -> None:
+    ledger = MemoryLedger(budget_bytes=100, partition_limit_bytes=40)
+    ledger.set_partition_limit(A, 10)
+    ledger.add(A, 10)
+    ledger.add(B, 10)
+    assert ledger.should_pause_partition(A)
+    assert not ledger.should_pause_partition(B)
+    ledger.set_partition_limit(A, None)
+    assert not ledger.should_pause_partition(A)
+    ledger.set_partition_limit(A, 10)
+    ledger.drop(A)  # a new ownership starts from the default again
+    ledger.add(A, 10)
+    assert not ledger.should_pause_partition(A)

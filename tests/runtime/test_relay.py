@@ -45,12 +45,17 @@ class Group:
     ends: dict[TopicPartition, int] = field(default_factory=dict)
     committed: dict[TopicPartition, int | None] = field(default_factory=dict)
     figures: dict[TopicPartition, PartitionLag] = field(default_factory=dict)
+    #: Batch partitions other live members own (None: the group view cannot be read).
+    others: set[TopicPartition] | None = field(default_factory=lambda: {TP, OTHER, THIRD})
     relayed: list[list[Relayed]] = field(default_factory=list)
     #: Commits requested when each ``on_records_relayed`` call ran.
     commits_at_hook: list[int] = field(default_factory=list)
 
     async def end_offsets(self, tps: Iterable[TopicPartition]) -> Mapping[TopicPartition, int]:
         return {tp: self.ends.get(tp, 0) for tp in tps}
+
+    async def others_own(self) -> frozenset[TopicPartition] | None:
+        return None if self.others is None else frozenset(self.others)
 
     async def group_committed(
         self, tps: Iterable[TopicPartition]
@@ -72,6 +77,7 @@ def make_relay(
         relay_only=lambda: frozenset(group.relay_only),
         end_offsets=group.end_offsets,
         group_committed=group.group_committed,
+        others_own=group.others_own,
         lag_figures=lambda: group.figures,
         counters=parts.counters,
         on_relayed=on_relayed,
@@ -220,10 +226,26 @@ async def test_targets_are_never_owned_and_follow_every_rebalance() -> None:
     relay = make_relay(parts, group, sink, hooks)
     await relay.refresh_targets()
     assert relay.targets(TP) == [THIRD]
-    # A rebalance moves OTHER away and THIRD here: read at once, before any refresh.
+    # A rebalance moves OTHER away and THIRD here: the group view is forgotten at once (no
+    # target until it is read again), and the refresh finds OTHER.
     group.owned = {TP, THIRD}
     relay.assignment_changed()
+    assert relay.targets(TP) == []
+    await relay.refresh_targets()
     assert relay.targets(TP) == [OTHER]
+    # The owned set is still read at every choice, even with a stale view.
+    group.owned = {TP, OTHER, THIRD}
+    assert relay.targets(TP) == []
+    group.owned = {TP, THIRD}
+    # A partition no other member owns (unassigned) is never a target, whatever its lag.
+    group.others = {THIRD}
+    await relay.refresh_targets()
+    assert relay.targets(TP) == []
+    # No group view: nothing is a target.
+    group.others = None
+    await relay.refresh_targets()
+    assert relay.targets(TP) == []
+    group.others = {OTHER, THIRD}
     await relay.refresh_targets()
     assert relay.targets(TP) == [OTHER]
     # A lagging partition is no target.
@@ -253,6 +275,7 @@ async def test_without_a_target_a_relay_only_partition_waits_and_a_lagging_one_f
             # A rebalance gives THIRD away: the held partition relays to it.
             group.owned = {TP, OTHER}
             relay.assignment_changed()
+            await relay.refresh_targets()  # what run() does at once after the change
             await until(lambda: parts.tracker.committable(TP) == 10)
             tg.cancel_scope.cancel()
     assert {r.destination for r in sink.sent} == {THIRD}

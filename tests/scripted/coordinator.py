@@ -2,16 +2,17 @@
 
 This is a scripted protocol peer for deterministic tests, not a Kafka. It keeps one group in
 memory and answers the engine's requests (FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
-LeaveGroup, OffsetCommit, OffsetFetch) the way Kafka's classic coordinator does in the cases
-the engine depends on, with aiokafka's own response classes. Tests script it: inject error
-codes, hold requests at a gate, move the coordinator, expire a member's session, and await
-conditions instead of sleeping. The broker-backed tests remain the proof that the engine
-behaves the same against Kafka.
+LeaveGroup, OffsetCommit, OffsetFetch, DescribeGroups) the way Kafka's classic coordinator
+does in the cases the engine depends on, with aiokafka's own response classes. Tests script
+it: inject error codes, hold requests at a gate, move the coordinator, expire a member's
+session, and await conditions instead of sleeping. The broker-backed tests remain the proof
+that the engine behaves the same against Kafka.
 
 Script API (``coord = ScriptedCoordinator({"t": 4})``, one ``coord.transport()`` per engine):
 
 - ``coord.fail(api, code, times=1)``: the next ``times`` requests of ``api`` ("join", "sync",
-  "heartbeat", "leave", "commit", "fetch" or "any") are answered with ``code``, unprocessed;
+  "heartbeat", "leave", "commit", "fetch", "describe" or "any") are answered with ``code``,
+  unprocessed;
   ``code`` may also be an exception class the transport raises (a broken connection).
 - ``gate = coord.gate(api)``: requests of ``api`` wait there (``await gate.arrived.wait()``)
   until ``gate.release()``; they are processed with the group's state at release time.
@@ -36,7 +37,7 @@ from aiokafka import errors as Errors  # noqa: N812 (aiokafka's own idiom)
 from capgroup.membership import wire
 from capgroup.types import TopicPartition
 
-Api = Literal["join", "sync", "heartbeat", "leave", "commit", "fetch"]
+Api = Literal["join", "sync", "heartbeat", "leave", "commit", "fetch", "describe"]
 _APIS: dict[int, Api] = {
     11: "join",
     14: "sync",
@@ -44,6 +45,7 @@ _APIS: dict[int, Api] = {
     13: "leave",
     8: "commit",
     9: "fetch",
+    15: "describe",
 }
 
 NONE: int = Errors.NoError.errno
@@ -423,6 +425,26 @@ class ScriptedCoordinator:
         ]
         return req.RESPONSE_TYPE(throttle_time_ms=0, topics=topics, error_code=NONE)
 
+    async def _describe(self, req: Any) -> Any:
+        """Every member with its current assignment (empty unless the group is stable), as
+        Kafka answers DescribeGroups."""
+        state = {
+            "empty": "Empty",
+            "preparing": "PreparingRebalance",
+            "completing": "CompletingRebalance",
+            "stable": "Stable",
+        }[self.state]
+        stable = self.state == "stable"
+        members = [
+            (m.member_id, "client", "/127.0.0.1", b"", self.assignments.get(m.member_id, b""))
+            for m in self.members.values()
+        ]
+        groups = [
+            (NONE, group, state, "consumer", "capgroup" if stable else "", members)
+            for group in req.groups
+        ]
+        return req.RESPONSE_TYPE(throttle_time_ms=0, groups=groups)
+
 
 @dataclass
 class _Probe:
@@ -451,6 +473,8 @@ def _error_response(struct: Any, code: int, **extra: Any) -> Any:
         fields |= {"error_code": code, "members": []}
     elif kind == "commit":
         fields["topics"] = [(t, [(part[0], code) for part in parts]) for t, parts in struct.topics]
+    elif kind == "describe":
+        fields["groups"] = [(code, g, "", "", "", []) for g in struct.groups]
     elif kind == "fetch":
         fields |= {
             "error_code": code,
