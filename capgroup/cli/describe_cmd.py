@@ -23,15 +23,13 @@ from typing import Any
 
 import anyio
 
-from capgroup.cli.startup_errors import describe_startup_error
+from capgroup.cli.startup_errors import add_timeout_argument, report_failure
 from capgroup.log import configure_logging
 from capgroup.operations.describe import GroupState, MemberState, describe_group
-from capgroup.security import EXIT_SECURITY, describe_connection_error
-from capgroup.settings import CapgroupSettings, load_settings
+from capgroup.settings import load_settings
 from capgroup.types import TopicPartition
 
 __all__ = [
-    "DEFAULT_TIMEOUT_S",
     "describe_json",
     "partition_list",
     "register",
@@ -42,8 +40,6 @@ __all__ = [
     "run",
 ]
 
-#: How long the command keeps trying to reach Kafka unless ``--timeout`` says otherwise.
-DEFAULT_TIMEOUT_S = 10.0
 _MIB = 1024 * 1024
 
 
@@ -62,13 +58,7 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="describe again every SECONDS until Ctrl-C",
     )
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT_S,
-        metavar="SECONDS",
-        help=f"give up reaching Kafka after SECONDS (default {DEFAULT_TIMEOUT_S:g})",
-    )
+    add_timeout_argument(parser)
     parser.set_defaults(handler=run)
 
 
@@ -84,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             state = anyio.run(describe_group, settings, args.group)
         except Exception as exc:
-            return _failed(exc, settings)
+            return report_failure("describe", exc, settings)
         text = json.dumps(describe_json(state), indent=2) if args.json else render(state)
         if args.watch is None:
             print(text)
@@ -95,19 +85,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"{time.strftime('%H:%M:%S')} every {args.watch:g} s (Ctrl-C stops)\n{text}\n")
         sys.stdout.flush()
         time.sleep(args.watch)
-
-
-def _failed(exc: Exception, settings: CapgroupSettings) -> int:
-    """One line on stderr and the exit code, for the errors an operator can fix."""
-    line = describe_connection_error(exc, settings)
-    if line is not None:
-        print(f"capgroup describe: {line}", file=sys.stderr)
-        return EXIT_SECURITY
-    failure = describe_startup_error(exc)
-    if failure is None:
-        raise exc
-    print(f"capgroup describe: {failure.message}", file=sys.stderr)
-    return failure.exit_code
 
 
 def _mib(n: int) -> str:

@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 import anyio
 
-from capgroup.cli.startup_errors import describe_startup_error
+from capgroup.cli.startup_errors import add_timeout_argument, report_failure
 from capgroup.log import configure_logging
 from capgroup.operations.doctor import SEVERITIES, Finding, Severity, at_or_above
 from capgroup.operations.doctor_gather import DEFAULT_SAMPLE_SECONDS, DoctorReport, run_doctor
-from capgroup.security import EXIT_SECURITY, describe_connection_error
-from capgroup.settings import CapgroupSettings, load_settings
+from capgroup.settings import load_settings
 
 __all__ = ["EXIT_FINDINGS", "JSON_VERSION", "doctor_json", "exit_code", "register", "render", "run"]
 
@@ -33,7 +31,6 @@ __all__ = ["EXIT_FINDINGS", "JSON_VERSION", "doctor_json", "exit_code", "registe
 EXIT_FINDINGS = 1
 #: Version of the ``--json`` document's shape.
 JSON_VERSION = 1
-DEFAULT_TIMEOUT_S = 10.0
 
 
 def _positive(text: str) -> float:
@@ -95,13 +92,7 @@ def register(sub: Any) -> None:
         metavar="RECORDS_PER_S",
         help="per-partition consume rate for partition-count (default: the measured maximum)",
     )
-    parser.add_argument(
-        "--timeout",
-        type=_positive,
-        default=DEFAULT_TIMEOUT_S,
-        metavar="SECONDS",
-        help=f"give up reaching Kafka after SECONDS (default {DEFAULT_TIMEOUT_S:g})",
-    )
+    add_timeout_argument(parser)
     parser.set_defaults(handler=run)
 
 
@@ -122,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
             )
         )
     except Exception as exc:
-        return _failed(exc, settings)
+        return report_failure("doctor", exc, settings)
     print(
         json.dumps(doctor_json(report), indent=2, sort_keys=True) if args.json else render(report)
     )
@@ -133,18 +124,6 @@ def exit_code(findings: list[Finding], fail_on: str) -> int:
     """0, or :data:`EXIT_FINDINGS` when a finding is at or above ``fail_on``."""
     threshold: Severity = "error" if fail_on == "error" else "warn"
     return EXIT_FINDINGS if any(at_or_above(f.severity, threshold) for f in findings) else 0
-
-
-def _failed(exc: Exception, settings: CapgroupSettings) -> int:
-    line = describe_connection_error(exc, settings)
-    if line is not None:
-        print(f"capgroup doctor: {line}", file=sys.stderr)
-        return EXIT_SECURITY
-    failure = describe_startup_error(exc)
-    if failure is None:
-        raise exc
-    print(f"capgroup doctor: {failure.message}", file=sys.stderr)
-    return failure.exit_code
 
 
 def doctor_json(report: DoctorReport) -> dict[str, Any]:

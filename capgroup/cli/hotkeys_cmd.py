@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from capgroup.cli.startup_errors import describe_startup_error
+from capgroup.cli.startup_errors import add_timeout_argument, report_failure
 from capgroup.log import configure_logging
 from capgroup.operations.hotkeys import (
     DEFAULT_LG_MAX_MAP_SIZE,
@@ -32,8 +32,7 @@ from capgroup.operations.hotkeys import (
     analyse,
     read_topic,
 )
-from capgroup.security import EXIT_SECURITY, describe_connection_error
-from capgroup.settings import CapgroupSettings, load_settings
+from capgroup.settings import load_settings
 from capgroup.sharding import ShardMap
 
 __all__ = [
@@ -48,7 +47,6 @@ __all__ = [
 
 #: The window read when neither ``--duration`` nor ``--records`` is given.
 DEFAULT_DURATION_S = 60.0
-DEFAULT_TIMEOUT_S = 10.0
 #: Printed with every shard-factor recommendation.
 ORDER_WARNING = (
     "splitting a key into key.0 … key.k-1 gives up that key's total order: "
@@ -94,13 +92,7 @@ def register(sub: Any) -> None:
         help="write the keys that need k > 1 as a shard map (capgroup.sharding.ShardMap.load)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT_S,
-        metavar="SECONDS",
-        help=f"give up reaching Kafka after SECONDS (default {DEFAULT_TIMEOUT_S:g})",
-    )
+    add_timeout_argument(parser)
     parser.set_defaults(handler=run)
 
 
@@ -147,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     except TopicNotFoundError as exc:
         return _usage(str(exc))
     except Exception as exc:
-        return _failed(exc, settings)
+        return report_failure("hotkeys", exc, settings)
     if args.write_shard_map:
         shard_map = ShardMap({h.key: h.shard_factor for h in report.hot_keys if h.shard_factor > 1})
         with open(args.write_shard_map, "w") as out:
@@ -155,18 +147,6 @@ def run(args: argparse.Namespace) -> int:
             out.write("\n")
     print(json.dumps(hotkeys_json(report), indent=2) if args.json else render(report))
     return 0
-
-
-def _failed(exc: Exception, settings: CapgroupSettings) -> int:
-    line = describe_connection_error(exc, settings)
-    if line is not None:
-        print(f"capgroup hotkeys: {line}", file=sys.stderr)
-        return EXIT_SECURITY
-    failure = describe_startup_error(exc)
-    if failure is None:
-        raise exc
-    print(f"capgroup hotkeys: {failure.message}", file=sys.stderr)
-    return failure.exit_code
 
 
 def display_key(key: bytes) -> str:

@@ -11,22 +11,31 @@ exception whose message names the setting and the remedy, and add a case below (
 
 from __future__ import annotations
 
+import argparse
+import sys
 from dataclasses import dataclass
 
 from capgroup.errors import GroupFatalError
 from capgroup.membership.transport import KafkaUnreachableError
 from capgroup.operations.describe import GroupNotFoundError
-from capgroup.settings import SettingsError
+from capgroup.security import EXIT_SECURITY, describe_connection_error
+from capgroup.settings import CapgroupSettings, SettingsError
 
 __all__ = [
+    "DEFAULT_TIMEOUT_S",
     "EXIT_GROUP_FATAL",
     "EXIT_KAFKA_UNREACHABLE",
     "EXIT_USAGE",
     "StartupFailure",
     "TargetError",
+    "add_timeout_argument",
     "describe_startup_error",
     "one_line",
+    "report_failure",
 ]
+
+#: How long the inspection commands (describe, doctor, hotkeys) try to reach Kafka.
+DEFAULT_TIMEOUT_S = 10.0
 
 #: A bad target, invalid or missing settings, a topic that does not exist, an HTTP port that
 #: cannot be bound, a group ``capgroup describe`` cannot find.
@@ -67,3 +76,37 @@ def describe_startup_error(exc: BaseException) -> StartupFailure | None:
     if isinstance(exc, GroupFatalError):
         return StartupFailure(EXIT_GROUP_FATAL, one_line(str(exc)))
     return None
+
+
+def add_timeout_argument(parser: argparse.ArgumentParser) -> None:
+    """``--timeout SECONDS`` of the commands that inspect a cluster (describe, doctor,
+    hotkeys): how long they try to reach Kafka before giving up with exit 4."""
+    parser.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=DEFAULT_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"give up reaching Kafka after SECONDS (default {DEFAULT_TIMEOUT_S:g})",
+    )
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def report_failure(command: str, exc: Exception, settings: CapgroupSettings) -> int:
+    """One line on stderr naming ``capgroup COMMAND`` and the exit code, for the errors an
+    operator can fix (security first: a TLS or SASL failure also looks like a connection
+    error); anything else is a bug and is raised."""
+    line = describe_connection_error(exc, settings)
+    if line is not None:
+        print(f"capgroup {command}: {line}", file=sys.stderr)
+        return EXIT_SECURITY
+    failure = describe_startup_error(exc)
+    if failure is None:
+        raise exc
+    print(f"capgroup {command}: {failure.message}", file=sys.stderr)
+    return failure.exit_code
