@@ -15,6 +15,7 @@ from capgroup.runtime.memory import MemoryLedger
 from capgroup.runtime.offsets import CommitTracker
 from capgroup.runtime.partition import PartitionState, footprint
 from capgroup.runtime.policy import FlushThroughput, RevokeAction
+from capgroup.runtime.relay import Relay
 from capgroup.runtime.retry import RetryPolicy
 from capgroup.runtime.stats import Counters
 from capgroup.types import TopicPartition
@@ -103,7 +104,12 @@ class Hooks:
         self.commits += 1
 
 
-def delivery(parts: Parts, hooks: Hooks, sink: ScriptedDeadLetterSink | None = None) -> Delivery:
+def delivery(
+    parts: Parts,
+    hooks: Hooks,
+    sink: ScriptedDeadLetterSink | None = None,
+    relay: Relay | None = None,
+) -> Delivery:
     return Delivery(
         flush=hooks.flush,
         on_revoke=hooks.on_revoke,
@@ -119,4 +125,5 @@ def delivery(parts: Parts, hooks: Hooks, sink: ScriptedDeadLetterSink | None = N
         request_commit=hooks.request_commit,
         generation=lambda: Generation(4, "member-1"),
         dead_letter=sink,
+        relay=relay,
     )

@@ -11,13 +11,11 @@ from typing import Any
 import anyio
 import pytest
 
-from capgroup.membership.model import Generation
 from capgroup.runtime import Relayed
 from capgroup.runtime.batch import Batch, make_record, record_sizes
 from capgroup.runtime.consumer import BatchingConsumer
 from capgroup.runtime.delivery import Delivery
 from capgroup.runtime.partition import PartitionState, footprint
-from capgroup.runtime.policy import FlushThroughput
 from capgroup.runtime.relay import (
     RELAY_HOPS_HEADER,
     RELAY_ORIGIN_HEADER,
@@ -27,7 +25,7 @@ from capgroup.runtime.relay import (
 from capgroup.runtime.stats import PartitionLag
 from capgroup.settings import load_settings
 from capgroup.types import TopicPartition
-from tests.runtime.parts import FAST_RETRY, OTHER, TP, Hooks, Parts, make_parts
+from tests.runtime.parts import OTHER, TP, Hooks, Parts, delivery, make_parts
 from tests.scripted.runtime_clients import ScriptedRelaySink
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
@@ -84,25 +82,6 @@ def make_relay(
     )
 
 
-def relaying_delivery(parts: Parts, hooks: Hooks, relay: Relay | None) -> Delivery:
-    return Delivery(
-        flush=hooks.flush,
-        on_revoke=hooks.on_revoke,
-        retry=FAST_RETRY,
-        throughput=FlushThroughput(),
-        tracker=parts.tracker,
-        ledger=parts.ledger,
-        counters=parts.counters,
-        partitions=parts.partitions,
-        stopped=parts.stopped,
-        backpressure=parts.backpressure,
-        limiter=anyio.CapacityLimiter(1),
-        request_commit=hooks.request_commit,
-        generation=lambda: Generation(4, "member-1"),
-        relay=relay,
-    )
-
-
 def buffer(state: PartitionState, parts: Parts, count: int, hops: int | None = None) -> None:
     """Buffer ``count`` keyed records with a user header (and a hops header when given)."""
     start = state.buffer.last_offset + 1
@@ -154,7 +133,7 @@ async def test_a_relay_only_partition_relays_every_record_with_headers_and_commi
     state = parts.own(TP)
     buffer(state, parts, 10)
     sink.hold = anyio.Event()
-    runner = relaying_delivery(parts, hooks, relay)
+    runner = delivery(parts, hooks, relay=relay)
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(runner.partition_worker, state)
@@ -195,7 +174,7 @@ async def test_a_failed_produce_is_retried_and_nothing_is_committed_before_the_a
     state = parts.own(TP)
     buffer(state, parts, 10)
     sink.failures = 1
-    runner = relaying_delivery(parts, hooks, relay)
+    runner = delivery(parts, hooks, relay=relay)
     await settle(parts, runner, state, lambda: parts.tracker.committable(TP) == 10)
     assert sink.attempts == 2
     assert len(sink.sent) == 10
@@ -211,7 +190,7 @@ async def test_a_record_at_the_hop_limit_is_processed_locally() -> None:
     state = parts.own(TP)
     buffer(state, parts, 4, hops=3)  # at the limit: flushed here
     buffer(state, parts, 6, hops=2)  # one more hop allowed
-    runner = relaying_delivery(parts, hooks, relay)
+    runner = delivery(parts, hooks, relay=relay)
     await settle(parts, runner, state, lambda: parts.tracker.committable(TP) == 10)
     assert [[r.offset for r in b] for b in hooks.flushed] == [[0, 1, 2, 3]]
     assert [int(dict(r.headers)[RELAY_HOPS_HEADER]) for r in sink.sent] == [3] * 6
@@ -263,7 +242,7 @@ async def test_without_a_target_a_relay_only_partition_waits_and_a_lagging_one_f
     await relay.refresh_targets()
     state = parts.own(TP)
     buffer(state, parts, 10)
-    runner = relaying_delivery(parts, hooks, relay)
+    runner = delivery(parts, hooks, relay=relay)
     with anyio.fail_after(5):
         async with anyio.create_task_group() as tg:
             tg.start_soon(runner.partition_worker, state)
@@ -288,7 +267,7 @@ async def test_without_a_target_a_relay_only_partition_waits_and_a_lagging_one_f
     relay2._lagging.add(TP)
     state2 = parts2.own(TP)
     buffer(state2, parts2, 10)
-    runner2 = relaying_delivery(parts2, hooks2, relay2)
+    runner2 = delivery(parts2, hooks2, relay=relay2)
     await settle(parts2, runner2, state2, lambda: parts2.tracker.committable(TP) == 10)
     assert [len(b) for b in hooks2.flushed] == [10]
     assert sink2.sent == []
@@ -321,7 +300,7 @@ async def test_relay_off_leaves_the_flush_path_and_the_advertisement_alone() -> 
     parts, hooks = make_parts(), Hooks()
     state = parts.own(TP)
     buffer(state, parts, 10)
-    runner = relaying_delivery(parts, hooks, None)
+    runner = delivery(parts, hooks, relay=None)
     assert runner._flush == hooks.flush
     await settle(parts, runner, state, lambda: parts.tracker.committable(TP) == 10)
     assert [len(b) for b in hooks.flushed] == [10]
