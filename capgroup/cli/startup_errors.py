@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from capgroup.errors import GroupFatalError
 from capgroup.membership.transport import KafkaUnreachableError
 from capgroup.operations.describe import GroupNotFoundError
-from capgroup.security import EXIT_SECURITY, describe_connection_error
+from capgroup.security import EXIT_SECURITY, check_access, describe_connection_error
 from capgroup.settings import CapgroupSettings, SettingsError
 
 __all__ = [
@@ -108,5 +108,12 @@ def report_failure(command: str, exc: Exception, settings: CapgroupSettings) -> 
     failure = describe_startup_error(exc)
     if failure is None:
         raise exc
+    if failure.exit_code == EXIT_KAFKA_UNREACHABLE:
+        # aiokafka reports a refused login, an untrusted certificate or a protocol mismatch
+        # only as "unable to bootstrap": one direct probe tells them from a broker that is down.
+        diagnosis = check_access(settings)
+        if diagnosis is not None:
+            print(f"capgroup {command}: {diagnosis}", file=sys.stderr)
+            return EXIT_SECURITY
     print(f"capgroup {command}: {failure.message}", file=sys.stderr)
     return failure.exit_code

@@ -4,6 +4,8 @@ misconfiguration gives its documented one-line error without the password."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +14,7 @@ import pytest
 from capgroup.devkafka.cluster import LocalKafkaCluster
 from capgroup.devkafka.secure import SecurityStore
 from capgroup.security import EXIT_SECURITY, check_access
+from tests.processes import capgroup_env
 from tests.security.scenarios import (
     admin_helpers_work_with_the_secured_settings,
     assert_one_line_without,
@@ -149,3 +152,35 @@ def test_capgroup_run_exits_with_one_line_and_no_password(cluster: LocalKafkaClu
     assert "Traceback" not in output
     assert WRONG not in output
     assert "the broker rejected SCRAM-SHA-512 user 'alice'" in output
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["describe", "--group", "sec-group", "--timeout", "5"],
+        ["doctor", "--topic", "sec-topic", "--timeout", "5", "--sample-seconds", "1"],
+        ["hotkeys", "sec-topic", "--records", "10", "--timeout", "5"],
+    ],
+    ids=["describe", "doctor", "hotkeys"],
+)
+def test_inspection_commands_name_the_refused_login(
+    cluster: LocalKafkaCluster, command: list[str]
+) -> None:
+    # The CLI's admin and consumer clients come from the same options as a member's: a wrong
+    # password is one line naming mechanism and user (exit 5), not "cannot reach Kafka".
+    env = cluster.client_env("alice")
+    env["CAPGROUP_SASL_PASSWORD"] = WRONG
+    done = subprocess.run(
+        [sys.executable, "-m", "capgroup.cli.main", *command],
+        env=capgroup_env({}, **env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == EXIT_SECURITY, output
+    assert "Traceback" not in output
+    assert WRONG not in output
+    assert "the broker rejected SCRAM-SHA-512 user 'alice'" in output
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
