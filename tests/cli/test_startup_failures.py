@@ -31,6 +31,7 @@ from capgroup.membership import transport
 from capgroup.membership.transport import KafkaUnreachableError, bootstrap_with_retries
 from capgroup.runtime.fetcher import MissingTopicError
 from capgroup.settings import SettingsError, load_settings
+from tests.processes import capgroup_env
 
 DEMO_MEMBER = "capgroup.cli.demo_archiver:DemoArchiver"
 
@@ -266,3 +267,26 @@ class Recorder:
         self.events.append((event, fields))
 
     warning = info
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["describe", "--group", "g"], ["doctor"], ["hotkeys", "t"]],
+    ids=["describe", "doctor", "hotkeys"],
+)
+def test_inspection_commands_on_an_unreachable_kafka_are_one_line_and_exit_4(
+    command: list[str],
+) -> None:
+    # describe, doctor and hotkeys share report_failure and --timeout.
+    result = subprocess.run(
+        [sys.executable, "-m", "capgroup.cli.main", *command, "--timeout", "1"],
+        env=capgroup_env({"bootstrap_servers": "127.0.0.1:1"}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 4, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert "cannot reach Kafka at 127.0.0.1:1" in lines[0]
