@@ -21,6 +21,7 @@ import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 from capgroup.assignor import balance
 from capgroup.assignor.model import (
@@ -30,18 +31,29 @@ from capgroup.assignor.model import (
 )
 from capgroup.log import get_logger
 from capgroup.protocol._wire import MetadataDecodeError
-from capgroup.protocol.capacity import decode_advertisement
+from capgroup.protocol.capacity import (
+    OwnedColumns,
+    decode_advertisement,
+    decode_advertisements_columns,
+)
 from capgroup.protocol.consumer import (
     AssignmentInfo,
     MemberSubscription,
+    SubscriptionCache,
     decode_member_metadata,
+    encode_assignment_info,
     encode_member_assignment,
+    encode_member_assignment_columns,
 )
-from capgroup.types import TopicPartition
+from capgroup.types import CapacityAdvertisement, TopicPartition
+
+if TYPE_CHECKING:
+    from capgroup.assignor.columnar import Assignment
 
 __all__ = [
     "ASSIGNOR_NAME",
     "EXACT_HEADROOM_MAX_PARTITIONS",
+    "SMALL_GROUP_PARTITIONS",
     "GroupPlan",
     "group_figures",
     "plan_group",
@@ -51,6 +63,11 @@ __all__ = [
 
 #: Protocol name announced in JoinGroup; every member of a group must offer it.
 ASSIGNOR_NAME = "capgroup-cooperative"
+#: Below this many partitions a leader plans on objects with the reference pipeline
+#: (:func:`capgroup.assignor.balance.reference_assign`): the same plan and the same bytes (the
+#: differential tests hold the two paths to that), faster than numpy's per-call costs at that
+#: size, and a member of a small group never loads numpy (about 0.1 s and 20 MiB).
+SMALL_GROUP_PARTITIONS = 2_000
 _TOPIC_OF = operator.attrgetter("topic")
 #: How many unassigned partitions the shortfall warning lists by name.
 _SAMPLE = 10
@@ -72,6 +89,9 @@ class GroupPlan:
 
     plan: Plan
     assignments: Mapping[str, bytes]
+    #: The members whose metadata decoded, as planned. Their ownership claims went to the
+    #: assignor as columns (:class:`~capgroup.protocol.capacity.OwnedColumns`), so each
+    #: ``capacity.owned`` here is empty.
     members: tuple[MemberSpec, ...] = ()
     rejected: Mapping[str, str] = field(default_factory=dict)
     #: What every member was told with its assignment (the group figures included).
@@ -96,9 +116,10 @@ def plan_group(
     ``replicas_wanted`` asks for (``CAPGROUP_AUTOSCALE_HEADROOM_MEMBERS``).
     """
     decoded: list[tuple[str, str | None, MemberSubscription | MetadataDecodeError]] = []
+    cache = SubscriptionCache()
     for member_id, instance_id, raw in members:
         try:
-            decoded.append((member_id, instance_id, decode_member_metadata(raw)))
+            decoded.append((member_id, instance_id, decode_member_metadata(raw, cache)))
         except MetadataDecodeError as exc:
             decoded.append((member_id, instance_id, exc))
     return plan_subscriptions(
@@ -122,12 +143,27 @@ def plan_subscriptions(
     decoding); the shared path of :func:`plan_group` and the aiokafka assignor in
     :mod:`capgroup.membership.aiokafka_assignor`."""
     specs: list[MemberSpec] = []
+    owned: list[OwnedColumns] = []
     rejected: dict[str, str] = {}
+    # Members of one deployment share a subscription: one frozenset for all of them.
+    topic_sets: dict[tuple[str, ...], frozenset[str]] = {}
+    small = len(partitions) < SMALL_GROUP_PARTITIONS
+    user_data = [sub.user_data for _, _, sub in decoded if not isinstance(sub, MetadataDecodeError)]
+    # Every advertisement at once: their owned partitions are decoded together (a small
+    # group's one by one, as objects, for the reference pipeline).
+    advertisements = iter(
+        [_decode_one(data) for data in user_data]
+        if small
+        else decode_advertisements_columns(user_data)
+    )
     for member_id, instance_id, sub in decoded:
         try:
             if isinstance(sub, MetadataDecodeError):
                 raise sub
-            adv = decode_advertisement(sub.user_data)
+            found = next(advertisements)
+            if isinstance(found, MetadataDecodeError):
+                raise found
+            adv, claims = found
         except MetadataDecodeError as exc:
             rejected[member_id] = exc.reason
             _log.error(
@@ -139,28 +175,54 @@ def plan_subscriptions(
                 generation=generation,
             )
             continue
-        specs.append(MemberSpec(member_id, frozenset(sub.topics), adv, instance_id))
+        topics = topic_sets.get(sub.topics)
+        if topics is None:
+            topics = topic_sets[sub.topics] = frozenset(sub.topics)
+        specs.append(MemberSpec(member_id, topics, adv, instance_id))
+        if claims is not None:
+            owned.append(claims)
 
-    plan = balance.assign(specs, with_claimed_rates(partitions, specs), generation)
+    if small:
+        plan = balance.reference_assign(specs, with_claimed_rates(partitions, specs), generation)
+    else:
+        # numpy loads with the first large plan, not with every importer of the adapter.
+        from capgroup.assignor import columnar
+
+        # The plan of assign(specs with their claims, with_claimed_rates(partitions, ...)).
+        plan = columnar.plan(specs, partitions, generation, owned, claimed_rates=True)
     if not cooperative:
         plan = _grant_pending(plan)
     info = group_figures(
-        plan, specs, partitions, generation, members=len(decoded), headroom=headroom_members
+        plan,
+        specs,
+        partitions,
+        generation,
+        members=len(decoded),
+        headroom=headroom_members,
+        per_topic=_topic_sizes(plan),
     )
-    assignments = {member_id: _encode_for(plan, member_id, info) for member_id, _, _ in decoded}
+    encoded_info = encode_assignment_info(info)
+    assignments = {
+        member_id: _encode_for(plan, member_id, info, encoded_info) for member_id, _, _ in decoded
+    }
     _report(plan, specs, rejected, len(partitions), generation)
     return GroupPlan(plan, assignments, tuple(specs), rejected, info)
 
 
-def _encode_for(plan: Plan, member_id: str, info: AssignmentInfo) -> bytes:
+def _encode_for(plan: Plan, member_id: str, info: AssignmentInfo, encoded_info: bytes) -> bytes:
     """A member's assignment: its relay-only partitions are in the partition list too (it
     owns them, so the group sees them owned and their commits are fenced as usual) and are
-    named in its :class:`AssignmentInfo`."""
-    batch = plan.assignment.get(member_id, ())
+    named in its :class:`AssignmentInfo`. ``encoded_info`` is ``info`` encoded, which every
+    member without relay-only partitions gets as it is."""
     relay = plan.relay.get(member_id, ())
     if relay:
+        batch = plan.assignment.get(member_id, ())
         return encode_member_assignment((*batch, *relay), replace(info, relay_only=relay))
-    return encode_member_assignment(batch, info)
+    columns = _columns(plan)
+    if columns is not None and member_id in columns:
+        # Straight from the plan's arrays: no TopicPartition per partition.
+        return encode_member_assignment_columns(*columns.by_topic(member_id), encoded_info)
+    return encode_member_assignment(plan.assignment.get(member_id, ()), info)
 
 
 def group_figures(
@@ -171,6 +233,7 @@ def group_figures(
     *,
     members: int | None = None,
     headroom: int = 1,
+    per_topic: Mapping[str, int] | None = None,
 ) -> AssignmentInfo:
     """The assignment info of a plan: the unassigned and pending counts and the group figures.
 
@@ -205,17 +268,16 @@ def group_figures(
       when no member has slots (``s`` is unknown) that last term is dropped. For ``L``
       identical members of ``s`` slots both cases give ``ceil(P / s) + H``: a target that
       does not move when the autoscaler adds the members it asked for, so it does not flap.
+
+    ``per_topic``, when given, is how many distinct partitions each topic of ``partitions``
+    has (the leader's plan knows it; counting a million specs again would not be free).
     """
     n_relayed = sum(map(len, plan.relay.values()))
-    n_partitions = (
-        sum(map(len, plan.assignment.values()))
-        + len(plan.pending)
-        + len(plan.unassigned)
-        + n_relayed
-    )
-    per_topic = Counter(map(_TOPIC_OF, partitions))
-    if sum(per_topic.values()) != n_partitions:  # duplicate specs collapse in the plan
-        per_topic = Counter(topic for topic, _ in {(p.topic, p.partition) for p in partitions})
+    n_partitions = _assigned(plan) + len(plan.pending) + len(plan.unassigned) + n_relayed
+    if per_topic is None:
+        per_topic = Counter(map(_TOPIC_OF, partitions))
+        if sum(per_topic.values()) != n_partitions:  # duplicate specs collapse in the plan
+            per_topic = Counter(topic for topic, _ in {(p.topic, p.partition) for p in partitions})
     costs = _Costs(set(per_topic))
     live = [m for m in specs if not m.capacity.draining]
     slots = {m.member_id: costs.slots(m, dearest=True) for m in live}
@@ -392,6 +454,38 @@ def with_claimed_rates(
     ]
 
 
+def _decode_one(
+    data: bytes,
+) -> tuple[CapacityAdvertisement, OwnedColumns | None] | MetadataDecodeError:
+    """One advertisement as an object, its claims in ``owned`` (the small-group path)."""
+    try:
+        return decode_advertisement(data), None
+    except MetadataDecodeError as exc:
+        return exc
+
+
+def _columns(plan: Plan) -> Assignment | None:
+    """``plan.assignment`` if the fast path made it (it answers from its arrays)."""
+    if isinstance(plan.assignment, dict):
+        return None  # the reference pipeline's: no need to load numpy to find that out
+    from capgroup.assignor.columnar import Assignment
+
+    found = plan.assignment
+    return found if isinstance(found, Assignment) else None
+
+
+def _topic_sizes(plan: Plan) -> dict[str, int] | None:
+    """Partitions per topic of the input planned, when the plan carries them."""
+    columns = _columns(plan)
+    return columns.topic_sizes() if columns is not None else None
+
+
+def _assigned(plan: Plan) -> int:
+    """How many partitions ``plan`` assigns, without building the fast path's tuples."""
+    columns = _columns(plan)
+    return columns.total() if columns is not None else sum(map(len, plan.assignment.values()))
+
+
 def _grant_pending(plan: Plan) -> Plan:
     if not plan.pending:
         return plan
@@ -432,7 +526,7 @@ def _report(
         members=len(specs) + len(rejected),
         rejected=len(rejected),
         partitions=n_partitions,
-        assigned=sum(len(tps) for tps in plan.assignment.values()),
+        assigned=_assigned(plan),
         pending=len(plan.pending),
         unassigned=len(plan.unassigned),
         moved=plan.moved,

@@ -1,14 +1,21 @@
 """The capacity-aware cooperative assignor: a pure function from a group to a plan.
 
-The body of :func:`assign` is a fixed pipeline of small named steps::
+The body of :func:`reference_assign` is a fixed pipeline of small named steps::
 
     normalize -> resolve claims -> load units -> capacities -> keep owned
     -> place free -> augment -> balance -> relay -> cooperative adjustment (output)
 
 Every step works on integer indexes into two sorted tables (members by id, partitions by
 topic and number), so the result does not depend on input order, and on flat lists rather
-than per-partition objects, so a million partitions stay affordable in CPython. See
-``docs/assignor.md`` for the algorithm, the load notion and the claim rules.
+than per-partition objects. See ``docs/assignor.md`` for the algorithm, the load notion and
+the claim rules.
+
+This module is the **reference**: :func:`reference_assign` runs every step in plain Python.
+:func:`assign`, the one the code base calls, is :func:`capgroup.assignor.columnar.assign`:
+the same pipeline with the steps that touch every partition (normalize, resolve claims,
+load units, keep owned, output) on numpy arrays and the others shared with this module, so
+that its cost per partition is not the interpreter's. A differential test holds the two to
+identical plans.
 """
 
 from __future__ import annotations
@@ -24,11 +31,12 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Protocol
 
 from capgroup.assignor.model import MemberSpec, OwnedPartition, PartitionSpec, PendingMove, Plan
 from capgroup.types import TopicPartition
 
-__all__ = ["LOAD_BASE", "MIN_WEIGHT", "assign", "headroom"]
+__all__ = ["LOAD_BASE", "MIN_WEIGHT", "assign", "headroom", "reference_assign"]
 
 #: Load of a partition with no measured rate. Rates add on top of it, scaled so that a
 #: partition at the group's mean rate weighs twice a silent one.
@@ -76,6 +84,15 @@ class _Group:
     specs: list[MemberSpec]
     keys: list[tuple[str, int]]
     spec_rate: list[float]
+    topic_names: list[str]
+    ptopic: list[int]
+
+
+class _Members(Protocol):
+    """What the shared steps read of a normalized group (the reference's ``_Group`` and the
+    fast path's columns both have it)."""
+
+    specs: list[MemberSpec]
     topic_names: list[str]
     ptopic: list[int]
 
@@ -135,6 +152,15 @@ class _Claims:
     owner_rate: dict[int, float]
     stale: int = 0
     bogus: int = 0
+
+
+class _Owners(Protocol):
+    """What the shared steps read of resolved claims (both paths' ``_Claims`` have it)."""
+
+    owner: list[int]
+    conflicts: dict[int, list[int]]
+    stale: int
+    bogus: int
 
 
 class _Index:
@@ -339,7 +365,7 @@ class _State:
         self.ver[i] += 1
 
 
-def _capacities(grp: _Group, unit: list[int]) -> _State:
+def _capacities(grp: _Members, unit: list[int]) -> _State:
     n = len(grp.specs)
     tindex = {t: k for k, t in enumerate(grp.topic_names)}
     cap, budget, weight, mcls = [], [], [], []
@@ -388,6 +414,8 @@ def _capacities(grp: _Group, unit: list[int]) -> _State:
                 cgroups[c].append(g)
         tgroup.append(g)
     p = len(unit)
+    # One C-level pass (and none through sum) for the usual case: every load the same.
+    uniform = not unit or unit.count(unit[0]) == p
     return _State(
         cap=cap,
         budget=budget,
@@ -400,8 +428,8 @@ def _capacities(grp: _Group, unit: list[int]) -> _State:
         mgroups=[cgroups[c] for c in mcls],
         ptopic=grp.ptopic,
         unit=unit,
-        ubar=sum(unit) // p if p else LOAD_BASE,
-        uniform=not unit or min(unit) == max(unit),
+        ubar=(unit[0] if uniform else sum(unit) // p) if p else LOAD_BASE,
+        uniform=uniform,
         target=[-1] * p,
         count=[0] * n,
         used=[0] * n,
@@ -466,15 +494,44 @@ class _Receivers:
             heapq.heappush(heap, held)
         return found
 
-    def took(self, i: int, g: int) -> None:
-        """Member ``i``, just returned by ``best(g)`` and still on top, took a partition."""
-        st, heap = self.st, self.heaps[g]
-        if st.fits(i, g):
-            heapq.heapreplace(heap, (self.key(i), i, st.ver[i]))
-            self.pushed[g][i] = st.ver[i]
-        else:
-            heapq.heappop(heap)
-            self.pushed[g][i] = -1
+    def fill(self, g: int, run: Sequence[int]) -> list[int]:
+        """Each partition of ``run`` (all of group ``g``), in order, to :meth:`best`; returns
+        those nobody can take. Exactly :meth:`best` and :meth:`_State.add` per partition,
+        inlined, and the taker's entry replaced at the top of the heap (it only got
+        busier): with ingress rates hardly two partitions weigh the same, and this loop
+        places every one of them."""
+        st, heap, pushed = self.st, self._heap(g), self.pushed[g]
+        target, count, used, load, ver = st.target, st.count, st.used, st.load, st.ver
+        cap, budget, weight, mcls, unit = st.cap, st.budget, st.weight, st.mcls, st.unit
+        cost, ubar = st.gcost[g], st.ubar
+        for pos, j in enumerate(run):
+            while heap:  # best(g)
+                _, i, v = heap[0]
+                fits = count[i] < cap[i] and used[i] + cost[mcls[i]] <= budget[i]
+                if v != ver[i]:
+                    heapq.heappop(heap)
+                    if pushed.get(i) != ver[i] and fits:
+                        heapq.heappush(heap, ((load[i] + ubar) / weight[i], i, ver[i]))
+                        pushed[i] = ver[i]
+                elif not fits:
+                    heapq.heappop(heap)
+                    pushed[i] = -1
+                else:
+                    break
+            else:
+                return list(run[pos:])  # nobody has room: the rest stays unplaced too
+            target[j] = i  # st.add(i, j)
+            count[i] += 1
+            used[i] += cost[mcls[i]]
+            load[i] += unit[j]
+            ver[i] += 1
+            if count[i] < cap[i] and used[i] + cost[mcls[i]] <= budget[i]:
+                heapq.heapreplace(heap, ((load[i] + ubar) / weight[i], i, ver[i]))
+                pushed[i] = ver[i]
+            else:
+                heapq.heappop(heap)
+                pushed[i] = -1
+        return []
 
     def rose(self, i: int, g: int) -> None:
         """Member ``i`` took a partition of group ``g``."""
@@ -547,10 +604,22 @@ def _runs(st: _State, free: list[int]) -> Iterator[list[int]]:
         for g in sorted(by_group, key=lambda g: (scarcity(g), g)):
             yield by_group[g]
         return
-    unit, ptopic = st.unit, st.ptopic
-    order = sorted(free, key=lambda j: (-unit[j], scarcity(tgroup[ptopic[j]]), j))
-    for _, run in itertools.groupby(order, key=lambda j: (unit[j], tgroup[ptopic[j]])):
-        yield list(run)
+    # Sort keys built by C-level maps (no Python call per partition): every partition is
+    # here on a fresh plan with rates.
+    topics = list(map(st.ptopic.__getitem__, free))
+    rank = [scarcity(g) for g in tgroup]
+    order = sorted(
+        zip(
+            map(operator.neg, map(st.unit.__getitem__, free)),
+            map(rank.__getitem__, topics),
+            free,
+            map(tgroup.__getitem__, topics),
+            strict=True,
+        )
+    )
+    # Runs of one load and one group; ``free`` is unique, so the group never breaks a tie.
+    for _, run in itertools.groupby(order, key=operator.itemgetter(0, 3)):
+        yield list(map(operator.itemgetter(2), run))
 
 
 def _water_fill(st: _State, g: int, run: list[int]) -> list[int]:
@@ -635,13 +704,7 @@ def _place_free(st: _State, free: list[int]) -> list[int]:
             # Long runs are filled in one go; short ones would pay O(members) each.
             unplaced.extend(_water_fill(st, g, run))
         else:
-            for j in run:
-                i = recv.best(g)
-                if i < 0:
-                    unplaced.append(j)
-                else:
-                    st.add(i, j)
-                    recv.took(i, g)
+            unplaced.extend(recv.fill(g, run))
     return unplaced
 
 
@@ -859,7 +922,7 @@ def _balance(st: _State, owner: list[int]) -> int:
 # --------------------------------------------------------------------------- relay
 
 
-def _relay_costs(grp: _Group, st: _State) -> list[int]:
+def _relay_costs(grp: _Members, st: _State) -> list[int]:
     """Per member, what one relay-only partition costs it; 0 when it does not relay."""
     return [
         r if r > 0 and st.cap[i] > 0 and st.budget[i] >= 0 else 0
@@ -867,7 +930,7 @@ def _relay_costs(grp: _Group, st: _State) -> list[int]:
     ]
 
 
-def _relay(grp: _Group, st: _State, claims: _Claims) -> dict[int, list[int]]:
+def _relay(grp: _Members, st: _State, claims: _Owners) -> dict[int, list[int]]:
     """Relay-only assignments (issue 13) out of what batch placement left unassigned.
 
     Runs after every batch step, on the capacity they left, so it never displaces a batch
@@ -1007,6 +1070,25 @@ def assign(
     generation claim wins and a tie at that generation revokes from every claimant.
     The cyclic garbage collector is paused while it runs (and restored afterwards).
 
+    The plan is :func:`reference_assign`'s, computed on columns by
+    :func:`capgroup.assignor.columnar.assign`; ``Plan.assignment`` is a read-only mapping
+    that builds each member's tuple when first read.
+
+    Raises:
+        ValueError: if two members share a member id.
+    """
+    # Imported here: numpy loads on the first plan, not with every importer of this module.
+    from capgroup.assignor import columnar
+
+    return columnar.assign(members, partitions, generation)
+
+
+def reference_assign(
+    members: Sequence[MemberSpec], partitions: Sequence[PartitionSpec], generation: int
+) -> Plan:
+    """:func:`assign`'s plan, every step in plain Python: the reference the property,
+    mutation and differential tests hold the fast path to (``Plan.assignment`` is a dict).
+
     Raises:
         ValueError: if two members share a member id.
     """
@@ -1022,7 +1104,7 @@ def assign(
         return _output(grp, st, claims, _notes(claims, shed), _relay(grp, st, claims))
 
 
-def _notes(claims: _Claims, shed: list[int]) -> list[str]:
+def _notes(claims: _Owners, shed: list[int]) -> list[str]:
     notes: list[str] = []
     if claims.conflicts:
         notes.append(

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from capgroup.protocol.consumer import (
         AssignmentInfo,
         MemberSubscription,
+        SubscriptionCache,
         decode_assignment_info,
         decode_member_metadata,
         encode_assignment_info,
@@ -37,6 +38,7 @@ __all__ = [
     "AssignmentInfo",
     "MemberSubscription",
     "MetadataDecodeError",
+    "SubscriptionCache",
     "canonical_advertisement",
     "decode_advertisement",
     "decode_assignment_info",
@@ -57,6 +59,7 @@ _EXPORTS = {
     "encode_advertisement": "capgroup.protocol.capacity",
     "AssignmentInfo": "capgroup.protocol.consumer",
     "MemberSubscription": "capgroup.protocol.consumer",
+    "SubscriptionCache": "capgroup.protocol.consumer",
     "decode_assignment_info": "capgroup.protocol.consumer",
     "decode_member_metadata": "capgroup.protocol.consumer",
     "encode_assignment_info": "capgroup.protocol.consumer",

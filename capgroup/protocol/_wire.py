@@ -55,6 +55,18 @@ class Reader:
         self._pos += n
         return pos
 
+    def tell(self) -> int:
+        """The cursor's offset in the underlying buffer."""
+        return self._pos
+
+    def copy(self) -> Reader:
+        """An independent reader at this one's cursor, over the same window."""
+        return Reader(self._buf, self._pos, self._end)
+
+    def peek(self, n: int) -> bytes:
+        """Up to ``n`` of the next bytes (fewer at the window's end), without reading them."""
+        return self._buf[self._pos : min(self._pos + n, self._end)]
+
     def raw(self, n: int, what: str) -> bytes:
         """The next ``n`` bytes."""
         pos = self._need(n, what)
@@ -66,18 +78,24 @@ class Reader:
 
     def uvarint(self, what: str, max_value: int = INT63_MAX) -> int:
         """An unsigned LEB128 varint no larger than ``max_value``."""
+        # The bytes are read in place (this is the decoders' innermost loop); running out is
+        # reported as reading one more byte would report it.
+        buf, pos = self._buf, self._pos
         value = 0
-        shift = 0
-        for _ in range(_MAX_VARINT_BYTES):
-            byte = self.u8(what)
-            value |= (byte & 0x7F) << shift
+        for k in range(_MAX_VARINT_BYTES):
+            if pos + k >= self._end:
+                self._pos = self._end
+                self._need(1, what)
+            byte = buf[pos + k]
+            value |= (byte & 0x7F) << (7 * k)
             if not byte & 0x80:
+                self._pos = pos + k + 1
                 if value > max_value:
                     raise MetadataDecodeError(
                         f"{what} is {value}, above the maximum {max_value}", code="invalid_value"
                     )
                 return value
-            shift += 7
+        self._pos = pos + _MAX_VARINT_BYTES
         raise MetadataDecodeError(f"{what}: varint longer than 10 bytes")
 
     def svarint(self, what: str, lo: int, hi: int) -> int:

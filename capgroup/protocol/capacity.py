@@ -58,10 +58,14 @@ allocated, so decoding is linear in the input and bounded by it.
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import functools
 import itertools
 import math
-from collections.abc import Iterable
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, TypeVar
 
 from capgroup.protocol._wire import (
     INT32_MAX,
@@ -73,6 +77,10 @@ from capgroup.protocol._wire import (
     float32,
 )
 from capgroup.types import CapacityAdvertisement, OwnedPartition
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 MAGIC = b"CG"
 MAJOR_VERSION = 1
@@ -93,6 +101,7 @@ TAG_FLAGS = 6
 TAG_PARTITION_BYTES = 7
 TAG_OWNED = 8
 TAG_RELAY_PARTITION_BYTES = 10
+_T = TypeVar("_T")
 
 _FLAG_DRAINING = 1
 _TOPIC_HAS_RATES = 1
@@ -103,8 +112,11 @@ __all__ = [
     "AdvertisementEncodeError",
     "AdvertisementTooLargeError",
     "MetadataDecodeError",
+    "OwnedColumns",
     "canonical_advertisement",
     "decode_advertisement",
+    "decode_advertisement_columns",
+    "decode_advertisements_columns",
     "encode_advertisement",
 ]
 
@@ -222,14 +234,120 @@ def _encode_owned(owned: Iterable[OwnedPartition]) -> bytearray:
     return out.buf
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class OwnedColumns:
+    """A member's ownership claims as arrays, as a leader reads them without an
+    :class:`OwnedPartition` per claim: ``topics`` in encoding order with ``counts[k]``
+    claims each, and per claim (topic by topic, partitions ascending) its partition number,
+    generation and rate."""
+
+    topics: tuple[str, ...]
+    counts: npt.NDArray[np.int64]
+    partitions: npt.NDArray[np.int64]
+    generations: npt.NDArray[np.int64]
+    rates: npt.NDArray[np.float64]
+
+    @classmethod
+    def of(cls, owned: Iterable[OwnedPartition]) -> OwnedColumns:
+        """The columns of ``owned`` (claims of one topic must be adjacent)."""
+        import numpy as np
+
+        claims = list(owned)
+        runs = [(t, len(list(g))) for t, g in itertools.groupby(op.topic for op in claims)]
+        return cls(
+            topics=tuple(t for t, _ in runs),
+            counts=np.array([n for _, n in runs], dtype=np.int64),
+            partitions=np.array([op.partition for op in claims], dtype=np.int64),
+            generations=np.array([op.generation for op in claims], dtype=np.int64),
+            rates=np.array([op.rate for op in claims], dtype=np.float64),
+        )
+
+    def owned(self) -> tuple[OwnedPartition, ...]:
+        """The claims as :class:`OwnedPartition` objects, as :func:`decode_advertisement`
+        returns them."""
+        topics = itertools.chain.from_iterable(
+            itertools.repeat(t, n) for t, n in zip(self.topics, self.counts.tolist(), strict=True)
+        )
+        return tuple(
+            map(
+                OwnedPartition,
+                topics,
+                self.partitions.tolist(),
+                self.generations.tolist(),
+                self.rates.tolist(),
+            )
+        )
+
+
 def decode_advertisement(data: bytes) -> CapacityAdvertisement:
     """Decode ``user_data`` written by any 1.x encoder.
 
     Raises only :class:`MetadataDecodeError`: for foreign or corrupt bytes, a different major
     version, input above :data:`MAX_ENCODED_BYTES`, or semantically invalid values.
     """
+    return _guarded(functools.partial(_decode, bytes(data), defer_owned=False))[0]
+
+
+def decode_advertisement_columns(data: bytes) -> tuple[CapacityAdvertisement, OwnedColumns]:
+    """:func:`decode_advertisement` for a leader: the owned partitions come back as
+    :class:`OwnedColumns` (decoded in bulk), and the advertisement's ``owned`` is empty.
+
+    Accepts and rejects exactly what :func:`decode_advertisement` does, with the same errors.
+    """
+    (found,) = decode_advertisements_columns([data])
+    if isinstance(found, MetadataDecodeError):
+        raise found
+    return found
+
+
+def decode_advertisements_columns(
+    datas: Sequence[bytes],
+) -> list[tuple[CapacityAdvertisement, OwnedColumns] | MetadataDecodeError]:
+    """:func:`decode_advertisement_columns` for every member a leader hears from at once:
+    the owned partitions of all of them are decoded together, so a leader of thousands of
+    members pays numpy's per-call cost once, not once per member. Each result is the
+    member's, or the error :func:`decode_advertisement` raises for its bytes."""
+    decoded: list[tuple[CapacityAdvertisement, Reader | None] | MetadataDecodeError] = []
+    for data in datas:
+        try:
+            decoded.append(_guarded(functools.partial(_decode, bytes(data), defer_owned=True)))
+        except MetadataDecodeError as exc:
+            decoded.append(exc)
+    windows = [d[1] for d in decoded if not isinstance(d, MetadataDecodeError) and d[1] is not None]
     try:
-        return _decode(bytes(data))
+        columns = _scan_owned([window.copy() for window in windows])
+    except Exception:  # untrusted bytes must not crash the leader: decode one by one
+        columns = [None] * len(windows)
+    scanned = iter(columns)
+    found: list[tuple[CapacityAdvertisement, OwnedColumns] | MetadataDecodeError] = []
+    none: OwnedColumns | None = None  # one empty claim set for every member that owns nothing
+    for d in decoded:
+        if isinstance(d, MetadataDecodeError):
+            found.append(d)
+            continue
+        adv, window = d
+        if window is None:
+            found.append((adv, none or (none := OwnedColumns.of(()))))
+            continue
+        cols = next(scanned)
+        if cols is None:
+            # What the bulk scan left alone, the one-by-one decoder decodes or rejects.
+            try:
+                cols = _guarded(functools.partial(_owned_one_by_one, window))
+            except MetadataDecodeError as exc:
+                found.append(exc)
+                continue
+        found.append((adv, cols))
+    return found
+
+
+def _owned_one_by_one(window: Reader) -> OwnedColumns:
+    return OwnedColumns.of(_decode_owned(window))
+
+
+def _guarded(decode: Callable[[], _T]) -> _T:
+    try:
+        return decode()
     except MetadataDecodeError:
         raise
     except Exception as exc:
@@ -240,7 +358,9 @@ def decode_advertisement(data: bytes) -> CapacityAdvertisement:
         ) from exc
 
 
-def _decode(data: bytes) -> CapacityAdvertisement:
+def _decode(data: bytes, *, defer_owned: bool) -> tuple[CapacityAdvertisement, Reader | None]:
+    """The advertisement in ``data``; with ``defer_owned`` its owned partitions are left
+    out, and the window holding them is returned for a bulk decoder."""
     if len(data) > MAX_ENCODED_BYTES:
         raise MetadataDecodeError(
             f"advertisement is {len(data)} bytes, above the {MAX_ENCODED_BYTES}-byte limit",
@@ -278,47 +398,55 @@ def _decode(data: bytes) -> CapacityAdvertisement:
 
     max_partitions = required(TAG_MAX_PARTITIONS, "max_partitions", INT32_MAX)
     budget = required(TAG_MEMORY_BUDGET, "memory_budget_bytes", INT63_MAX)
-    adv = CapacityAdvertisement(
-        max_partitions=max_partitions, memory_budget_bytes=budget, partition_bytes={}
-    )
+    # Absent fields keep the advertisement's defaults; it is built once, at the end.
+    default_cost, weight, draining, relay_cost = 0, 1.0, False, 0
+    rack: str | None = None
+    owned_objects: tuple[OwnedPartition, ...] = ()
     if TAG_DEFAULT_PARTITION_BYTES in values:
-        adv = replace(
-            adv,
-            default_partition_bytes=values[TAG_DEFAULT_PARTITION_BYTES].uvarint(
-                "default_partition_bytes"
-            ),
-        )
+        default_cost = values[TAG_DEFAULT_PARTITION_BYTES].uvarint("default_partition_bytes")
     if TAG_WEIGHT in values:
         weight = values[TAG_WEIGHT].f64("weight")
         if not (math.isfinite(weight) and weight > 0):
             raise MetadataDecodeError(
                 f"weight must be finite and > 0, got {weight!r}", code="invalid_value"
             )
-        adv = replace(adv, weight=weight)
     if TAG_RACK in values:
         rack_reader = values[TAG_RACK]
         raw = rack_reader.raw(rack_reader.remaining(), "rack")
         if len(raw) > MAX_NAME_BYTES:
             raise MetadataDecodeError("rack is longer than 255 bytes", code="invalid_value")
         try:
-            adv = replace(adv, rack=raw.decode("utf-8"))
+            rack = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise MetadataDecodeError("rack is not valid UTF-8") from exc
     if TAG_FLAGS in values:
         flags = values[TAG_FLAGS].uvarint("flags")
-        adv = replace(adv, draining=bool(flags & _FLAG_DRAINING))
+        draining = bool(flags & _FLAG_DRAINING)
+    partition_bytes: dict[str, int] = {}
     if TAG_PARTITION_BYTES in values:
-        adv = replace(adv, partition_bytes=_decode_partition_bytes(values[TAG_PARTITION_BYTES]))
-    if TAG_OWNED in values:
-        adv = replace(adv, owned=_decode_owned(values[TAG_OWNED]))
+        partition_bytes = _decode_partition_bytes(values[TAG_PARTITION_BYTES])
+    owned = values.get(TAG_OWNED) if defer_owned else None
+    if TAG_OWNED in values and not defer_owned:
+        owned_objects = _decode_owned(values[TAG_OWNED])
     if TAG_RELAY_PARTITION_BYTES in values:
-        adv = replace(
-            adv,
-            relay_partition_bytes=values[TAG_RELAY_PARTITION_BYTES].uvarint(
-                "relay_partition_bytes"
-            ),
-        )
-    return adv
+        try:
+            relay_cost = values[TAG_RELAY_PARTITION_BYTES].uvarint("relay_partition_bytes")
+        except MetadataDecodeError:
+            if owned is not None:
+                _decode_owned(owned.copy())  # a bad owned field is reported first, as ever
+            raise
+    adv = CapacityAdvertisement(
+        max_partitions=max_partitions,
+        memory_budget_bytes=budget,
+        partition_bytes=partition_bytes,
+        default_partition_bytes=default_cost,
+        weight=weight,
+        rack=rack,
+        draining=draining,
+        owned=owned_objects,
+        relay_partition_bytes=relay_cost,
+    )
+    return adv, owned
 
 
 def _decode_partition_bytes(r: Reader) -> dict[str, int]:
@@ -383,6 +511,184 @@ def _decode_owned(r: Reader) -> tuple[OwnedPartition, ...]:
     if r.remaining():
         raise MetadataDecodeError(f"{r.remaining()} stray bytes after owned partitions")
     return tuple(owned)
+
+
+def _scan_owned(windows: list[Reader]) -> list[OwnedColumns | None]:
+    """The ``owned`` fields in ``windows`` decoded together; None for a field this scan
+    leaves to :func:`_decode_owned` (anything malformed or unusual: a later entry of more
+    than 5 bytes, a value out of range, a bad rate), which then decodes or rejects it
+    exactly as :func:`decode_advertisement` would.
+
+    Topic headers are read one by one; entries are only located: every byte below 0x80
+    ends a varint, so one scan over all fields lists where each varint ends, and a topic's
+    ``N x entry`` is the next ``N`` (or ``2N``) of them. All entries and rates of all
+    members are then decoded with a fixed number of array operations.
+    """
+    import numpy as np
+
+    if not windows:
+        return []
+    headers: list[tuple[list[int], int] | None] = []
+    fields: list[bytes] = []
+    for r in windows:
+        try:
+            n_gen = r.count("owned generation count", 1, MAX_ENCODED_BYTES)
+            gens = [r.svarint("owned generation", MIN_GENERATION, INT32_MAX) for _ in range(n_gen)]
+            n_topics = r.count("owned topic count", 4, MAX_ENCODED_BYTES)
+        except MetadataDecodeError:
+            gens, n_topics = [], -1
+        ascending = all(a < b for a, b in itertools.pairwise(gens))
+        headers.append((gens, n_topics) if n_topics >= 0 and ascending else None)
+        fields.append(r.peek(r.remaining()) if headers[-1] else b"")
+    blob = b"".join(fields)
+    data = np.frombuffer(blob, np.uint8)
+    ends_at = np.flatnonzero(data < 0x80)
+    ends = ends_at.tolist()
+    # Per topic (of every member, in order): first varint (index into ``ends``), claims,
+    # varints per claim, whether rates follow, the member.
+    t_first: list[int] = []
+    t_count: list[int] = []
+    t_per: list[int] = []
+    t_rated: list[bool] = []
+    t_member: list[int] = []
+    rates: list[bytes] = []
+    names: list[list[str] | None] = []
+    base = 0
+    for m, header in enumerate(headers):
+        field_end = base + len(fields[m])
+        found = None
+        if header is not None:
+            # Malformed headers are left for the one-by-one decoder to name.
+            with contextlib.suppress(IndexError, ValueError):
+                found = _scan_topics(blob, ends, base, field_end, *header)
+        base = field_end
+        names.append(found[0] if found is not None else None)
+        if found is None or header is None:
+            continue
+        _, firsts, counts, rated, chunks = found
+        t_first += firsts
+        t_count += counts
+        t_per += [2 if len(header[0]) > 1 else 1] * len(counts)
+        t_rated += rated
+        t_member += [m] * len(counts)
+        rates += chunks
+    # Every varint of every field decoded at once; the entries are picked out of them.
+    starts = np.concatenate(([0], ends_at + 1))[: len(ends_at)]
+    lengths = ends_at - starts + 1
+    used = data[: int(lengths.sum())]  # bytes after the last varint's end are no entry's
+    shift = np.minimum(7 * (np.arange(len(used)) - np.repeat(starts, lengths)), 56)
+    varints = np.zeros(0, dtype=np.int64)
+    if len(starts):
+        varints = np.add.reduceat((used & 0x7F).astype(np.int64) << shift, starts)
+    count = np.array(t_count, dtype=np.int64)
+    per = np.array(t_per, dtype=np.int64)
+    topic = np.repeat(np.arange(len(count)), count)  # per claim: its topic
+    offset = np.cumsum(count) - count
+    gap_at = (
+        np.array(t_first, dtype=np.int64)[topic]
+        + (np.arange(len(topic)) - offset[topic]) * per[topic]
+    )
+    two = per[topic] == 2
+    index_at = np.minimum(gap_at + 1, max(len(varints) - 1, 0))
+    gaps = varints[gap_at]
+    index = np.where(two, varints[index_at], 0)
+    # Partition k of a topic is its first gap plus (gap + 1) for each later claim up to k.
+    steps = np.cumsum(gaps + 1)
+    head = offset[count > 0]
+    partitions = steps - np.repeat(steps[head] - gaps[head], count[count > 0])
+    rate = np.zeros(len(topic))
+    if rates:
+        # A signalling NaN warns as it widens; it is refused below like any NaN.
+        with np.errstate(invalid="ignore"):
+            rate[np.repeat(np.array(t_rated, dtype=bool), count)] = np.frombuffer(
+                b"".join(rates), ">f4"
+            )
+    member = np.array(t_member, dtype=np.int64)[topic]
+    gen_counts = np.array([len(h[0]) if h else 0 for h in headers], dtype=np.int64)
+    gen_table = np.array([g for h in headers if h for g in h[0]] or [0], dtype=np.int64)
+    gen_start = np.cumsum(gen_counts) - gen_counts
+    bad = (
+        (lengths[gap_at] > 5)
+        | (two & (lengths[index_at] > 5))
+        | (partitions > INT32_MAX)
+        | (index >= gen_counts[member])
+        | ~(np.isfinite(rate) & (rate >= 0))
+    )
+    generation = gen_table[np.minimum(gen_start[member] + index, len(gen_table) - 1)]
+    failed = np.bincount(member[bad], minlength=len(headers)) > 0
+    claims = np.cumsum(np.bincount(member, minlength=len(headers)))
+    topics_of = np.cumsum(np.bincount(np.array(t_member, dtype=np.int64), minlength=len(headers)))
+    out: list[OwnedColumns | None] = []
+    for m, topics in enumerate(names):
+        if topics is None or failed[m]:
+            out.append(None)
+            continue
+        lo, hi = (int(claims[m - 1]) if m else 0), int(claims[m])
+        t_lo = int(topics_of[m - 1]) if m else 0
+        out.append(
+            OwnedColumns(
+                topics=tuple(topics),
+                counts=count[t_lo : t_lo + len(topics)],
+                partitions=partitions[lo:hi],
+                generations=generation[lo:hi],
+                rates=rate[lo:hi],
+            )
+        )
+    return out
+
+
+def _scan_topics(
+    blob: bytes, ends: list[int], pos: int, field_end: int, generations: list[int], n_topics: int
+) -> tuple[list[str], list[int], list[int], list[bool], list[bytes]] | None:
+    """One member's topic headers in ``blob[pos:field_end]``: names, the index in ``ends``
+    of each topic's first varint, claim counts, whether rates follow, and the rates' bytes;
+    None if anything is off (the member is then decoded one by one)."""
+    per = 2 if len(generations) > 1 else 1
+    topics: list[str] = []
+    seen: set[str] = set()
+    firsts: list[int] = []
+    counts: list[int] = []
+    rated: list[bool] = []
+    chunks: list[bytes] = []
+    for _ in range(n_topics):
+        # Header: name (1..127 bytes here), count, flags.
+        size = blob[pos]
+        topic = blob[pos + 1 : pos + 1 + size].decode("utf-8")
+        n, pos = _uvarint_at(blob, pos + 1 + size)
+        has_rates = bool(blob[pos] & _TOPIC_HAS_RATES) and n > 0
+        pos += 1
+        if not 0 < size < 0x80 or topic in seen or (n and not generations):
+            return None
+        seen.add(topic)
+        first = bisect.bisect_left(ends, pos)
+        if n:
+            last = first + n * per - 1
+            # The flags byte before the claims must end a varint too, or the scan is off.
+            if ends[first - 1] != pos - 1 or last >= len(ends) or ends[last] >= field_end:
+                return None
+            pos = ends[last] + 1
+        if has_rates:
+            chunks.append(blob[pos : pos + 4 * n])
+            pos += 4 * n
+        topics.append(topic)
+        firsts.append(first)
+        counts.append(n)
+        rated.append(has_rates)
+    if pos != field_end:
+        return None
+    return topics, firsts, counts, rated, chunks
+
+
+def _uvarint_at(data: bytes, pos: int) -> tuple[int, int]:
+    """The varint at ``data[pos]`` (at most 3 bytes, plenty for a count, else ValueError)
+    and the position after it."""
+    value = 0
+    for k in range(3):
+        byte = data[pos + k]
+        value |= (byte & 0x7F) << (7 * k)
+        if byte < 0x80:
+            return value, pos + k + 1
+    raise ValueError("varint longer than an advertisement's counts")
 
 
 def canonical_advertisement(adv: CapacityAdvertisement) -> CapacityAdvertisement:

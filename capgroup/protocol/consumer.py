@@ -33,12 +33,18 @@ version is rejected.
 
 from __future__ import annotations
 
+import functools
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import KW_ONLY, dataclass
+from typing import TYPE_CHECKING
 
 from capgroup.protocol._wire import INT32_MAX, INT63_MAX, MetadataDecodeError, Reader, Writer
 from capgroup.types import TopicPartition
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
 __all__ = [
     "INFO_MAGIC",
@@ -47,10 +53,12 @@ __all__ = [
     "MAX_MEMBER_METADATA_BYTES",
     "AssignmentInfo",
     "MemberSubscription",
+    "SubscriptionCache",
     "decode_assignment_info",
     "decode_member_metadata",
     "encode_assignment_info",
     "encode_member_assignment",
+    "encode_member_assignment_columns",
     "encode_member_metadata",
 ]
 
@@ -132,6 +140,7 @@ class AssignmentInfo:
     relayed: int | None = None
 
 
+@functools.lru_cache(maxsize=4096)  # a leader writes the same topic names for every member
 def _string(value: str) -> bytes:
     encoded = value.encode("utf-8")
     return _I16.pack(len(encoded)) + encoded
@@ -153,10 +162,24 @@ def encode_member_metadata(topics: Iterable[str], user_data: bytes) -> bytes:
     )
 
 
-def decode_member_metadata(data: bytes) -> MemberSubscription:
+class SubscriptionCache:
+    """The last subscription seen for each topic count, kept across the members one leader
+    decodes: the members of one deployment subscribe alike, so their topic lists are the
+    same bytes, and a match is one comparison instead of a parse per topic."""
+
+    __slots__ = ("_blocks",)
+
+    def __init__(self) -> None:
+        self._blocks: dict[int, tuple[bytes, tuple[str, ...]]] = {}
+
+
+def decode_member_metadata(
+    data: bytes, cache: SubscriptionCache | None = None
+) -> MemberSubscription:
     """Decode consumer protocol metadata of any version.
 
-    Raises only :class:`MetadataDecodeError`.
+    With a ``cache``, topic lists byte-identical to one decoded before are not parsed again
+    (the result is the same). Raises only :class:`MetadataDecodeError`.
     """
     data = bytes(data)
     if len(data) > MAX_MEMBER_METADATA_BYTES:
@@ -170,11 +193,18 @@ def decode_member_metadata(data: bytes) -> MemberSubscription:
         raise MetadataDecodeError(f"consumer protocol version {version} is negative")
     (n_topics,) = _I32.unpack(r.raw(4, "subscription count"))
     topics: list[str] = []
-    if n_topics > 0:
+    subscribed: tuple[str, ...] = ()
+    known = cache._blocks.get(n_topics) if cache is not None else None
+    if known is not None and data.startswith(known[0], r.tell()):
+        # The same bytes parse to the same topics and end at the same place.
+        r.raw(len(known[0]), "subscription")
+        subscribed = known[1]
+    elif n_topics > 0:
         if n_topics * 2 > r.remaining():
             raise MetadataDecodeError(
                 f"subscription claims {n_topics} topics in {r.remaining()} bytes", code="truncated"
             )
+        start = r.tell()
         for _ in range(n_topics):
             (length,) = _I16.unpack(r.raw(2, "topic length"))
             if length <= 0:
@@ -183,6 +213,9 @@ def decode_member_metadata(data: bytes) -> MemberSubscription:
                 topics.append(r.raw(length, "topic").decode("utf-8"))
             except UnicodeDecodeError as exc:
                 raise MetadataDecodeError("subscribed topic is not valid UTF-8") from exc
+        subscribed = tuple(topics)
+        if cache is not None:
+            cache._blocks[n_topics] = (data[start : r.tell()], subscribed)
     elif n_topics < -1:
         raise MetadataDecodeError(f"subscription count {n_topics} is invalid")
     user_data = b""
@@ -193,7 +226,7 @@ def decode_member_metadata(data: bytes) -> MemberSubscription:
         elif length < -1:
             raise MetadataDecodeError(f"user_data length {length} is invalid")
     # Anything after user_data belongs to newer consumer protocol versions and is ignored.
-    return MemberSubscription(version, tuple(topics), user_data)
+    return MemberSubscription(version, subscribed, user_data)
 
 
 def encode_member_assignment(
@@ -210,6 +243,27 @@ def encode_member_assignment(
         for topic, ids in by_topic.items()
     ]
     return b"".join((_I16.pack(0), _I32.pack(len(topics)), *topics, _bytes(user_data)))
+
+
+def encode_member_assignment_columns(
+    topics: Sequence[str],
+    counts: Sequence[int],
+    partitions: npt.NDArray[np.int64],
+    user_data: bytes,
+) -> bytes:
+    """:func:`encode_member_assignment`, byte for byte, for partitions already sorted and
+    grouped: ``topics`` ascending and distinct, the first ``counts[0]`` of ``partitions``
+    those of ``topics[0]`` (ascending, distinct), and so on; ``user_data`` is the encoded
+    :class:`AssignmentInfo` (or empty). The numbers are converted to big-endian int32 once."""
+    if len(partitions) and (partitions.min() < -(2**31) or partitions.max() > INT32_MAX):
+        b"".join(map(_I32.pack, partitions.tolist()))  # raises struct.error, as the other does
+    numbers = partitions.astype(">i4").tobytes()
+    blocks: list[bytes] = []
+    end = 0
+    for topic, n in zip(topics, counts, strict=True):
+        blocks += (_string(topic), _I32.pack(n), numbers[4 * end : 4 * (end + n)])
+        end += n
+    return b"".join((_I16.pack(0), _I32.pack(len(topics)), *blocks, _bytes(user_data)))
 
 
 def encode_assignment_info(info: AssignmentInfo) -> bytes:

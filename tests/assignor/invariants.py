@@ -5,10 +5,23 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Sequence
 
+import pytest
+
+from capgroup.assignor import balance
 from capgroup.assignor.model import MemberSpec, OwnedPartition, PartitionSpec, Plan
 from capgroup.types import TopicPartition
 
 Assign = Callable[[Sequence[MemberSpec], Sequence[PartitionSpec], int], Plan]
+
+#: Every property runs against both paths: the columnar one the code base calls and the
+#: plain-Python reference it must agree with.
+both_paths = pytest.mark.parametrize(
+    "assign",
+    [
+        pytest.param(balance.assign, id="fast"),
+        pytest.param(balance.reference_assign, id="reference"),
+    ],
+)
 
 
 def phase2(plan: Plan) -> dict[str, list[TopicPartition]]:

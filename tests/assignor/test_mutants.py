@@ -1,7 +1,11 @@
 """Each property test must be able to fail: run it against a deliberately broken assignor.
 
 Every mutant patches one step of the real pipeline (so the rest stays genuine) and the
-matching ``check_property_*`` body from ``test_properties`` must find a counterexample.
+matching ``check_property_*`` body from ``test_properties`` must find a counterexample, on
+both paths: the reference (:mod:`~capgroup.assignor.balance`) and the fast one
+(:mod:`~capgroup.assignor.columnar`). The steps each path has of its own (normalize, resolve
+claims, keep owned, output) are patched in that path's module; the others are shared and
+patched in ``balance``.
 """
 
 from __future__ import annotations
@@ -14,8 +18,7 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from capgroup.assignor import balance
-from capgroup.assignor.balance import assign
+from capgroup.assignor import balance, columnar
 from capgroup.assignor.model import PendingMove, Plan
 from tests.assignor.strategies import cases
 from tests.assignor.test_properties import (
@@ -38,20 +41,45 @@ from tests.assignor.test_relay import (
     check_property_relay_sticky,
 )
 
-Patch = Callable[[pytest.MonkeyPatch], None]
+#: The steps each path has of its own; every other step is shared, in ``balance``.
+OWN_STEPS = frozenset({"_normalize", "_resolve_claims", "_keep_owned", "_output"})
 
 
-def wrap(mp: pytest.MonkeyPatch, name: str, after: Callable[..., Any]) -> None:
-    original = getattr(balance, name)
-    mp.setattr(balance, name, lambda *a: after(original(*a), *a))
+class Steps:
+    """Where a path's pipeline looks its steps up: :meth:`get` and :meth:`set` reach the
+    module that holds the named step (``set`` patches it for the test only)."""
+
+    def __init__(self, mp: pytest.MonkeyPatch, own: Any, assign: Callable[..., Plan]) -> None:
+        self.mp, self.own, self.assign = mp, own, assign
+
+    def module(self, name: str) -> Any:
+        return self.own if name in OWN_STEPS else balance
+
+    def get(self, name: str) -> Any:
+        return getattr(self.module(name), name)
+
+    def set(self, name: str, value: Any) -> None:
+        self.mp.setattr(self.module(name), name, value)
 
 
-def ignore_max_partitions(mp: pytest.MonkeyPatch) -> None:
-    wrap(mp, "_capacities", lambda s, *_: dataclasses.replace(s, cap=[1 << 30] * len(s.cap)))
+Patch = Callable[[Steps], None]
+PATHS = {
+    "reference": (balance, balance.reference_assign),
+    "fast": (columnar, balance.assign),
+}
 
 
-def ignore_draining(mp: pytest.MonkeyPatch) -> None:
-    original = balance._capacities
+def wrap(steps: Steps, name: str, after: Callable[..., Any]) -> None:
+    original = steps.get(name)
+    steps.set(name, lambda *a: after(original(*a), *a))
+
+
+def ignore_max_partitions(steps: Steps) -> None:
+    wrap(steps, "_capacities", lambda s, *_: dataclasses.replace(s, cap=[1 << 30] * len(s.cap)))
+
+
+def ignore_draining(steps: Steps) -> None:
+    original = steps.get("_capacities")
 
     def capacities(grp: Any, unit: list[int]) -> Any:
         specs = [
@@ -60,14 +88,14 @@ def ignore_draining(mp: pytest.MonkeyPatch) -> None:
         ]
         return original(dataclasses.replace(grp, specs=specs), unit)
 
-    mp.setattr(balance, "_capacities", capacities)
+    steps.set("_capacities", capacities)
 
 
-def ignore_weights(mp: pytest.MonkeyPatch) -> None:
-    wrap(mp, "_capacities", lambda s, *_: dataclasses.replace(s, weight=[1.0] * len(s.weight)))
+def ignore_weights(steps: Steps) -> None:
+    wrap(steps, "_capacities", lambda s, *_: dataclasses.replace(s, weight=[1.0] * len(s.weight)))
 
 
-def give_one_partition_twice(mp: pytest.MonkeyPatch) -> None:
+def give_one_partition_twice(steps: Steps) -> None:
     def after(plan: Plan, *_: Any) -> Plan:
         holders = [m for m, tps in plan.assignment.items() if tps]
         others = [m for m in plan.assignment if m not in holders[:1]]
@@ -78,10 +106,10 @@ def give_one_partition_twice(mp: pytest.MonkeyPatch) -> None:
         assignment[others[0]] = (*assignment[others[0]], extra)
         return dataclasses.replace(plan, assignment=assignment)
 
-    wrap(mp, "_output", after)
+    wrap(steps, "_output", after)
 
 
-def drop_withholding(mp: pytest.MonkeyPatch) -> None:
+def drop_withholding(steps: Steps) -> None:
     def after(plan: Plan, *_: Any) -> Plan:
         assignment = {m: list(tps) for m, tps in plan.assignment.items()}
         for move in plan.pending:
@@ -91,26 +119,26 @@ def drop_withholding(mp: pytest.MonkeyPatch) -> None:
             plan, assignment={m: tuple(t) for m, t in assignment.items()}, pending=pending
         )
 
-    wrap(mp, "_output", after)
+    wrap(steps, "_output", after)
 
 
-def skip_augmenting_paths(mp: pytest.MonkeyPatch) -> None:
-    mp.setattr(balance, "_augment", lambda st, unplaced: unplaced)
+def skip_augmenting_paths(steps: Steps) -> None:
+    steps.set("_augment", lambda st, unplaced: unplaced)
 
 
-def coldest_first(mp: pytest.MonkeyPatch) -> None:
+def coldest_first(steps: Steps) -> None:
     def runs(st: Any, free: list[int]) -> Iterator[list[int]]:
         for j in sorted(free, key=lambda j: (st.unit[j], j)):
             yield [j]
 
-    mp.setattr(balance, "_runs", runs)
+    steps.set("_runs", runs)
 
 
-def forget_ownership(mp: pytest.MonkeyPatch) -> None:
-    mp.setattr(balance, "_keep_owned", lambda st, claims: [])
+def forget_ownership(steps: Steps) -> None:
+    steps.set("_keep_owned", lambda st, claims: [])
 
 
-def first_fit_without_balance(mp: pytest.MonkeyPatch) -> None:
+def first_fit_without_balance(steps: Steps) -> None:
     def fill(st: Any, g: int, run: list[int]) -> list[int]:
         left = list(run)
         for i in st.gmembers[g]:
@@ -120,13 +148,13 @@ def first_fit_without_balance(mp: pytest.MonkeyPatch) -> None:
                 left = left[k:]
         return left
 
-    mp.setattr(balance, "_water_fill", fill)
-    mp.setattr(balance, "_balance", lambda st, owner: 0)
+    steps.set("_water_fill", fill)
+    steps.set("_balance", lambda st, owner: 0)
 
 
-def rebalance_on_ties(mp: pytest.MonkeyPatch) -> None:
+def rebalance_on_ties(steps: Steps) -> None:
     """KAFKA-15106: an "is balanced" test that also moves on ties, one move per round."""
-    original = balance._balance
+    original = steps.get("_balance")
 
     def bal(st: Any, owner: list[int]) -> int:
         moves: int = original(st, owner)
@@ -140,47 +168,47 @@ def rebalance_on_ties(mp: pytest.MonkeyPatch) -> None:
                     return moves + 1
         return moves
 
-    mp.setattr(balance, "_balance", bal)
+    steps.set("_balance", bal)
 
 
-def keep_input_member_order(mp: pytest.MonkeyPatch) -> None:
-    original = balance._normalize
+def keep_input_member_order(steps: Steps) -> None:
+    original = steps.get("_normalize")
 
     def normalize(members: Any, partitions: Any) -> Any:
         grp = original(members, partitions)
         specs = list(members)
         return dataclasses.replace(grp, specs=specs, member_ids=[m.member_id for m in specs])
 
-    mp.setattr(balance, "_normalize", normalize)
+    steps.set("_normalize", normalize)
 
 
-def relay_ignores_budget(mp: pytest.MonkeyPatch) -> None:
+def relay_ignores_budget(steps: Steps) -> None:
     """Relay charges one byte whatever the member advertises."""
-    wrap(mp, "_relay_costs", lambda costs, *_: [1 if c else 0 for c in costs])
+    wrap(steps, "_relay_costs", lambda costs, *_: [1 if c else 0 for c in costs])
 
 
-def relay_steals_from_owner(mp: pytest.MonkeyPatch) -> None:
+def relay_steals_from_owner(steps: Steps) -> None:
     """Relay ignores ownership: a claimed leftover goes to whoever has room."""
-    original = balance._relay
+    original = steps.get("_relay")
 
     def relay(grp: Any, st: Any, claims: Any) -> Any:
         return original(grp, st, dataclasses.replace(claims, owner=[-1] * len(claims.owner)))
 
-    mp.setattr(balance, "_relay", relay)
+    steps.set("_relay", relay)
 
 
-def relay_before_batch(mp: pytest.MonkeyPatch) -> None:
+def relay_before_batch(steps: Steps) -> None:
     """Relay runs before free partitions are placed, taking room batch placement needed."""
     original_place, original_relay, original_resolve = (
-        balance._place_free,
-        balance._relay,
-        balance._resolve_claims,
+        steps.get("_place_free"),
+        steps.get("_relay"),
+        steps.get("_resolve_claims"),
     )
     box: dict[str, Any] = {}
 
-    def resolve(grp: Any, generation: int) -> Any:
+    def resolve(grp: Any, *rest: Any) -> Any:
         box["grp"] = grp
-        box["claims"] = claims = original_resolve(grp, generation)
+        box["claims"] = claims = original_resolve(grp, *rest)
         return claims
 
     def place(st: Any, free: list[int]) -> list[int]:
@@ -197,18 +225,18 @@ def relay_before_batch(mp: pytest.MonkeyPatch) -> None:
         box["early"] = early
         return left
 
-    mp.setattr(balance, "_resolve_claims", resolve)
-    mp.setattr(balance, "_place_free", place)
-    mp.setattr(balance, "_relay", lambda grp, st, claims: box.pop("early", {}))
+    steps.set("_resolve_claims", resolve)
+    steps.set("_place_free", place)
+    steps.set("_relay", lambda grp, st, claims: box.pop("early", {}))
 
 
-def relay_nothing(mp: pytest.MonkeyPatch) -> None:
-    mp.setattr(balance, "_relay", lambda grp, st, claims: {})
+def relay_nothing(steps: Steps) -> None:
+    steps.set("_relay", lambda grp, st, claims: {})
 
 
-def relay_forgets_owner(mp: pytest.MonkeyPatch) -> None:
+def relay_forgets_owner(steps: Steps) -> None:
     """Relay drops owned leftovers instead of keeping them with their owner."""
-    original = balance._relay
+    original = steps.get("_relay")
 
     def relay(grp: Any, st: Any, claims: Any) -> Any:
         found = original(grp, st, claims)
@@ -216,7 +244,7 @@ def relay_forgets_owner(mp: pytest.MonkeyPatch) -> None:
             i: kept for i, js in found.items() if (kept := [j for j in js if claims.owner[j] < 0])
         }
 
-    mp.setattr(balance, "_relay", relay)
+    steps.set("_relay", relay)
 
 
 MUTANTS: list[tuple[str, Patch, Callable[..., None], Any]] = [
@@ -281,13 +309,20 @@ MUTANTS: list[tuple[str, Patch, Callable[..., None], Any]] = [
 ]
 
 
+@pytest.mark.parametrize("path", sorted(PATHS))
 @pytest.mark.parametrize(
     ("patch", "check", "strategy"),
     [pytest.param(p, c, s, id=name) for name, p, c, s in MUTANTS],
 )
 def test_property_catches_mutant(
-    monkeypatch: pytest.MonkeyPatch, patch: Patch, check: Callable[..., None], strategy: Any
+    monkeypatch: pytest.MonkeyPatch,
+    patch: Patch,
+    check: Callable[..., None],
+    strategy: Any,
+    path: str,
 ) -> None:
+    steps = Steps(monkeypatch, *PATHS[path])
+
     @settings(
         max_examples=300,
         deadline=None,
@@ -299,13 +334,9 @@ def test_property_catches_mutant(
     @given(strategy)
     def probe(drawn: Any) -> None:
         args = drawn if isinstance(drawn, tuple) else (drawn,)
-        check(assign_through_module, *args)
+        # The path's assign looks its steps up by name, so it runs the patched ones.
+        check(steps.assign, *args)
 
-    patch(monkeypatch)
+    patch(steps)
     with pytest.raises(AssertionError):
         probe()
-
-
-def assign_through_module(*args: Any) -> Plan:
-    """Calls the (possibly patched) pipeline; ``assign`` itself looks its steps up by name."""
-    return assign(*args)

@@ -12,11 +12,11 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from capgroup.assignor.balance import assign
 from capgroup.assignor.model import MemberSpec, PartitionSpec, Plan
 from capgroup.types import TopicPartition
 from tests.assignor.invariants import (
     Assign,
+    both_paths,
     check_budgets,
     check_cooperative,
     check_draining,
@@ -92,9 +92,10 @@ def check_property_budgets(fn: Assign, case: Case) -> None:
     check_budgets(members, fn(members, case.partitions, case.generation + 1))
 
 
+@both_paths
 @props
 @given(cases())
-def test_1_hard_budgets(case: Case) -> None:
+def test_1_hard_budgets(assign: Assign, case: Case) -> None:
     check_property_budgets(assign, case)
 
 
@@ -107,9 +108,10 @@ def check_property_exclusive(fn: Assign, case: Case) -> None:
     )
 
 
+@both_paths
 @props
 @given(cases())
-def test_2_exclusive(case: Case) -> None:
+def test_2_exclusive(assign: Assign, case: Case) -> None:
     check_property_exclusive(assign, case)
 
 
@@ -142,9 +144,10 @@ def check_property_complete(fn: Assign, case: Case) -> None:
                 assert rate[p.tp] >= rate[tp], (p.tp, tp)
 
 
+@both_paths
 @props
 @given(cases(uniform_cost=True))
-def test_3_complete_when_possible(case: Case) -> None:
+def test_3_complete_when_possible(assign: Assign, case: Case) -> None:
     check_property_complete(assign, case)
 
 
@@ -172,15 +175,17 @@ def check_property_sticky(fn: Assign, case: Case, victim: int) -> None:
             assert now.get(tp) == m, (tp, m, now.get(tp))
 
 
+@both_paths
 @props
 @given(cases(uniform_cost=True, uniform_rate=True, all_topics=True), st.integers(0, 100))
-def test_4_sticky(case: Case, victim: int) -> None:
+def test_4_sticky(assign: Assign, case: Case, victim: int) -> None:
     check_property_sticky(assign, case, victim)
 
 
+@both_paths
 @props
 @given(cases(uniform_cost=True, all_topics=True, owned=False), st.integers(0, 100))
-def test_4_sticky_with_rates(case: Case, victim: int) -> None:
+def test_4_sticky_with_rates(assign: Assign, case: Case, victim: int) -> None:
     """Hot partitions too: owners are not churned when a member dies."""
     check_property_sticky(assign, case, victim)
 
@@ -257,21 +262,24 @@ def _only_phase1(plan: Plan, member_id: str) -> Plan:
     return Plan(assignment={member_id: plan.assignment[member_id]})
 
 
+@both_paths
 @props
 @given(cases(uniform_rate=True, owned=False))
-def test_5_balanced_locally_optimal(case: Case) -> None:
+def test_5_balanced_locally_optimal(assign: Assign, case: Case) -> None:
     check_property_balanced(assign, case)
 
 
+@both_paths
 @props
 @given(cases(uniform_cost=True, uniform_rate=True, equal=True, all_topics=True))
-def test_5_balanced_counts_within_one(case: Case) -> None:
+def test_5_balanced_counts_within_one(assign: Assign, case: Case) -> None:
     check_property_counts(assign, case)
 
 
+@both_paths
 @props
 @given(cases())
-def test_5_rounds_converge_and_stay(case: Case) -> None:
+def test_5_rounds_converge_and_stay(assign: Assign, case: Case) -> None:
     check_property_converges(assign, case)
 
 
@@ -284,9 +292,10 @@ def check_property_cooperative(fn: Assign, case: Case) -> None:
     )
 
 
+@both_paths
 @props
 @given(cases())
-def test_6_cooperative(case: Case) -> None:
+def test_6_cooperative(assign: Assign, case: Case) -> None:
     check_property_cooperative(assign, case)
 
 
@@ -312,9 +321,10 @@ def check_property_deterministic(fn: Assign, case: Case, seed: int) -> None:
     )
 
 
+@both_paths
 @props
 @given(cases(), st.integers(0, 2**32))
-def test_7_deterministic(case: Case, seed: int) -> None:
+def test_7_deterministic(assign: Assign, case: Case, seed: int) -> None:
     check_property_deterministic(assign, case, seed)
 
 
@@ -325,9 +335,10 @@ def check_property_draining(fn: Assign, case: Case) -> None:
     check_draining(case.members, fn(case.members, case.partitions, case.generation))
 
 
+@both_paths
 @props
 @given(cases())
-def test_8_draining_members_get_nothing(case: Case) -> None:
+def test_8_draining_members_get_nothing(assign: Assign, case: Case) -> None:
     check_property_draining(assign, case)
 
 

@@ -10,11 +10,11 @@ import dataclasses
 
 from hypothesis import given, settings
 
-from capgroup.assignor.balance import assign
 from capgroup.assignor.model import CapacityAdvertisement, MemberSpec, PartitionSpec, Plan
 from capgroup.types import OwnedPartition, TopicPartition
 from tests.assignor.invariants import (
     Assign,
+    both_paths,
     check_all,
     check_budgets,
     top_claimants,
@@ -58,9 +58,10 @@ def check_property_relay_invariants(fn: Assign, case: Case) -> None:
     check_all(members, case.partitions, again, case.generation + 1)
 
 
+@both_paths
 @props
 @given(cases(relay=True))
-def test_relay_budgets_exclusive_cooperative(case: Case) -> None:
+def test_relay_budgets_exclusive_cooperative(assign: Assign, case: Case) -> None:
     check_property_relay_invariants(assign, case)
 
 
@@ -86,15 +87,17 @@ def check_property_relay_leftovers(fn: Assign, case: Case) -> None:
     assert all(plan.relay.values()), "members without relay-only partitions are left out"
 
 
+@both_paths
 @props
 @given(cases(relay=True))
-def test_relay_only_takes_what_batch_leaves(case: Case) -> None:
+def test_relay_only_takes_what_batch_leaves(assign: Assign, case: Case) -> None:
     check_property_relay_leftovers(assign, case)
 
 
+@both_paths
 @props
 @given(cases())
-def test_relay_is_empty_when_nobody_relays(case: Case) -> None:
+def test_relay_is_empty_when_nobody_relays(assign: Assign, case: Case) -> None:
     assert not assign(case.members, case.partitions, case.generation).relay
 
 
@@ -117,9 +120,10 @@ def check_property_relay_maximal(fn: Assign, case: Case) -> None:
             assert tp.topic not in m.topics or not relay_room(m, plan), (tp, owner)
 
 
+@both_paths
 @props
 @given(cases(relay=True))
-def test_relay_places_every_leftover_it_can(case: Case) -> None:
+def test_relay_places_every_leftover_it_can(assign: Assign, case: Case) -> None:
     check_property_relay_maximal(assign, case)
 
 
@@ -142,9 +146,10 @@ def check_property_relay_sticky(fn: Assign, case: Case) -> None:
             assert tp in again.relay.get(mid, ()) or not relay_room(by_id[mid], again), (tp, mid)
 
 
+@both_paths
 @props
 @given(cases(relay=True))
-def test_relay_only_is_sticky(case: Case) -> None:
+def test_relay_only_is_sticky(assign: Assign, case: Case) -> None:
     check_property_relay_sticky(assign, case)
 
 
@@ -169,7 +174,8 @@ def _member(mid: str, relay: int, owned: tuple[OwnedPartition, ...] = ()) -> Mem
 PARTS = [PartitionSpec("t", p) for p in range(6)]
 
 
-def test_relay_spreads_over_relaying_members_and_costs_their_budget() -> None:
+@both_paths
+def test_relay_spreads_over_relaying_members_and_costs_their_budget(assign: Assign) -> None:
     plan = assign([_member("a", 1), _member("b", 1), _member("c", 0)], PARTS, 1)
     # Batch: two each for a and b, two for c; nothing is left to relay.
     assert not plan.relay
@@ -181,7 +187,8 @@ def test_relay_spreads_over_relaying_members_and_costs_their_budget() -> None:
     assert plan.moved == 6
 
 
-def test_relay_only_goes_only_to_its_owner() -> None:
+@both_paths
+def test_relay_only_goes_only_to_its_owner(assign: Assign) -> None:
     t4 = TopicPartition("t", 4)
     owned = tuple(OwnedPartition("t", p, 1) for p in (0, 1, 4))
     plan = assign([_member("a", 1, owned), _member("b", 1)], PARTS[:5], 2)

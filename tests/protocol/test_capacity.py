@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import struct
@@ -11,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from capgroup.assignor.model import CapacityAdvertisement, OwnedPartition
+from capgroup.protocol import capacity
 from capgroup.protocol.capacity import (
     MAX_ENCODED_BYTES,
     AdvertisementEncodeError,
@@ -18,6 +20,8 @@ from capgroup.protocol.capacity import (
     MetadataDecodeError,
     canonical_advertisement,
     decode_advertisement,
+    decode_advertisement_columns,
+    decode_advertisements_columns,
     encode_advertisement,
 )
 
@@ -62,16 +66,29 @@ def advertisements(draw: st.DrawFn) -> CapacityAdvertisement:
     )
 
 
+def _decode_as_columns(data: bytes) -> CapacityAdvertisement:
+    """The leader's bulk decoder, its claims turned back into objects."""
+    adv, owned = decode_advertisement_columns(data)
+    assert adv.owned == ()
+    return dataclasses.replace(adv, owned=owned.owned())
+
+
 def _decode_only_raises_decode_error(data: bytes) -> None:
     try:
         adv = decode_advertisement(data)
     except MetadataDecodeError as exc:
-        reason = exc.reason
-        assert reason
+        error = exc
+    else:
+        assert _decode_as_columns(data) == adv  # the leader's bulk decoder agrees
+        # Whatever decodes must be semantically valid, i.e. acceptable to the encoder again.
+        again = decode_advertisement(encode_advertisement(adv))
+        assert again == canonical_advertisement(adv)
         return
-    # Whatever decodes must be semantically valid, i.e. acceptable to the encoder again.
-    again = decode_advertisement(encode_advertisement(adv))
-    assert again == canonical_advertisement(adv)
+    assert error.reason
+    # The bulk decoder rejects the same bytes with the same error.
+    with pytest.raises(MetadataDecodeError) as bulk:
+        _decode_as_columns(data)
+    assert (bulk.value.reason, bulk.value.code) == (error.reason, error.code)
 
 
 @settings(max_examples=200, deadline=None)
@@ -79,6 +96,7 @@ def _decode_only_raises_decode_error(data: bytes) -> None:
 def test_round_trip(adv: CapacityAdvertisement) -> None:
     encoded = encode_advertisement(adv)
     assert decode_advertisement(encoded) == canonical_advertisement(adv)
+    assert _decode_as_columns(encoded) == canonical_advertisement(adv)
     assert len(encoded) <= MAX_ENCODED_BYTES
 
 
@@ -117,6 +135,21 @@ def mutated_encodings(draw: st.DrawFn) -> bytes:
 @given(mutated_encodings())
 def test_fuzz_mutated_valid_encodings(data: bytes) -> None:
     _decode_only_raises_decode_error(data)
+
+
+@FUZZ
+@given(st.lists(st.one_of(mutated_encodings(), st.builds(encode_advertisement, advertisements()))))
+def test_a_leader_decodes_many_members_as_each_alone(datas: list[bytes]) -> None:
+    """The batch decoder gives every member what decoding its bytes alone gives: the same
+    advertisement and claims, or the same error; one member's garbage touches no other."""
+    for data, found in zip(datas, decode_advertisements_columns(datas), strict=True):
+        if isinstance(found, MetadataDecodeError):
+            with pytest.raises(MetadataDecodeError) as alone:
+                decode_advertisement(data)
+            assert (found.reason, found.code) == (alone.value.reason, alone.value.code)
+        else:
+            adv, owned = found
+            assert dataclasses.replace(adv, owned=owned.owned()) == decode_advertisement(data)
 
 
 def _field(tag: int, payload: bytes) -> bytes:
@@ -311,3 +344,30 @@ def test_foreign_user_data_is_rejected_as_such() -> None:
 def test_encode_rejects_invalid_values(adv: CapacityAdvertisement) -> None:
     with pytest.raises(AdvertisementEncodeError):
         encode_advertisement(adv)
+
+
+@pytest.mark.parametrize(
+    "adv",
+    [
+        _realistic(1, 500),  # one run, the first gap one byte
+        dataclasses.replace(  # a run starting at 1,000 (a two-byte first gap), no rates
+            _realistic(1, 1),
+            owned=tuple(OwnedPartition("t", p, 9) for p in range(1000, 1500)),
+        ),
+        _realistic(40, 3),  # many topics, several generations (an index per entry)
+        dataclasses.replace(
+            _realistic(1, 1),
+            owned=tuple(OwnedPartition(f"t{p % 7}", p * 300, 5, 1.5) for p in range(700)),
+        ),
+    ],
+    ids=["run", "run-from-1000", "generations", "sparse"],
+)
+def test_the_leader_decodes_realistic_claims_in_bulk(
+    adv: CapacityAdvertisement, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Claims members really send take the bulk path (the one-by-one decoder is not
+    consulted) and come out as that decoder would return them."""
+    encoded = encode_advertisement(adv)
+    expected = decode_advertisement(encoded)
+    monkeypatch.setattr(capacity, "_decode_owned", pytest.fail)
+    assert _decode_as_columns(encoded) == expected

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+import numpy as np
 import pytest
 from aiokafka.coordinator.protocol import (
     ConsumerProtocolMemberAssignment,
@@ -13,12 +16,14 @@ from hypothesis import strategies as st
 from capgroup.protocol import (
     AssignmentInfo,
     MetadataDecodeError,
+    SubscriptionCache,
     decode_assignment_info,
     decode_member_metadata,
     encode_assignment_info,
     encode_member_assignment,
     encode_member_metadata,
 )
+from capgroup.protocol.consumer import encode_member_assignment_columns
 from capgroup.types import TopicPartition
 
 
@@ -169,3 +174,39 @@ def test_a_1_0_reader_skips_the_figures() -> None:
         elif tag in (2, 3):
             known[tag] = field.uvarint("count")
     assert known == {"generation": 9, 2: 2, 3: 0}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    partitions=st.sets(st.tuples(_topic, st.integers(0, 2**31 - 1)), max_size=20),
+    info=st.none() | st.builds(AssignmentInfo, st.integers(-1, 2**31 - 1)),
+)
+def test_assignment_from_columns_is_byte_identical(
+    partitions: set[tuple[str, int]], info: AssignmentInfo | None
+) -> None:
+    """The leader's bulk encoder writes what the per-partition one writes."""
+    ordered = sorted(partitions)
+    topics = sorted({t for t, _ in ordered})
+    counts = [sum(1 for t, _ in ordered if t == topic) for topic in topics]
+    numbers = np.array([p for _, p in ordered], dtype=np.int64)
+    user_data = encode_assignment_info(info) if info is not None else b""
+    tps = [TopicPartition(t, p) for t, p in partitions]
+    expected = encode_member_assignment(tps, info)
+    assert encode_member_assignment_columns(topics, counts, numbers, user_data) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=60), st.lists(_topic, max_size=4)), max_size=6))
+def test_the_subscription_cache_changes_no_result(inputs: list[bytes | list[str]]) -> None:
+    """Decoding members one after another with a shared cache gives what decoding each
+    alone gives, garbage and repeated subscriptions included."""
+    cache = SubscriptionCache()
+    for item in inputs:
+        data = item if isinstance(item, bytes) else encode_member_metadata(item, b"x")
+        try:
+            alone = decode_member_metadata(data)
+        except MetadataDecodeError as exc:
+            with pytest.raises(MetadataDecodeError, match=re.escape(exc.reason)):
+                decode_member_metadata(data, cache)
+        else:
+            assert decode_member_metadata(data, cache) == alone
