@@ -20,6 +20,7 @@ __all__ = [
     "create_topic",
     "delete_topics",
     "find_group_coordinator",
+    "group_committed_offsets",
 ]
 
 
@@ -85,6 +86,23 @@ async def find_group_coordinator(
                 await anyio.sleep(0.2)
     finally:
         await client.close()
+
+
+async def group_committed_offsets(
+    admin: Any, group_id: str, partitions: Sequence[Any] | None = None
+) -> dict[tuple[str, int], int]:
+    """``group_id``'s committed offsets by (topic, partition), asked through ``admin`` (an
+    :func:`admin_client`); empty while the cluster cannot name the group's coordinator yet (a
+    fresh broker still creating its offsets topic), so a poller simply asks again."""
+    from aiokafka.errors import KafkaError
+
+    try:
+        found = await admin.list_consumer_group_offsets(group_id, partitions=partitions)
+    except KafkaError as exc:
+        if not exc.retriable:
+            raise
+        return {}
+    return {(tp.topic, tp.partition): int(meta.offset) for tp, meta in found.items()}
 
 
 async def create_topic(

@@ -129,14 +129,13 @@ def record_size(record: Record[Any]) -> int:
 
 def record_sizes(records: Sequence[Record[Any]]) -> list[int]:
     """:func:`record_size` of each record; the consumer's per-record hot path."""
-    sizes = [
+    # One pass; the header walk only for records that carry headers (most carry none).
+    return [
         (0 if (k := r.key) is None else len(k)) + (0 if (v := r.value) is None else len(v))
+        if not r.headers
+        else record_size(r)
         for r in records
     ]
-    for i, record in enumerate(records):
-        if record.headers:
-            sizes[i] = record_size(record)
-    return sizes
 
 
 class FlushReason(StrEnum):

@@ -114,6 +114,7 @@ class PartitionFetcher:
         deadline = anyio.current_time() + wait_s
         missing: list[str] = []
         for topic in self._topics:
+            asked = False
             while True:
                 found = self._consumer.partitions_for_topic(topic)
                 if found:
@@ -122,8 +123,14 @@ class PartitionFetcher:
                 if anyio.current_time() > deadline:
                     missing.append(topic)
                     break
+                if asked:
+                    # The brokers answered without it: give auto-creation (or a topic
+                    # being created right now) a moment before asking again.
+                    await anyio.sleep(0.1)
+                # A client that just started knows no topics yet: ask at once, so a member
+                # does not wait out a back-off for a topic that exists.
                 await self._consumer._client.force_metadata_update()
-                await anyio.sleep(0.1)
+                asked = True
         if missing:
             raise MissingTopicError(missing, list(self._settings.bootstrap_servers))
         if partitions == self._all:
