@@ -33,6 +33,8 @@ __all__ = [
     "SettingsError",
     "batch_footprint_bytes",
     "check_topic_name",
+    "fetch_max_records",
+    "fetch_reserve_bytes",
     "load_settings",
     "partition_cost_bytes",
     "security_problems",
@@ -62,11 +64,30 @@ def batch_footprint_bytes(batch_max_bytes: int, batch_max_records: int) -> int:
     return batch_max_bytes + batch_max_records * RECORD_OVERHEAD_BYTES
 
 
+def fetch_max_records(max_partition_fetch_bytes: int) -> int:
+    """Records one fetch hands over at most: as many as ``max_partition_fetch_bytes`` pays the
+    per-record overhead of, so that small records cannot make a fetch cost more than its
+    reserve (:func:`fetch_reserve_bytes`). The rest wait in the client's fetch buffer."""
+    return max(1, max_partition_fetch_bytes // RECORD_OVERHEAD_BYTES)
+
+
+def fetch_reserve_bytes(max_partition_fetch_bytes: int) -> int:
+    """What one fetch can add to a partition's buffer: its payload (up to
+    ``max_partition_fetch_bytes``) plus the overhead of at most :func:`fetch_max_records`
+    records (at most as much again). A relay-only partition costs this much."""
+    return max_partition_fetch_bytes + fetch_max_records(max_partition_fetch_bytes) * (
+        RECORD_OVERHEAD_BYTES
+    )
+
+
 def partition_cost_bytes(
     batch_max_bytes: int, batch_max_records: int, max_partition_fetch_bytes: int
 ) -> int:
-    """Worst-case memory one partition costs a member: a full batch plus its fetch buffer."""
-    return batch_footprint_bytes(batch_max_bytes, batch_max_records) + max_partition_fetch_bytes
+    """Worst-case memory one partition costs a member: a full batch (the partition stops
+    fetching once it holds one) plus one more fetch on top (:func:`fetch_reserve_bytes`)."""
+    return batch_footprint_bytes(batch_max_bytes, batch_max_records) + fetch_reserve_bytes(
+        max_partition_fetch_bytes
+    )
 
 
 class SettingsError(ValueError):
@@ -640,10 +661,22 @@ class CapgroupSettings(BaseSettings):
     @property
     def partition_cost_bytes(self) -> int:
         """Worst-case bytes one partition costs this member: a full batch in memory (payload and
-        per-record overhead) plus its fetch buffer. This is what the member advertises."""
+        per-record overhead) plus one fetch on top (:attr:`fetch_reserve_bytes`). This is what
+        the member advertises."""
         return partition_cost_bytes(
             self.batch_max_bytes, self.batch_max_records, self.max_partition_fetch_bytes
         )
+
+    @property
+    def fetch_reserve_bytes(self) -> int:
+        """Bytes one fetch can add to a partition's buffer, payload and per-record overhead;
+        what a relay-only partition costs."""
+        return fetch_reserve_bytes(self.max_partition_fetch_bytes)
+
+    @property
+    def fetch_max_records(self) -> int:
+        """Records one fetch hands over at most (the rest wait in the client's fetch buffer)."""
+        return fetch_max_records(self.max_partition_fetch_bytes)
 
 
 #: module:callable, e.g. ``myservice.auth:fetch_token``.

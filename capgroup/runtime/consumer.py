@@ -158,6 +158,13 @@ class _Listener:
         self._consumer._assignment_changed()
 
 
+def _fetch_max_records(settings: CapgroupSettings, engine: MembershipEngine) -> int:
+    """Records the next fetch may hand over (see the ``Ingest`` wiring in ``run``)."""
+    if engine.relay_only:
+        return min(settings.fetch_max_records, settings.batch_max_records)
+    return settings.fetch_max_records
+
+
 def rss_overhead_bytes(partitions: int, max_partition_fetch_bytes: int) -> int:
     """How far a member's RSS may grow beyond its buffer budget under a sustained burst.
 
@@ -258,7 +265,7 @@ class BatchingConsumer(ABC, Generic[V]):
             settings.max_partitions,
             budget.budget_bytes,
             self._partition_cost,
-            settings.max_partition_fetch_bytes if settings.relay_enabled else 0,
+            settings.fetch_reserve_bytes if settings.relay_enabled else 0,
         )
         # The ledger counts memory, not payload: every buffered record also costs its object.
         self._ledger = MemoryLedger(budget.budget_bytes, settings.batch_footprint_bytes)
@@ -662,12 +669,12 @@ class BatchingConsumer(ABC, Generic[V]):
                     undecodable=undecodable,
                     tracker=self._tracker,
                     request_commit=committer.request,
-                    # A relay-only partition costs a fetch buffer, not a batch: while one is
-                    # owned, take at most a batch's worth of records per fetch (the rest stay
-                    # in the fetch buffer), so one fetch of a backlog cannot overrun it.
-                    max_records=None
-                    if relay is None
-                    else lambda: settings.batch_max_records if engine.relay_only else None,
+                    # A partition's cost reserves one fetch on top of a full batch: payload
+                    # plus the overhead of at most fetch_max_records records, so small records
+                    # cannot overrun it (the rest stay in the client's fetch buffer). A
+                    # relay-only partition costs that reserve alone: while one is owned, a
+                    # fetch also hands over at most a batch's worth.
+                    max_records=partial(_fetch_max_records, settings, engine),
                 )
                 live = self._live = _Live(engine, fetcher, tg, committer, delivery, ownership)
                 self._backpressure.attach(fetcher)
@@ -831,7 +838,5 @@ class BatchingConsumer(ABC, Generic[V]):
             weight=settings.weight,
             rack=settings.rack,
             draining=settings.draining,
-            relay_partition_bytes=settings.max_partition_fetch_bytes
-            if settings.relay_enabled
-            else 0,
+            relay_partition_bytes=settings.fetch_reserve_bytes if settings.relay_enabled else 0,
         )

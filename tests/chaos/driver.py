@@ -36,7 +36,7 @@ import anyio
 
 from capgroup.devkafka.admin import admin_client, create_topic, find_group_coordinator
 from capgroup.devkafka.cluster import LocalKafkaCluster
-from capgroup.settings import load_settings
+from capgroup.settings import fetch_reserve_bytes, load_settings
 from tests.brokers import unique_name
 from tests.chaos import invariants
 from tests.chaos.invariants import Limits
@@ -95,9 +95,11 @@ class MemberSpec:
 
     def budget_for(self, batch_max_records: int) -> int:
         """Memory budget for ``max_partitions - relay_slots`` batch partitions of that batch
-        size plus ``relay_slots`` fetch buffers."""
+        size plus ``relay_slots`` relay-only partitions (a fetch reserve each)."""
         batch = self.max_partitions - self.relay_slots
-        return batch * partition_cost(batch_max_records) + self.relay_slots * FETCH_BYTES
+        return batch * partition_cost(batch_max_records) + self.relay_slots * fetch_reserve_bytes(
+            FETCH_BYTES
+        )
 
 
 #: The group at the start: two large members (6 partitions) and one small (2); capacity 14

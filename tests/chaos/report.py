@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Any
 
-from tests.chaos.invariants import RunData, Verdict, duplicates, generations
+from tests.chaos.invariants import RunData, Verdict, duplicates, generations, processed_roots
 
 
 def build_report(
@@ -14,7 +14,8 @@ def build_report(
     """Faults, rebalances, record counts, budget utilisation, recovery times and verdicts."""
     gens = generations(data)
     commits = [e for e in data.audits if e["kind"] == "commit"]
-    flushed = {(r["p"], r["o"]) for r in data.sinks}
+    # A record counts as processed at its own position or as a relayed copy of it.
+    flushed = {(p, o) for p, offsets in processed_roots(data).items() for o in offsets}
     acked = {(a["p"], a["o"]) for a in data.produced}
     by_kind = {v.number: v for v in verdicts}
     t0 = min((f["t"] for f in data.faults), default=0.0)

@@ -1,12 +1,10 @@
 """The chaos suite's CI schedule against real brokers and real member processes.
 
 One seeded single-node run covers every member fault and a broker restart; a shorter
-three-node run loses the group coordinator's node. Every invariant must pass, and none may be
-skipped (each needs something to check: a zombie, a kill, commits, ...).
-
-The relay schedule (``python -m tests.chaos --relay``) is not part of CI yet: its last run
-still failed invariant 1 (a member 1 % over its budget while batch partitions absorb relayed
-backlogs); see docs/reliability.md.
+three-node run loses the group coordinator's node; a short relay run (issue 13) has a hot
+partition three times faster than its owner and a partition left to relay-only, with kills and
+a zombie. Every invariant must pass, and none may be skipped (each needs something to check: a
+zombie, a kill, commits, ...).
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ import pytest
 
 from capgroup.devkafka.cluster import LocalKafkaCluster
 from tests.brokers import KafkaEndpoint
-from tests.chaos.driver import ChaosConfig, run_chaos
+from tests.chaos.driver import RELAY_FAULTS, ChaosConfig, relay_config, run_chaos
 from tests.chaos.report import summary
 from tests.kafka_fixtures import unavailable
 
@@ -77,3 +75,19 @@ async def test_chaos_ci_coordinator_node_loss(
     print(summary(report))
     assert_all_invariants_hold(report, CLUSTER3_FAULTS, tmp_path)
     assert any(f["kind"] == "node_loss" and f["coordinator"] for f in report["faults"])
+
+
+@pytest.mark.timeout(600)
+async def test_chaos_ci_relay(kafka: KafkaEndpoint, tmp_path: Path) -> None:
+    config = relay_config(tmp_path)
+    report = await run_chaos(config, kafka.bootstrap_servers, kafka.cluster)
+    text = summary(report)
+    print(text)
+    assert_all_invariants_hold(report, RELAY_FAULTS, tmp_path)
+    assert [v["number"] for v in report["verdicts"]] == list(range(1, 10)), text
+    relay = report["relay"]
+    # Both ways of relaying happened: the hot partition's owner could not keep up, and the
+    # partition nobody could batch was relayed by the member holding it relay-only.
+    assert relay["relayed_by_source_partition"].get(relay["hot_partition"], 0) > 0, text
+    assert relay["relay_only_partitions"], text
+    assert relay["relayed_from_relay_only"] > 0, text

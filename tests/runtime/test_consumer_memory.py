@@ -1,4 +1,5 @@
-"""Memory against a real broker: a 100 MB burst into a member with a 32 MiB budget and a slow
+"""Memory against a real broker: a 100 MB burst into a member with a budget of exactly 6
+partitions (about 37 MiB) and a slow
 flush does not grow the process's RSS past the budget plus the documented overhead; RSS
 pressure flushes, pauses and sheds partitions, then recovers; ingress rates are sampled."""
 
@@ -15,6 +16,7 @@ from aiokafka import AIOKafkaProducer
 from capgroup import TopicPartition
 from capgroup.runtime.consumer import rss_overhead_bytes
 from capgroup.runtime.memory import RssWatchdog
+from capgroup.settings import partition_cost_bytes
 from tests.membership.harness import steady_producer
 from tests.runtime.harness import (
     ConsumerProcess,
@@ -59,17 +61,23 @@ async def test_burst_larger_than_budget_keeps_rss_within_budget(
 ) -> None:
     bootstrap = kafka.bootstrap_servers
     topic = await topic_factory(partitions=PARTITIONS)
-    budget = 32 * MiB
+    limits: dict[str, Any] = {
+        "batch_max_bytes": 4 * MiB,
+        "max_partition_fetch_bytes": 1 * MiB,
+        # 10 KiB records: the bytes limit cuts batches (about 400 records) before this one.
+        "batch_max_records": 500,
+    }
+    # A budget that buys exactly the 6 partitions at the runtime's own cost.
+    budget = PARTITIONS * partition_cost_bytes(
+        limits["batch_max_bytes"], limits["batch_max_records"], limits["max_partition_fetch_bytes"]
+    )
     settings = consumer_settings(
         bootstrap,
         unique_id("g"),
         topic,
         memory_budget_bytes=budget,
-        batch_max_bytes=4 * MiB,
-        max_partition_fetch_bytes=1 * MiB,
-        # 10 KiB records: the bytes limit cuts batches (about 400 records) before this one.
-        batch_max_records=500,
         batch_max_age_ms=1_000,
+        **limits,
     )
     sink = tmp_path / "sink.jsonl"
     member = ConsumerProcess(sink, settings, SINK_FLUSH_DELAY_S="0.3")
@@ -105,7 +113,7 @@ async def test_burst_larger_than_budget_keeps_rss_within_budget(
     print(
         f"baseline RSS {baseline / MiB:.1f} MiB, peak {peak / MiB:.1f} MiB, growth "
         f"{growth / MiB:.1f} MiB (allowed {allowed / MiB:.1f} MiB), "
-        f"max buffered {buffered / MiB:.1f} MiB, budget {budget / MiB} MiB"
+        f"max buffered {buffered / MiB:.1f} MiB, budget {budget / MiB:.1f} MiB"
     )
     # The buffers really were under pressure, and the ledger never passed the budget...
     assert buffered > budget // 2

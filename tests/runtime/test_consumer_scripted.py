@@ -475,3 +475,43 @@ async def test_failed_flush_stops_the_partition_and_is_never_committed_past() ->
     assert [o for _, _, o in commits_of(coord, P0)] == [5]
     assert a.stats.stopped_partitions == {P0}
     assert not a.healthy
+
+
+# ------------------------------------------------------------------- 6. memory -----
+class CountingFetcher(ScriptedFetcher):
+    """A scripted fetcher that notes the ``max_records`` of every fetch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[int | None] = []
+
+    async def fetch(self, timeout_ms: int, max_records: int | None = None) -> dict[Any, Any]:
+        self.asked.append(max_records)
+        return await super().fetch(timeout_ms, max_records)
+
+
+async def test_a_backlog_of_tiny_records_stays_within_the_partition_cost() -> None:
+    """Records far smaller than their object overhead: with the flush blocked, the partition
+    fills up to a batch and then pauses, and what one fetch lands on top stays within the
+    fetch reserve of the advertised cost (without the per-fetch cap one scripted fetch would
+    bring 500 records, 40 times the reserve's overhead)."""
+    coord = ScriptedCoordinator({"t": 1})
+    fetcher = CountingFetcher()
+    a = Service("a", batch_max_bytes=100, max_partition_fetch_bytes=4096)
+    settings = a.settings
+    assert settings.fetch_max_records == 4096 // 384
+    gate = a.blocked[P0] = anyio.Event()
+    clients = ScriptedClients(coord.transport(), fetcher)
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as tg:
+            await start(tg, a, clients)
+            fetcher.append_many(P0, 2000, size=1)
+            await a.wait_for(lambda: P0 in a.flushing and P0 in fetcher.held)
+            held = a._ledger.held(P0)
+            gate.set()
+            await coord.wait_until(lambda: coord.committed.get(P0) == 2000)
+            tg.cancel_scope.cancel()
+
+    assert 0 < held <= settings.partition_cost_bytes, (held, settings.partition_cost_bytes)
+    assert set(fetcher.asked) == {settings.fetch_max_records}
+    assert a.offsets(P0) == list(range(2000))

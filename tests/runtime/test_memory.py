@@ -142,10 +142,16 @@ def test_effective_max_partitions_uses_the_settings_cost() -> None:
     settings = CapgroupSettings(
         batch_max_bytes=3 * MIB, batch_max_records=1024, max_partition_fetch_bytes=MIB
     )
-    # 3 MiB payload + 1024 records x RECORD_OVERHEAD_BYTES + 1 MiB fetch buffer per partition.
-    assert settings.partition_cost_bytes == 4 * MIB + 1024 * RECORD_OVERHEAD_BYTES
-    assert effective_max_partitions(64, 10 * MIB, settings.partition_cost_bytes) == 2
-    assert effective_max_partitions(64, 8 * MIB, settings.partition_cost_bytes) == 1
+    # A full batch (3 MiB payload + 1024 records' overhead), plus one fetch on top: 1 MiB of
+    # payload and the overhead of at most 1 MiB // RECORD_OVERHEAD_BYTES records.
+    fetch_records = MIB // RECORD_OVERHEAD_BYTES
+    assert settings.fetch_max_records == fetch_records
+    assert settings.fetch_reserve_bytes == MIB + fetch_records * RECORD_OVERHEAD_BYTES
+    assert settings.partition_cost_bytes == (
+        3 * MIB + 1024 * RECORD_OVERHEAD_BYTES + MIB + fetch_records * RECORD_OVERHEAD_BYTES
+    )
+    assert effective_max_partitions(64, 11 * MIB, settings.partition_cost_bytes) == 2
+    assert effective_max_partitions(64, 10 * MIB, settings.partition_cost_bytes) == 1
     with pytest.raises(ValueError, match="positive"):
         effective_max_partitions(1, 1, 0)
 

@@ -316,4 +316,4 @@ async def test_relay_off_leaves_the_flush_path_and_the_advertisement_alone() -> 
     assert off.stats.relay_hops == {}
     assert off.stats.relay_lag_records == 0
     on = Service(group_id="g", topics=["events"], relay_enabled=True)
-    assert on._capacity().relay_partition_bytes == on.settings.max_partition_fetch_bytes
+    assert on._capacity().relay_partition_bytes == on.settings.fetch_reserve_bytes
