@@ -34,6 +34,8 @@ class ClientRole(StrEnum):
     DEAD_LETTER = "dlq"
     RELAY = "relay"
     ADMIN = "admin"
+    #: Range jobs (issue 14): the jobs and completions topics and the by-offset readers.
+    RANGE_JOBS = "rangejobs"
     #: ``capgroup hotkeys``: reads a topic out of band (no group, no commits).
     HOTKEYS = "hotkeys"
 

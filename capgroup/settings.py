@@ -473,6 +473,79 @@ class CapgroupSettings(BaseSettings):
         "the record's own topic.",
     )
 
+    # --- runtime: range jobs (issue 14; opt-in per topic) -------------------------------
+    range_jobs_enabled: bool = Field(
+        default=False,
+        description="Share the backlog of lagging partitions of range_jobs_topics across the "
+        "group as offset-range jobs that any member with spare capacity processes. Gives up "
+        "per-partition order for those topics (jobs of one partition are flushed in parallel, "
+        "failed ones again elsewhere): opt in only where no order is needed.",
+    )
+    range_jobs_topics: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="With range_jobs_enabled: the topics (among topics) whose partitions may "
+        "be cut into range jobs, comma-separated; empty: every topic of topics.",
+    )
+    range_jobs_lag_records: int = Field(
+        default=100_000,
+        ge=1,
+        le=1 << 62,
+        description="With range_jobs_enabled: a partition whose lag passes this many records is "
+        "cut into range jobs by its owner.",
+    )
+    range_jobs_max_records: int = Field(
+        default=1_000,
+        ge=1,
+        le=100_000_000,
+        description="Most records in one range job.",
+    )
+    range_jobs_max_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1,
+        le=1 << 40,
+        description="Most bytes (key + value + headers) in one range job; a job in progress "
+        "costs this much (plus per-record overhead) in its worker's memory budget.",
+    )
+    range_jobs_max_in_flight: int = Field(
+        default=8,
+        ge=1,
+        le=10_000,
+        description="Range jobs of one partition offered to the group at once.",
+    )
+    range_jobs_worker_slots: int = Field(
+        default=1,
+        ge=0,
+        le=10_000,
+        description="Range jobs this member takes at once (0: it schedules its own partitions' "
+        "jobs but processes none); each slot is reserved in the memory budget.",
+    )
+    range_jobs_timeout_ms: int = Field(
+        default=60_000,
+        ge=100,
+        le=86_400_000,
+        description="A range job not reported done this long after it was offered (worker "
+        "killed or frozen) is offered again.",
+    )
+    range_jobs_metadata_max_bytes: int = Field(
+        default=4096,
+        ge=64,
+        le=1 << 20,
+        description="The brokers' offset.metadata.max.bytes: finished jobs beyond the committed "
+        "offset are recorded in the commit metadata, kept under 75 % of this.",
+    )
+    range_jobs_topic: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Compacted topic range jobs are offered on, created on demand; None: "
+        "<group_id>.capgroup-jobs.",
+    )
+    range_jobs_completions_topic: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Topic workers report finished range jobs on, created on demand; None: "
+        "<group_id>.capgroup-completions.",
+    )
+
     # --- operations ---------------------------------------------------------------------
     http_port: int = Field(
         default=0,
@@ -494,19 +567,21 @@ class CapgroupSettings(BaseSettings):
         default="auto", description="json when not on a TTY, console on a TTY, unless forced."
     )
 
-    @field_validator("bootstrap_servers", "topics", mode="before")
+    @field_validator("bootstrap_servers", "topics", "range_jobs_topics", mode="before")
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split_csv(value)
 
-    @field_validator("topics")
+    @field_validator("topics", "range_jobs_topics")
     @classmethod
     def _topic_names(cls, value: list[str]) -> list[str]:
         for topic in value:
             check_topic_name(topic)
         return value
 
-    @field_validator("dead_letter_topic", "relay_topic")
+    @field_validator(
+        "dead_letter_topic", "relay_topic", "range_jobs_topic", "range_jobs_completions_topic"
+    )
     @classmethod
     def _dead_letter_topic_name(cls, value: str | None) -> str | None:
         if value is not None:
@@ -587,6 +662,7 @@ class CapgroupSettings(BaseSettings):
                 f"could ever run (got {self.revoke_safety_margin_ms} and "
                 f"{self.rebalance_timeout_ms})"
             )
+        problems += _range_jobs_problems(self)
         if self.rss_soft_limit_fraction >= self.rss_hard_limit_fraction:
             problems.append(
                 "rss_soft_limit_fraction must be below rss_hard_limit_fraction "
@@ -654,6 +730,23 @@ class CapgroupSettings(BaseSettings):
         return self.group_instance_id is None
 
     @property
+    def effective_range_jobs_topics(self) -> frozenset[str]:
+        """Topics whose partitions may be cut into range jobs (empty when disabled)."""
+        if not self.range_jobs_enabled:
+            return frozenset()
+        return frozenset(self.range_jobs_topics or self.topics)
+
+    @property
+    def effective_range_jobs_topic(self) -> str:
+        """The jobs topic: ``range_jobs_topic``, else ``<group_id>.capgroup-jobs``."""
+        return self.range_jobs_topic or f"{self.group_id}.capgroup-jobs"
+
+    @property
+    def effective_range_jobs_completions_topic(self) -> str:
+        """The completions topic: explicit, else ``<group_id>.capgroup-completions``."""
+        return self.range_jobs_completions_topic or f"{self.group_id}.capgroup-completions"
+
+    @property
     def batch_footprint_bytes(self) -> int:
         """Worst-case memory of one full batch: payload cap plus per-record overhead."""
         return batch_footprint_bytes(self.batch_max_bytes, self.batch_max_records)
@@ -677,6 +770,40 @@ class CapgroupSettings(BaseSettings):
     def fetch_max_records(self) -> int:
         """Records one fetch hands over at most (the rest wait in the client's fetch buffer)."""
         return fetch_max_records(self.max_partition_fetch_bytes)
+
+
+def _range_jobs_problems(s: CapgroupSettings) -> list[str]:
+    """What is inconsistent in the range-job settings, each naming its variables."""
+    problems: list[str] = []
+    if s.range_jobs_topics and not s.range_jobs_enabled:
+        problems.append(
+            f"{_var('range_jobs_topics')} is set but {_var('range_jobs_enabled')} is false; "
+            "range jobs give up per-partition order, so they are enabled explicitly"
+        )
+    stray = sorted(set(s.range_jobs_topics) - set(s.topics)) if s.topics else []
+    if stray:
+        problems.append(
+            f"{_var('range_jobs_topics')}: {', '.join(stray)} not among {ENV_PREFIX}TOPICS (topics)"
+        )
+    if s.range_jobs_enabled:
+        jobs, done = s.effective_range_jobs_topic, s.effective_range_jobs_completions_topic
+        if jobs == done:
+            problems.append(
+                f"{_var('range_jobs_topic')} and {_var('range_jobs_completions_topic')} must "
+                f"differ (both are {jobs!r})"
+            )
+        for name, topic in (
+            ("range_jobs_topic", jobs),
+            ("range_jobs_completions_topic", done),
+        ):
+            if topic in s.topics:
+                problems.append(f"{_var(name)}: {topic!r} is one of the consumed topics")
+            elif s.group_id:
+                try:
+                    check_topic_name(topic)
+                except ValueError as exc:
+                    problems.append(f"{_var(name)}: {exc} (derived from the group id)")
+    return problems
 
 
 #: module:callable, e.g. ``myservice.auth:fetch_token``.

@@ -50,6 +50,7 @@ def test_options_carry_the_connection_settings_and_a_client_id_per_role() -> Non
         ClientRole.RELAY: "svc-relay",
         ClientRole.ADMIN: "svc-admin",
         ClientRole.HOTKEYS: "svc-hotkeys",
+        ClientRole.RANGE_JOBS: "svc-rangejobs",
     }
     for role in ClientRole:
         options = client_options(SETTINGS, role)

@@ -75,6 +75,7 @@ from capgroup.runtime.offsets import CommitTracker
 from capgroup.runtime.ownership import Ownership
 from capgroup.runtime.partition import PartitionState, partition_names
 from capgroup.runtime.policy import FlushThroughput, RevokeAction, decide
+from capgroup.runtime.rangejobs.runtime import RangeJobsRuntime, reserved_bytes
 from capgroup.runtime.relay import Relay, Relayed, RelayProducer, RelaySink, relay_limits
 from capgroup.runtime.retry import FailurePolicy, RetryPolicy
 from capgroup.runtime.sampling import MemoryPressure, sample_ingress_rates
@@ -146,6 +147,10 @@ class _Listener:
         self._consumer = consumer
 
     async def on_partitions_revoked(self, change: AssignmentChange) -> None:
+        jobs = self._consumer._range_jobs
+        if jobs is not None:
+            # Range jobs commit their finished work first, under the generation that owns it.
+            await jobs.revoked(change.partitions)
         await self._consumer._rt.ownership.on_partitions_revoked(change)
         self._consumer._assignment_changed()
 
@@ -154,6 +159,9 @@ class _Listener:
         self._consumer._assignment_changed()
 
     async def on_partitions_lost(self, change: AssignmentChange) -> None:
+        jobs = self._consumer._range_jobs
+        if jobs is not None:
+            jobs.lost(change.partitions)
         await self._consumer._rt.ownership.on_partitions_lost(change)
         self._consumer._assignment_changed()
 
@@ -261,9 +269,11 @@ class BatchingConsumer(ABC, Generic[V]):
         budget = memory_budget_from_settings(settings)
         self._budget_bytes = budget.budget_bytes
         self._partition_cost = settings.partition_cost_bytes
+        # The range jobs this member may hold at once are set aside from what partitions get.
+        self._jobs_reserved = reserved_bytes(settings)
         self._max_partitions = effective_max_partitions(
             settings.max_partitions,
-            budget.budget_bytes,
+            max(budget.budget_bytes - self._jobs_reserved, 0),
             self._partition_cost,
             settings.fetch_reserve_bytes if settings.relay_enabled else 0,
         )
@@ -311,6 +321,8 @@ class BatchingConsumer(ABC, Generic[V]):
         self._live: _Live | None = None
         #: The relay (``relay_enabled``); created in run().
         self._relay: Relay | None = None
+        #: Range jobs (``range_jobs_enabled``); created in run().
+        self._range_jobs: RangeJobsRuntime | None = None
 
     # ------------------------------------------------------------------ user hooks ------
     @abstractmethod
@@ -575,6 +587,18 @@ class BatchingConsumer(ABC, Generic[V]):
         if settings.relay_enabled:
             make_sink = getattr(clients, "relay", None)
             relay_sink = RelayProducer(settings) if make_sink is None else make_sink()
+        range_jobs = None
+        if settings.range_jobs_enabled:
+            range_jobs = self._range_jobs = RangeJobsRuntime(
+                settings,
+                flush=self.flush,
+                deserialize=None
+                if type(self).deserialize is BatchingConsumer.deserialize
+                else self.deserialize,
+                retry=self._retry,
+                ledger=self._ledger,
+                backpressure=self._backpressure,
+            )
         _log.info(
             "consumer_starting",
             topics=settings.topics,
@@ -590,6 +614,8 @@ class BatchingConsumer(ABC, Generic[V]):
                 await dlq.start()
             if relay_sink is not None:
                 await relay_sink.start()
+            if range_jobs is not None:
+                await range_jobs.start()  # creates the jobs and completions topics if needed
             await self.on_start()
             started_hook = True
             async with anyio.create_task_group() as tg:
@@ -653,6 +679,7 @@ class BatchingConsumer(ABC, Generic[V]):
                     stopped=self._stopped_partitions,
                     stop_reasons=self._stop_reasons,
                     limits_for=None if relay is None else self._limits_for,
+                    divert=None if range_jobs is None else range_jobs.divert,
                 )
                 ingest = Ingest(
                     fetcher=fetcher,
@@ -677,6 +704,19 @@ class BatchingConsumer(ABC, Generic[V]):
                     max_records=partial(_fetch_max_records, settings, engine),
                 )
                 live = self._live = _Live(engine, fetcher, tg, committer, delivery, ownership)
+                if range_jobs is not None:
+                    range_jobs.attach(
+                        commit=engine.commit,
+                        member=lambda: (
+                            engine.generation.member_id,
+                            engine.generation.generation_id,
+                        ),
+                        owned=lambda: engine.assignment,
+                        lag_figures=lambda: {} if self._lag is None else self._lag.figures,
+                        end_offsets=fetcher.end_offsets,
+                        hand_off=ownership.hand_off,
+                        take_back=ownership.take_back,
+                    )
                 self._backpressure.attach(fetcher)
                 if self._stopping:
                     live.stop_requested.set()
@@ -706,6 +746,8 @@ class BatchingConsumer(ABC, Generic[V]):
                 tg.start_soon(self._lag.run, settings.lag_sample_interval_ms / 1000)
                 if relay is not None:
                     tg.start_soon(relay.run, settings.lag_sample_interval_ms / 1000)
+                if range_jobs is not None:
+                    tg.start_soon(range_jobs.run)
                 tg.start_soon(self._pressure.run, settings.rss_sample_interval_ms / 1000)
                 task_status.started()
                 await live.stop_requested.wait()
@@ -735,6 +777,8 @@ class BatchingConsumer(ABC, Generic[V]):
                     await _close_quietly(dlq.stop)
                 if relay_sink is not None:
                     await _close_quietly(relay_sink.stop)
+                if range_jobs is not None:
+                    await _close_quietly(range_jobs.stop)
         if self._forced is not None:
             raise ShutdownForcedError(self._forced)
 
@@ -818,6 +862,9 @@ class BatchingConsumer(ABC, Generic[V]):
         async with anyio.create_task_group() as tg:
             for state in states:
                 tg.start_soon(self._rt.delivery.drain, state, flush_deadline, FlushReason.SHUTDOWN)
+            if self._range_jobs is not None:
+                # Scheduled partitions commit their finished jobs (the rest is redone).
+                tg.start_soon(self._range_jobs.shutdown)
         with anyio.move_on_at(deadline) as scope:
             await self._rt.committer.commit_ready()
         _log.info(
@@ -832,7 +879,7 @@ class BatchingConsumer(ABC, Generic[V]):
         settings = self._settings
         return CapacityAdvertisement(
             max_partitions=self.max_partitions,
-            memory_budget_bytes=self._budget_bytes,
+            memory_budget_bytes=max(self._budget_bytes - self._jobs_reserved, 0),
             partition_bytes={},
             default_partition_bytes=self._partition_cost,
             weight=settings.weight,

@@ -43,7 +43,7 @@ from capgroup.runtime.stats import Counters
 from capgroup.settings import CapgroupSettings
 from capgroup.types import TopicPartition
 
-__all__ = ["ASSIGN_FAILED", "CommittedOffsets", "Ownership", "PartitionsHook"]
+__all__ = ["ASSIGN_FAILED", "CommittedOffsets", "Divert", "Ownership", "PartitionsHook"]
 
 _log = get_logger("consumer")
 
@@ -53,6 +53,9 @@ CommittedOffsets = Callable[
 ]
 #: A user hook called with a set of partitions (``on_partitions_assigned`` and friends).
 PartitionsHook = Callable[[frozenset[TopicPartition]], Awaitable[None]]
+#: Of newly gained partitions, those range jobs take over at once (the ordinary path does not
+#: start for them).
+Divert = Callable[[frozenset[TopicPartition]], Awaitable[frozenset[TopicPartition]]]
 #: Stop reason of partitions whose ``on_partitions_assigned`` raised.
 ASSIGN_FAILED = "on_partitions_assigned_failed"
 
@@ -87,6 +90,7 @@ class Ownership:
         stopped: set[TopicPartition] | None = None,
         stop_reasons: dict[TopicPartition, str] | None = None,
         limits_for: Callable[[TopicPartition], BatchLimits] | None = None,
+        divert: Divert | None = None,
     ) -> None:
         self._settings = settings
         self._committed = committed
@@ -108,6 +112,7 @@ class Ownership:
         self._on_lost = on_lost
         self._stopped = set() if stopped is None else stopped
         self._stop_reasons = {} if stop_reasons is None else stop_reasons
+        self._divert = divert
         #: Partitions ``on_partitions_assigned`` was called for and that have not been
         #: revoked or lost since (the service may hold resources for them).
         self.open: set[TopicPartition] = set()
@@ -121,13 +126,16 @@ class Ownership:
 
     async def _assigned(self, change: AssignmentChange) -> None:
         gained = change.partitions
-        committed = await self._committed(gained)
+        # Partitions range jobs take over at once never start on the ordinary path.
+        diverted = frozenset() if self._divert is None else await self._divert(gained)
+        ordinary = gained - diverted
+        committed = await self._committed(ordinary)
         # Held before they are gained, so no record arrives before their buffers exist.
-        self._fetcher.hold(gained)
+        self._fetcher.hold(ordinary)
         await self._fetcher.gain(committed)
-        positions = await self._fetcher.positions(gained)
+        positions = await self._fetcher.positions(ordinary)
         states = []
-        for tp in sorted(gained):
+        for tp in sorted(ordinary):
             position = positions[tp]
             state = PartitionState(
                 tp=tp,
@@ -160,7 +168,7 @@ class Ownership:
             )
             self._stop(states, positions)
             return
-        self._fetcher.unhold(gained)
+        self._fetcher.unhold(ordinary)
 
     def _stop(self, states: list[PartitionState], positions: Mapping[TopicPartition, int]) -> None:
         """Stop partitions whose ``on_partitions_assigned`` raised: they stay held (nothing
@@ -241,6 +249,63 @@ class Ownership:
             partitions=partition_names(lost),
             records_discarded=discarded,
         )
+
+    async def hand_off(self, tp: TopicPartition) -> bool:
+        """Stop the ordinary path of owned ``tp`` without giving it up (range jobs take it
+        over): fetching stops, a flush in progress is let finish (by the revoke deadline) and
+        committed, and the rest of the buffer is dropped (range jobs cut it again from the
+        commit: flushing a backlog here is what they avoid). The service's hooks are not
+        called: the member still owns ``tp``. False when ``tp`` has no ordinary path here (not
+        owned, or handed off already) or is stopped (it stays stopped, held)."""
+        async with self._hooks:
+            state = self._partitions.get(tp)
+            if state is None or state.stopped:
+                return False
+            self._fetcher.release([tp])
+            began = anyio.current_time()
+            state.close_worker()
+            if not state.flushing:
+                state.worker_scope.cancel()
+            with anyio.move_on_at(deadline_from_settings(began, self._settings)):
+                await state.worker_done.wait()
+            if not state.worker_done.is_set():
+                state.worker_scope.cancel()  # the flush overran: it counts as discarded
+                await state.worker_done.wait()
+            with anyio.move_on_at(began + self._settings.rebalance_timeout_ms / 1000):
+                await self._committer.commit_ready()
+            dropped, committed = len(state.buffer), self._tracker.committed(tp)
+            # Uncommitted progress (the commit failed) is only redone by the range jobs.
+            uncommitted = self.forget([state])
+            _log.info(
+                "partition_handed_off",
+                partition=f"{tp.topic}-{tp.partition}",
+                committed=committed,
+                records_dropped=dropped,
+                uncommitted=bool(uncommitted),
+            )
+            return True
+
+    async def take_back(self, tp: TopicPartition) -> None:
+        """Restart the ordinary path of ``tp`` (still owned) from its committed offset, after
+        range jobs: the reverse of :meth:`hand_off`, without the service's hooks."""
+        async with self._hooks:
+            if tp in self._partitions or self._closed:
+                return
+            committed = await self._committed([tp])
+            self._fetcher.hold([tp])
+            await self._fetcher.gain(committed)
+            position = (await self._fetcher.positions([tp]))[tp]
+            state = PartitionState(
+                tp=tp,
+                epoch=self._tracker.assign(tp, position),
+                buffer=PartitionBuffer(tp, self._limits_for(tp), next_offset=position),
+            )
+            self._partitions[tp] = state
+            self._task_group.start_soon(self._delivery.partition_worker, state)
+            self._fetcher.unhold([tp])
+            _log.info(
+                "partition_taken_back", partition=f"{tp.topic}-{tp.partition}", position=position
+            )
 
     async def close(self) -> None:
         """At shutdown, after the final commit: ``on_partitions_revoked`` for the partitions
