@@ -20,15 +20,11 @@ Uses ``KAFKA_BOOTSTRAP_SERVERS`` if set, else starts a local broker from Maven j
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +35,10 @@ from aiokafka.structs import TopicPartition as KafkaTopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_common import broker, run_child
+
 from capgroup import Batch, BatchingConsumer
 from capgroup.devkafka.admin import admin_client, create_topic
-from capgroup.devkafka.cluster import LocalKafkaCluster
 
 RECORD_BYTES = 200
 MEMBERS = 4
@@ -157,20 +154,7 @@ def measure(jobs: bool, bootstrap: str, args: argparse.Namespace) -> dict[str, A
     cmd = [sys.executable, __file__, "--worker", "--jobs", "on" if jobs else "off"]
     cmd += ["--bootstrap", bootstrap, "--records", str(args.records)]
     cmd += ["--flush-ms", str(args.flush_ms), "--bound", str(args.bound)]
-    env = {**os.environ, "CAPGROUP_LOG_LEVEL": "warning"}
-    out = subprocess.run(cmd, stdout=subprocess.PIPE, env=env, check=True, timeout=900)
-    return dict(json.loads(out.stdout.decode().strip().splitlines()[-1]))
-
-
-@contextlib.contextmanager
-def broker() -> Iterator[str]:
-    """``KAFKA_BOOTSTRAP_SERVERS``, else a local broker for the duration."""
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        yield external
-        return
-    with LocalKafkaCluster(nodes=1) as cluster:
-        yield cluster.bootstrap_servers
+    return run_child(cmd, timeout=900)
 
 
 def main(args: argparse.Namespace) -> None:

@@ -32,15 +32,11 @@ Uses ``KAFKA_BOOTSTRAP_SERVERS`` if set, else starts a local broker from Maven j
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +46,10 @@ from aiokafka.structs import TopicPartition as KafkaTopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_common import broker, run_child
+
 from capgroup import Batch, BatchingConsumer
 from capgroup.devkafka.admin import admin_client, create_topic, group_committed_offsets
-from capgroup.devkafka.cluster import LocalKafkaCluster
 from capgroup.settings import fetch_reserve_bytes, load_settings
 
 RECORD_BYTES = 200
@@ -216,20 +213,7 @@ def measure(case: str, relay: bool, bootstrap: str, args: argparse.Namespace) ->
     cmd = [sys.executable, __file__, "--worker", case, "--relay", "on" if relay else "off"]
     cmd += ["--bootstrap", bootstrap, "--records", str(args.records)]
     cmd += ["--flush-ms", str(args.flush_ms), "--bound", str(bound_of(case, args))]
-    env = {**os.environ, "CAPGROUP_LOG_LEVEL": "warning"}
-    out = subprocess.run(cmd, stdout=subprocess.PIPE, env=env, check=True, timeout=600)
-    return dict(json.loads(out.stdout.decode().strip().splitlines()[-1]))
-
-
-@contextlib.contextmanager
-def broker() -> Iterator[str]:
-    """``KAFKA_BOOTSTRAP_SERVERS``, else a local broker for the duration."""
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        yield external
-        return
-    with LocalKafkaCluster(nodes=1) as cluster:
-        yield cluster.bootstrap_servers
+    return run_child(cmd, timeout=600)
 
 
 def describe(seconds: list[float | None], bound: float) -> str:

@@ -29,7 +29,6 @@ Uses ``KAFKA_BOOTSTRAP_SERVERS`` if set, else starts a local broker from Maven j
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import statistics
@@ -37,7 +36,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +45,10 @@ from aiokafka.structs import TopicPartition as KafkaTopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_common import broker
+
 from capgroup import Batch, BatchingConsumer, TopicPartition
 from capgroup.devkafka.admin import admin_client, create_topic, group_committed_offsets
-from capgroup.devkafka.cluster import LocalKafkaCluster
 
 PARTITIONS = 12
 RECORD_BYTES = 200
@@ -223,17 +222,6 @@ def measure(
         "start": float(result["start"]),
         "rss": usage.ru_maxrss * 1024.0,
     }
-
-
-@contextlib.contextmanager
-def broker() -> Iterator[str]:
-    """``KAFKA_BOOTSTRAP_SERVERS``, else a local broker for the duration."""
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        yield external
-        return
-    with LocalKafkaCluster(nodes=1) as cluster:
-        yield cluster.bootstrap_servers
 
 
 def main(runs: int, records: int, age_ms: int = BATCH_MAX_AGE_MS) -> None:
