@@ -16,7 +16,14 @@ from typing import Any
 
 import anyio
 
-from tests.chaos.driver import FAULT_KINDS, ChaosConfig, relay_config, run_chaos, write_report
+from tests.chaos.driver import (
+    FAULT_KINDS,
+    ChaosConfig,
+    range_jobs_config,
+    relay_config,
+    run_chaos,
+    write_report,
+)
 from tests.chaos.invariants import check_all
 from tests.chaos.logs import load_run
 from tests.chaos.report import build_report
@@ -34,8 +41,8 @@ def recheck(run_dir: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, run, report."""
     parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__)
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--duration", type=float, default=180.0, help="fault phase, seconds")
+    parser.add_argument("--seed", type=int, default=None, help="default 1 (range jobs: 14)")
+    parser.add_argument("--duration", type=float, default=None, help="fault phase, seconds")
     parser.add_argument("--soak", action="store_true", help="long randomised schedule")
     parser.add_argument("--nodes", type=int, choices=(1, 3), default=1)
     parser.add_argument("--member", choices=("service", "engine"), default="service")
@@ -48,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the relay schedule (hot + relay-only partition, relay on); "
         "--duration, --seed, --faults and --plant apply",
     )
+    parser.add_argument(
+        "--range-jobs",
+        action="store_true",
+        help="the range-jobs schedule (issue 14: a hot partition cut into range jobs, faults "
+        "aimed at schedulers and workers mid-job); --seed, --faults and --plant apply, "
+        "--duration when given",
+    )
     parser.add_argument("--report", type=Path, default=Path("chaos-report.json"))
     parser.add_argument("--run-dir", type=Path, default=None)
     parser.add_argument(
@@ -58,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         help="judge an earlier run's logs again (no Kafka), e.g. after changing an invariant",
     )
     args = parser.parse_args(argv)
+    duration_given = args.duration is not None
+    seed_given = args.seed is not None
+    if not seed_given:
+        args.seed = 1
+    if not duration_given:
+        args.duration = 180.0
     if args.recheck is not None:
         report = recheck(args.recheck)
         write_report(report, args.report)
@@ -69,6 +89,20 @@ def main(argv: list[str] | None = None) -> int:
         cluster = "broker_restart" if args.nodes == 1 else "node_loss"
         faults = ["sigkill", "zombie", "join", "sigterm", "lower_budget", cluster, "sigkill"]
     run_dir = args.run_dir or Path(tempfile.mkdtemp(prefix=f"chaos-{args.seed}-"))
+    if args.range_jobs:
+        explicit = [f for f in args.faults.split(",") if f]
+        config = range_jobs_config(
+            run_dir,
+            plant=args.plant,
+            **({"seed": args.seed} if seed_given else {}),
+            **({"faults": explicit} if explicit else {}),
+            **({"duration_s": args.duration} if duration_given else {}),
+        )
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        report = anyio.run(run_chaos, config)
+        report["run_dir"] = str(run_dir)
+        write_report(report, args.report)
+        return 0 if report["passed"] else 1
     if args.relay:
         relay_faults = [f for f in args.faults.split(",") if f]
         config = relay_config(

@@ -36,6 +36,8 @@ PLANTS = frozenset(
         "no_fencing",
         "relay_to_self",
         "commit_before_ack",
+        "commit_past_unfinished",
+        "ignore_metadata",
     }
 )
 #: How far ``commit_before_flush`` lets the commit run ahead of the flush: longer than the
@@ -129,11 +131,14 @@ class ChaosAudit:
         offsets: Iterable[int],
         generation: int,
         copies: Mapping[int, dict[str, Any]] | None = None,
+        extra: Mapping[str, Any] | None = None,
     ) -> None:
         """Records of one flush reached the sink (one fsync for the whole batch); ``copies``:
-        offset -> ``{"origin": [topic, p, o], "hops": n}`` of the relayed copies among them."""
+        offset -> ``{"origin": [topic, p, o], "hops": n}`` of the relayed copies among them;
+        ``extra``: fields of every row (a range job's ``job``, ``assigned_t``, ``sched``)."""
         now = time.time()
         copies = copies or {}
+        extra = extra or {}
         self.sink.write(
             *(
                 {
@@ -145,6 +150,7 @@ class ChaosAudit:
                     "p": tp.partition,
                     "o": o,
                     **copies.get(o, {}),
+                    **extra,
                 }
                 for o in offsets
             )
@@ -215,6 +221,16 @@ def _commit_rows(request: Any) -> list[list[Any]]:
     )
 
 
+def _metadata_rows(request: Any) -> list[list[Any]]:
+    """``[topic, partition, metadata]`` of every partition committed with metadata."""
+    return sorted(
+        [topic, partition, metadata]
+        for topic, parts in request._offsets.items()
+        for partition, _, metadata in parts
+        if metadata
+    )
+
+
 class _AuditedTransport:
     """A coordinator transport that records each OffsetCommit and the broker's answer."""
 
@@ -236,6 +252,9 @@ class _AuditedTransport:
             return SimpleNamespace(topics=[])
         sent = time.time()
         rows = _commit_rows(request)
+        # Range jobs (issue 14) record finished jobs beyond the offset in the metadata.
+        meta = _metadata_rows(request)
+        extra = {"metadata": meta} if meta else {}
         try:
             response = await self._inner.send(node_id, request, coordination=coordination)
         except BaseException as exc:
@@ -246,6 +265,7 @@ class _AuditedTransport:
                 offsets=rows,
                 ok=False,
                 error=type(exc).__name__,
+                **extra,
             )
             raise
         errors = sorted({part[-1] for _, parts in response.topics for part in parts} - {0})
@@ -256,5 +276,6 @@ class _AuditedTransport:
             offsets=rows,
             ok=not errors,
             error=errors or None,
+            **extra,
         )
         return response

@@ -18,6 +18,15 @@ Fault kinds:
 ``broker_restart`` the single broker is stopped and started again (``--nodes 1``);
 ``node_loss``      the node hosting the group coordinator is killed, restarted later
                    (``--nodes 3``).
+
+Range-jobs runs (issue 14) aim the member faults from what the members audited (read back from
+their audit logs): ``sigkill_scheduler`` / ``zombie_scheduler`` hit a member scheduling range
+jobs, preferring one whose latest accepted commit carries finished jobs in its metadata (so the
+next owner takes over from it); ``sigkill_worker`` / ``zombie_worker`` hit a member in the
+middle of a job, preferring one that schedules nothing. Each waits (bounded) for such a member,
+else falls back to any; the fault is logged as ``sigkill`` / ``zombie`` with its ``target``.
+Their zombies run in the background (SIGCONT after session timeout + 3 s) while the schedule
+goes on, so a scheduler can be killed while a worker's job is frozen.
 """
 
 from __future__ import annotations
@@ -29,14 +38,16 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Self
 
 import anyio
+import anyio.abc
 
 from capgroup.devkafka.admin import admin_client, create_topic, find_group_coordinator
 from capgroup.devkafka.cluster import LocalKafkaCluster
-from capgroup.settings import fetch_reserve_bytes, load_settings
+from capgroup.settings import RECORD_OVERHEAD_BYTES, fetch_reserve_bytes, load_settings
 from tests.brokers import unique_name
 from tests.chaos import invariants
 from tests.chaos.invariants import Limits
@@ -55,6 +66,10 @@ FAULT_KINDS = (
     "lower_budget",
     "broker_restart",
     "node_loss",
+    "sigkill_scheduler",
+    "sigkill_worker",
+    "zombie_scheduler",
+    "zombie_worker",
 )
 
 #: Batch and fetch limits of every member.
@@ -119,6 +134,14 @@ RELAY_MEMBERS = (
     MemberSpec("m3", 2, static=True, relay_slots=1),
 )
 
+#: The range-jobs schedule's group: 4 partitions for a capacity of 6 (a killed member's
+#: partitions always find a home), two static members and one dynamic.
+RANGE_JOBS_MEMBERS = (
+    MemberSpec("m1", 2, static=True),
+    MemberSpec("m2", 2, static=False),
+    MemberSpec("m3", 2, static=True),
+)
+
 
 @dataclass
 class ChaosConfig:
@@ -158,6 +181,16 @@ class ChaosConfig:
     relay_lag_records: int = 200
     relay_max_hops: int = 3
     lag_sample_interval_ms: int = 1000
+    #: Range-jobs run (issue 14): ``CAPGROUP_RANGE_JOBS_*`` with these values.
+    range_jobs: bool = False
+    range_jobs_lag_records: int = 200
+    range_jobs_max_records: int = 50
+    range_jobs_max_bytes: int = 64 * 1024
+    range_jobs_timeout_ms: int = 6000
+    range_jobs_worker_slots: int = 2
+    range_jobs_max_in_flight: int = 6
+    #: Longest wait of an aimed fault (range-jobs runs) for a member in the wanted state.
+    target_wait_s: float = 15.0
 
     @property
     def initial_members(self) -> tuple[MemberSpec, ...]:
@@ -171,7 +204,17 @@ class ChaosConfig:
             batch_age_s=self.batch_max_age_ms / 1000,
             unassigned_grace_s=2 * self.rebalance_timeout_ms / 1000 + 5,
             relay_max_hops=self.relay_max_hops if self.relay else 0,
+            range_jobs=self.range_jobs,
         )
+
+    @property
+    def job_slot_bytes(self) -> int:
+        """Budget the member sets aside for its range-job slots (the runtime advertises its
+        budget minus this), added to every member's budget so its partition cap holds."""
+        if not self.range_jobs:
+            return 0
+        per_job = self.range_jobs_max_bytes + self.range_jobs_max_records * RECORD_OVERHEAD_BYTES
+        return self.range_jobs_worker_slots * per_job
 
 
 #: The relay schedule's faults (CI): kills and a zombie while the hot partition relays.
@@ -198,6 +241,39 @@ def relay_config(run_dir: Path, **overrides: Any) -> ChaosConfig:
         "hot_share": 0.7,
         "flush_ms_per_record": 40.0,
         "relay": True,
+        "warmup_s": 6.0,
+        "drain_s": 60.0,
+    }
+    return ChaosConfig(**(fields | overrides))
+
+
+#: The range-jobs schedule's faults (CI): a worker frozen mid-job, then (during the freeze)
+#: the scheduler killed while its commit records finished jobs, a worker killed mid-job, and
+#: a scheduler frozen past its session.
+RANGE_JOBS_FAULTS = ["zombie_worker", "sigkill_scheduler", "sigkill_worker", "zombie_scheduler"]
+
+
+def range_jobs_config(run_dir: Path, **overrides: Any) -> ChaosConfig:
+    """The range-jobs schedule (issue 14): 4 partitions, one hot key carrying 60 % of 100
+    records/s (about 70/s on the hot partition) against 40/s a partition can flush (25 ms per
+    record), so its backlog passes the range-jobs threshold (200 records, lag sampled every
+    second) and its owner cuts it into jobs of 50 records (6 in flight, 2 job slots per member,
+    job timeout 6 s: shorter than a zombie's 9 s freeze); batches of 50 records. Faults
+    (:data:`RANGE_JOBS_FAULTS`) 4 s apart, aimed at schedulers and at workers mid-job.
+    ``overrides`` replace any field (seed, duration, faults, plant...)."""
+    fields: dict[str, Any] = {
+        "seed": 14,
+        "duration_s": 16.0,
+        "run_dir": run_dir,
+        "faults": list(RANGE_JOBS_FAULTS),
+        "partitions": 4,
+        "rate": 100.0,
+        "members": RANGE_JOBS_MEMBERS,
+        "batch_max_records": 50,
+        "hot_keys": 1,
+        "hot_share": 0.6,
+        "flush_ms_per_record": 25.0,
+        "range_jobs": True,
         "warmup_s": 6.0,
         "drain_s": 60.0,
     }
@@ -259,7 +335,7 @@ class ChaosMember(MemberProcess):
             "CHAOS_PLANT": config.plant,
             "CHAOS_FLUSH_MS_PER_RECORD": str(config.flush_ms_per_record),
         }
-        self.budget = spec.budget_for(config.batch_max_records)
+        self.budget = spec.budget_for(config.batch_max_records) + config.job_slot_bytes
         self.start_t = 0.0
         self.end_t: float | None = None
 
@@ -314,6 +390,9 @@ class Driver:
         self.faults = JsonLines(config.run_dir / "faults.jsonl")
         self._next_member = len(config.initial_members) + 1
         self.log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)
+        #: Members SIGSTOPped now (background zombies of range-jobs runs).
+        self._frozen: set[str] = set()
+        self._background: anyio.abc.TaskGroup | None = None
 
     # ------------------------------------------------------------------ members -------
     def _settings(self, spec: MemberSpec) -> dict[str, Any]:
@@ -328,7 +407,7 @@ class Driver:
             "revoke_safety_margin_ms": 3000,
             "shutdown_timeout_ms": 8000,
             "max_partitions": spec.max_partitions,
-            "memory_budget_bytes": spec.budget_for(c.batch_max_records),
+            "memory_budget_bytes": spec.budget_for(c.batch_max_records) + c.job_slot_bytes,
             "batch_max_records": c.batch_max_records,
             "batch_max_bytes": BATCH_MAX_BYTES,
             "batch_max_age_ms": c.batch_max_age_ms,
@@ -343,6 +422,17 @@ class Driver:
                 "relay_enabled": True,
                 "relay_lag_records": c.relay_lag_records,
                 "relay_max_hops": c.relay_max_hops,
+                "lag_sample_interval_ms": c.lag_sample_interval_ms,
+            }
+        if c.range_jobs:
+            settings |= {
+                "range_jobs_enabled": True,
+                "range_jobs_lag_records": c.range_jobs_lag_records,
+                "range_jobs_max_records": c.range_jobs_max_records,
+                "range_jobs_max_bytes": c.range_jobs_max_bytes,
+                "range_jobs_timeout_ms": c.range_jobs_timeout_ms,
+                "range_jobs_worker_slots": c.range_jobs_worker_slots,
+                "range_jobs_max_in_flight": c.range_jobs_max_in_flight,
                 "lag_sample_interval_ms": c.lag_sample_interval_ms,
             }
         return settings
@@ -478,6 +568,129 @@ class Driver:
         await self.cluster.wait_ready(90)
         return self._fault("node_loss", t, node=node, coordinator=True)
 
+    # ------------------------------------------------------------------ range jobs ----
+    def range_jobs_view(self) -> dict[str, dict[str, Any]]:
+        """Per current member (its running incarnation): the partitions it schedules, the
+        jobs it works now, and the partitions whose latest accepted commit it made carried
+        metadata (finished jobs beyond the offset), from its audit log."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, member in self.members.items():
+            scheduling: set[int] = set()
+            working: set[tuple[int, ...]] = set()
+            metadata: dict[int, bool] = {}
+            path = self.config.run_dir / f"audit-{name}.jsonl"
+            for e in read_jsonl(path):
+                if e.get("inc") != member.inc:
+                    continue
+                kind = e["kind"]
+                if kind == "rj_take":
+                    scheduling.add(e["p"])
+                elif kind == "rj_drop":
+                    scheduling.discard(e["p"])
+                elif kind == "job_start":
+                    working.add((e["p"], *e["job"]))
+                elif kind == "job_end":
+                    working.discard((e["p"], *e["job"]))
+                elif kind == "commit" and e.get("ok"):
+                    with_meta = {p for _, p, _ in e.get("metadata", [])}
+                    for _, p, _ in e["offsets"]:
+                        metadata[p] = p in with_meta
+            out[name] = {
+                "scheduling": scheduling,
+                "working": working,
+                "metadata": {p for p in scheduling if metadata.get(p)},
+            }
+        return out
+
+    async def _target(self, role: str) -> tuple[ChaosMember, str]:
+        """A live, unfrozen member in ``role`` (``scheduler``: scheduling range jobs, best
+        with metadata in its latest commit; ``worker``: in the middle of a job, best one that
+        schedules nothing); waits up to ``target_wait_s``, then takes the best there is."""
+        deadline = anyio.current_time() + self.config.target_wait_s
+        while True:
+            view = self.range_jobs_view()
+            live = {
+                n: v for n, v in view.items() if n not in self._frozen and self.members[n].alive
+            }
+            if role == "scheduler":
+                tiers = [
+                    ("scheduler_with_metadata", [n for n, v in live.items() if v["metadata"]]),
+                    ("scheduler", [n for n, v in live.items() if v["scheduling"]]),
+                ]
+            else:
+                tiers = [
+                    (
+                        "worker_mid_job",
+                        [n for n, v in live.items() if v["working"] and not v["scheduling"]],
+                    ),
+                    ("scheduler_mid_job", [n for n, v in live.items() if v["working"]]),
+                ]
+            late = anyio.current_time() >= deadline
+            for label, names in tiers if late else tiers[:1]:
+                if names:
+                    return self.members[self.rng.choice(sorted(names))], label
+            if late:
+                others = [m for n, m in self.members.items() if n not in self._frozen]
+                return self._pick(others), "random"
+            self._check_alive()
+            await anyio.sleep(0.1)
+
+    async def _kill(self, victim: ChaosMember, **fields: Any) -> dict[str, Any]:
+        t = time.time()
+        victim.signal(signal.SIGKILL)
+        await self._reap(victim, 10)
+        await anyio.sleep(self.rng.uniform(1.0, 3.0))
+        self.start_member(victim.spec)
+        return self._fault("sigkill", t, member=victim.name, inc=victim.inc, **fields)
+
+    async def _freeze(self, victim: ChaosMember, **fields: Any) -> dict[str, Any]:
+        t_stop = time.time()
+        victim.signal(signal.SIGSTOP)
+        self._frozen.add(victim.name)
+        try:
+            await anyio.sleep(self.config.session_timeout_ms / 1000 + 3.0)
+        finally:
+            victim.signal(signal.SIGCONT)
+            self._frozen.discard(victim.name)
+        t_cont = time.time()
+        return self._fault(
+            "zombie",
+            t_stop,
+            member=victim.name,
+            inc=victim.inc,
+            t_stop=t_stop,
+            t_cont=t_cont,
+            **fields,
+        )
+
+    async def _aimed(self, kind: str, role: str) -> None:
+        victim, chosen = await self._target(role)
+        fields = {"target": role, "chosen": chosen}
+        self.log(f"[chaos] {kind} aimed at {role}: {victim.name} ({chosen})")
+        if kind == "sigkill":
+            await self._kill(victim, **fields)
+        elif self._background is not None:
+            self._background.start_soon(partial(self._freeze, victim, **fields))
+        else:
+            await self._freeze(victim, **fields)
+
+    async def sigkill_scheduler(self) -> None:
+        """SIGKILL a member scheduling range jobs (best: its commit records finished jobs)."""
+        await self._aimed("sigkill", "scheduler")
+
+    async def sigkill_worker(self) -> None:
+        """SIGKILL a member in the middle of a range job."""
+        await self._aimed("sigkill", "worker")
+
+    async def zombie_scheduler(self) -> None:
+        """SIGSTOP (in the background) a member scheduling range jobs past its session."""
+        await self._aimed("zombie", "scheduler")
+
+    async def zombie_worker(self) -> None:
+        """SIGSTOP (in the background) a member in the middle of a range job past its
+        session and the job timeout."""
+        await self._aimed("zombie", "worker")
+
     # ------------------------------------------------------------------ run -----------
     async def run(self) -> dict[str, Any]:
         """Start everything, inject the schedule, drain, stop, and judge."""
@@ -518,6 +731,7 @@ class Driver:
         started = time.time()
         try:
             async with anyio.create_task_group() as tg:
+                self._background = tg
                 tg.start_soon(producer.run)
                 for spec in c.initial_members:
                     self.start_member(spec)

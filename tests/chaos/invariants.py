@@ -9,13 +9,18 @@ Log shapes (JSON lines; see ``service.py`` and ``driver.py`` for the writers):
 
 * sink row: ``{"t", "member", "inc", "gen", "topic", "p", "o"}`` -- one per flushed record;
   a relayed copy also carries ``"origin": [topic, p, o]`` and ``"hops"`` (its
-  ``capgroup.relay.*`` headers);
+  ``capgroup.relay.*`` headers); a range job's record carries ``"job": [start, end,
+  attempt]``, ``"assigned_t"`` (when its scheduler assigned the attempt) and ``"sched"`` (that
+  scheduler's member);
 * audit event: ``{"kind", "t", "member", "inc", ...}`` with kinds ``start``, ``assign``,
   ``revoke``, ``lost``, ``stop`` (graceful shutdown done: owns nothing from here),
   ``commit``, ``discard``, ``rss`` and ``relay`` (``on_records_relayed``: after the produce
   acknowledgement, before the commit; ``"relayed": [[topic, p, o, dest_topic, dest_p, hops,
   up], ...]`` with ``up`` the relayed record's own ``capgroup.relay.origin`` (``[topic, p,
   o]``, ``null`` for a produced record), ``"owned"``: the member's partitions then);
+  range-jobs runs add ``rj_take`` (a scheduler takes a partition over: ``"p"``,
+  ``"committed"``, ``"metadata"``, ``"known"`` finished ranges), ``rj_drop``, ``job_start`` and
+  ``job_end``; a commit of range jobs carries ``"metadata": [[topic, p, text], ...]``;
 * producer ack: ``{"seq", "p", "o", "t"}``;
 * fault: ``{"kind", "t", "t_end", "member", ...}``; zombies carry ``t_stop`` and ``t_cont``;
 * incarnation: ``{"member", "inc", "pid", "start_t", "end_t", "max_partitions", "budget"}``.
@@ -28,6 +33,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from capgroup.protocol.completed_ranges import decode_completed
 
 Event = dict[str, Any]
 
@@ -60,6 +67,8 @@ class Limits:
     #: ``CAPGROUP_RELAY_MAX_HOPS`` of a relay run; 0: relay off (the relay invariants are not
     #: part of :func:`check_all`).
     relay_max_hops: int = 0
+    #: A range-jobs run (issue 14): invariant 10 is part of :func:`check_all`.
+    range_jobs: bool = False
 
 
 @dataclass
@@ -457,11 +466,27 @@ def _acked(data: RunData) -> dict[int, set[int]]:
 # ------------------------------------------------------------------ 4 ---------------
 
 
+def commit_metadata(c: Event) -> dict[int, str]:
+    """Partition -> the metadata a commit event carried (range jobs), for the run's topic."""
+    return {int(p): text for _, p, text in c.get("metadata", [])}
+
+
+def finished_ranges(metadata: str | None, committed: int) -> tuple[tuple[int, int], ...]:
+    """The finished ``[start, end)`` ranges beyond ``committed`` that ``metadata`` records
+    (decoded as a new owner would: :func:`capgroup.protocol.completed_ranges.decode_completed`;
+    unusable metadata records nothing)."""
+    if not metadata:
+        return ()
+    return decode_completed(metadata, committed).ranges.ranges
+
+
 def honest_commits(data: RunData) -> Verdict:
     """4. Final committed offsets are at most 1 + the highest flushed offset with everything
     below flushed, and every accepted commit during the run covered only records some sink had
     already received when the commit was sent (or, relayed, whose produce had been
-    acknowledged: the ``relay`` audit event comes after the acknowledgement)."""
+    acknowledged: the ``relay`` audit event comes after the acknowledgement); with range jobs,
+    the finished ranges its metadata records count as covered: the committed offset never
+    passes an unfinished job, and the metadata never records one."""
     evidence: list[Any] = []
     first_flush: dict[tuple[int, int], float] = {}
     handled = data.sinks + [r for r in relays(data) if r["topic"] == data.topic]
@@ -496,11 +521,18 @@ def honest_commits(data: RunData) -> Verdict:
     for c in sorted(_of(data.audits, "commit"), key=lambda c: c["t_sent"]):
         if not c.get("ok"):
             continue
+        finished = commit_metadata(c)
         for _, p, offset in c["offsets"]:
             checked += 1
+            # Range jobs: the finished jobs the metadata records count as covered too.
+            recorded = [
+                o
+                for start, end in finished_ranges(finished.get(p), offset)
+                for o in range(start, end)
+            ]
             late = [
                 o
-                for o in range(verified[p], offset)
+                for o in [*range(verified[p], offset), *recorded]
                 if first_flush.get((p, o), float("inf")) > c["t_sent"] + slack
             ]
             if late:
@@ -558,16 +590,18 @@ def attribute_duplicate(data: RunData, first: Event, again: Event) -> str | None
             continue
         if f["kind"] in CLUSTER_FAULTS or f.get("member") == first["member"]:
             return f"{f['kind']}@{f['t']:.1f}" + (f":{f['member']}" if f.get("member") else "")
-    # The second flush came from a zombie's batch, buffered before the freeze and flushed on
-    # waking before the member noticed its session was gone (its commit is then fenced).
+    # One of the flushes came from a zombie's batch (or range job), held before the freeze
+    # and flushed on waking before the member noticed its session was gone (its commit is then
+    # fenced, its job outcome late): the other one redid it, earlier or later.
     session = data.limits.session_timeout_s
-    for f in data.faults:
-        if (
-            f["kind"] == "zombie"
-            and f["member"] == again["member"]
-            and f["t_stop"] - data.limits.clock_slack_s <= again["t"] <= f["t_cont"] + session
-        ):
-            return f"zombie@{f['t']:.1f}:{f['member']}"
+    for r in (again, first):
+        for f in data.faults:
+            if (
+                f["kind"] == "zombie"
+                and f["member"] == r["member"]
+                and f["t_stop"] - data.limits.clock_slack_s <= r["t"] <= f["t_cont"] + session
+            ):
+                return f"zombie@{f['t']:.1f}:{f['member']}"
     for e in data.audits:
         if e["member"] != first["member"] or not lo <= e["t"] <= hi:
             continue
@@ -578,6 +612,56 @@ def attribute_duplicate(data: RunData, first: Event, again: Event) -> str | None
             return f"discard@{e['t']:.1f}:{e['member']}"
         if e["kind"] == "commit" and not e.get("ok") and any(q == p for _, q, _ in e["offsets"]):
             return f"commit_failed@{e['t']:.1f}:{e['member']}"
+    return attribute_range_job_duplicate(data, first, again)
+
+
+def _frozen_at(data: RunData, member: str, t: float) -> Event | None:
+    """The zombie fault that had ``member`` frozen at ``t``, or woken less than a session
+    timeout before it (still believing in its lost generation)."""
+    slack, session = data.limits.clock_slack_s, data.limits.session_timeout_s
+    for f in data.faults:
+        if (
+            f["kind"] == "zombie"
+            and f["member"] == member
+            and f["t_stop"] - slack <= t <= f["t_cont"] + session
+        ):
+            return f
+    return None
+
+
+def attribute_range_job_duplicate(data: RunData, first: Event, again: Event) -> str | None:
+    """Range jobs (issue 14): a job is offered again when its attempt timed out or failed
+    (its worker killed, frozen or too slow: every record of an earlier attempt may still be
+    flushed), and a new scheduler redoes what its predecessor had not committed. So a record
+    flushed twice by range jobs is explained by the job being reoffered (two attempts of one
+    range), by a hard fault of the scheduler that assigned the first flush's job, by that
+    scheduler losing, giving up (revoke, shutdown) or dropping the partition (between that
+    job's assignment and the second flush), or by a frozen scheduler assigning the second
+    flush's job."""
+    job1, job2 = first.get("job"), again.get("job")
+    if job1 and job2 and job1[:2] == job2[:2] and job1[2] != job2[2]:
+        return f"job_reoffered@{first['t']:.1f}:{first.get('sched')}"
+    # From the first flush's assignment: its scheduler may have died before it was flushed.
+    began = min(first["t"], first.get("assigned_t", first["t"]))
+    lo, hi = began - data.limits.clock_slack_s, again["t"] + data.limits.clock_slack_s
+    sched = first.get("sched")
+    if job1 and sched:
+        for f in data.faults:
+            if f["kind"] in HARD_FAULTS and f.get("member") == sched and lo <= f["t"] <= hi:
+                return f"scheduler_{f['kind']}@{f['t']:.1f}:{sched}"
+        p = first["p"]
+        for e in data.audits:
+            if e["member"] != sched or not lo <= e["t"] <= hi:
+                continue
+            gave_up = e.get("lost", []) + e.get("revoked", []) + e.get("released", [])
+            if e["kind"] in ("lost", "revoke", "stop") and any(q == p for _, q in gave_up):
+                return f"scheduler_{e['kind']}@{e['t']:.1f}:{sched}"
+            if e["kind"] == "rj_drop" and e["p"] == p:
+                return f"scheduler_dropped@{e['t']:.1f}:{sched}"
+    if job2 and again.get("sched") and again.get("assigned_t") is not None:
+        f = _frozen_at(data, again["sched"], again["assigned_t"])
+        if f is not None:
+            return f"scheduler_zombie@{f['t']:.1f}:{again['sched']}"
     return None
 
 
@@ -1019,6 +1103,126 @@ def no_relay_to_self(data: RunData) -> Verdict:
     )
 
 
+# ------------------------------------------------------------------ 10 (range jobs) -
+
+
+def _lost_by(data: RunData, member: str, p: int, t: float) -> bool:
+    """Whether ``member`` audited losing partition ``p`` within a session timeout after
+    ``t`` (a scheduler that assigned a job while its generation was already gone)."""
+    hi = t + data.limits.session_timeout_s
+    return any(
+        e["kind"] == "lost"
+        and e["member"] == member
+        and t - data.limits.clock_slack_s <= e["t"] <= hi
+        and any(q == p for _, q in e.get("lost", []))
+        for e in data.audits
+    )
+
+
+def metadata_jobs_not_redone(data: RunData) -> Verdict:
+    """10. Finished jobs recorded in commit metadata are not redone: once a commit whose
+    metadata records a finished range R (beyond the committed offset) was accepted, no member
+    flushes a record of R again, unless the flush was of a job attempt assigned before that
+    commit was sent (it was in progress), its flusher was frozen around it (a zombie working
+    what it held), or the scheduler that assigned it was frozen or had lost the partition
+    around then (a stale scheduler). A new owner taking over from that commit must skip R.
+    Figures: commits with metadata, takeovers that started from finished ranges, excuses."""
+    slack = data.limits.clock_slack_s
+    rows: dict[int, list[Event]] = defaultdict(list)
+    for r in data.sinks:
+        if r.get("topic", data.topic) == data.topic and "origin" not in r:
+            rows[r["p"]].append(r)
+    for p in rows:
+        rows[p].sort(key=lambda r: r["t"])
+    evidence: list[Any] = []
+    flagged: set[tuple[int, int, float, str]] = set()
+    excused: dict[str, int] = defaultdict(int)
+    checked = 0
+    recorded_offsets = 0
+    for c in sorted(_of(data.audits, "commit"), key=lambda c: c["t_sent"]):
+        if not c.get("ok"):
+            continue
+        offsets = {p: o for _, p, o in c["offsets"]}
+        for p, text in commit_metadata(c).items():
+            finished = finished_ranges(text, offsets.get(p, -1))
+            if not finished:
+                continue
+            checked += 1
+            recorded_offsets += sum(e - s for s, e in finished)
+            for r in rows.get(p, []):
+                if r["t"] <= c["t_sent"] + slack:
+                    continue
+                if not any(s <= r["o"] < e for s, e in finished):
+                    continue
+                key = (p, r["o"], r["t"], r["member"])
+                if key in flagged:
+                    continue
+                assigned = r.get("assigned_t")
+                sched = r.get("sched")
+                if assigned is not None and assigned <= c["t_sent"] + slack:
+                    reason = "assigned_before_commit"
+                elif _frozen_at(data, r["member"], r["t"]) is not None:
+                    reason = "flusher_zombie"
+                elif sched and assigned is not None and _frozen_at(data, sched, assigned):
+                    reason = "scheduler_zombie"
+                elif sched and assigned is not None and _lost_by(data, sched, p, assigned):
+                    reason = "scheduler_lost"
+                else:
+                    reason = ""
+                flagged.add(key)
+                if reason:
+                    excused[reason] += 1
+                    continue
+                evidence.append(
+                    {
+                        "partition": p,
+                        "offset": r["o"],
+                        "flushed": [r["member"], r["inc"], round(r["t"], 3)],
+                        "job": r.get("job"),
+                        "sched": sched,
+                        "recorded_by": [c["member"], c["inc"], c["gen"], round(c["t_sent"], 3)],
+                        "commit": offsets.get(p),
+                        "recorded": [list(x) for x in finished[:5]],
+                    }
+                )
+    takes = _of(data.audits, "rj_take")
+    from_metadata = [
+        t for t in takes if t.get("topic", data.topic) == data.topic and t.get("known", 0) > 0
+    ]
+    redone = len(evidence)
+    return Verdict(
+        10,
+        "finished jobs not redone",
+        not evidence,
+        checked,
+        f"{checked} accepted commits recorded finished jobs ({recorded_offsets} offsets in "
+        f"all); {len(takes)} scheduler takeovers, {len(from_metadata)} from finished jobs; "
+        f"{redone} recorded records flushed again without an excuse",
+        _first_per_job(evidence)[:20],
+        {
+            "commits_with_metadata": checked,
+            "takeovers": len(takes),
+            "takeovers_from_metadata": len(from_metadata),
+            "finished_ranges_at_takeover": sum(t.get("known", 0) for t in from_metadata),
+            "redone": redone,
+            "excused": dict(sorted(excused.items())),
+        },
+    )
+
+
+def _first_per_job(evidence: list[Any]) -> list[Any]:
+    """One evidence row per (partition, job, flusher): the first offset of each redone job,
+    with how many of its records were flushed again."""
+    out: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for e in evidence:
+        key = (e["partition"], tuple(e["job"] or ()), e["flushed"][0], e["flushed"][1])
+        if key in out:
+            out[key]["records"] += 1
+        else:
+            out[key] = {**e, "records": 1}
+    return list(out.values())
+
+
 ALL: Sequence[Callable[[RunData], Verdict]] = (
     no_overload,
     no_double_ownership,
@@ -1030,9 +1234,16 @@ ALL: Sequence[Callable[[RunData], Verdict]] = (
 )
 #: Judged only in relay runs (``Limits.relay_max_hops`` set).
 RELAY: Sequence[Callable[[RunData], Verdict]] = (hop_limit, no_relay_to_self)
+#: Judged only in range-jobs runs (``Limits.range_jobs`` set).
+RANGE_JOBS: Sequence[Callable[[RunData], Verdict]] = (metadata_jobs_not_redone,)
 
 
 def check_all(data: RunData) -> list[Verdict]:
-    """Every invariant's verdict, in order (the relay ones only for a relay run)."""
-    checks = [*ALL, *(RELAY if data.limits.relay_max_hops else ())]
+    """Every invariant's verdict, in order (the relay ones only for a relay run, the
+    range-jobs one only for a range-jobs run)."""
+    checks = [
+        *ALL,
+        *(RELAY if data.limits.relay_max_hops else ()),
+        *(RANGE_JOBS if data.limits.range_jobs else ()),
+    ]
     return [check(data) for check in checks]

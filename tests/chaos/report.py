@@ -53,6 +53,7 @@ def build_report(
         "recovery": by_kind[6].figures if 6 in by_kind else {},
         "duplicates_by_cause": by_kind[5].figures.get("by_cause", {}) if 5 in by_kind else {},
         "relay": relay_figures(data, by_kind[8]) if 8 in by_kind else None,
+        "range_jobs": range_jobs_figures(data, by_kind[10]) if 10 in by_kind else None,
         "verdicts": [v.as_dict() for v in verdicts],
         "passed": all(v.passed and not v.skipped for v in verdicts),
     }
@@ -70,6 +71,21 @@ def relay_figures(data: RunData, hops: Verdict) -> dict[str, Any]:
         "hot_partition": produced.most_common(1)[0][0] if produced else None,
         "relay_only_partitions": relay_only,
         "relayed_from_relay_only": sum(by_source.get(p, 0) for p in relay_only),
+    }
+
+
+def range_jobs_figures(data: RunData, not_redone: Verdict) -> dict[str, Any]:
+    """Range-jobs run: records flushed by range jobs, the jobs (attempts) worked, takeovers
+    and the commits that recorded finished jobs (invariant 10's figures)."""
+    rows = [r for r in data.sinks if r.get("job")]
+    attempts = {(r["p"], *r["job"]) for r in rows}
+    return {
+        **not_redone.figures,
+        "job_records_flushed": len(rows),
+        "job_attempts_flushed": len(attempts),
+        "jobs_flushed": len({a[:3] for a in attempts}),
+        "partitions_with_jobs": sorted({r["p"] for r in rows}),
+        "jobs_started": sum(1 for e in data.audits if e["kind"] == "job_start"),
     }
 
 
@@ -103,6 +119,16 @@ def summary(report: dict[str, Any]) -> str:
             f"{relay['relayed_by_source_partition']}; hot partition {relay['hot_partition']}; "
             f"relay-only {relay['relay_only_partitions']} "
             f"({relay['relayed_from_relay_only']} relayed from them)"
+        )
+    jobs = report.get("range_jobs")
+    if jobs:
+        lines.append(
+            f"range jobs: {jobs['jobs_flushed']} jobs ({jobs['job_attempts_flushed']} attempts, "
+            f"{jobs['job_records_flushed']} records) on partitions {jobs['partitions_with_jobs']}"
+            f"; {jobs['commits_with_metadata']} commits with finished jobs in the metadata; "
+            f"{jobs['takeovers']} takeovers, {jobs['takeovers_from_metadata']} from metadata "
+            f"({jobs['finished_ranges_at_takeover']} finished ranges); redone {jobs['redone']}, "
+            f"excused {jobs['excused']}"
         )
     lines.append("highest budget utilisation (partitions/max, buffered/budget, rss/limit):")
     for member, u in sorted(report["utilisation"].items()):

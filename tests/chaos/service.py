@@ -32,7 +32,13 @@ exist only here, in tests:
 ``commit_before_ack``    (relay runs) before each relay produce, the member commits the relayed
                          records' offsets and produces ``PLANTED_FLUSH_DELAY_S`` later, so a
                          commit runs ahead of the acknowledgement (invariant 4, and 3 when a
-                         kill falls in between).
+                         kill falls in between);
+``commit_past_unfinished`` (range-jobs runs) the scheduler commits its cursor, past jobs
+                         offered but not done, without metadata (``PartitionScheduler.commit_due``
+                         patched; invariant 4);
+``ignore_metadata``      (range-jobs runs) a scheduler taking a partition over ignores the
+                         finished jobs its commit metadata records (the scheduler module's
+                         ``decode_completed`` patched; invariant 10).
 
 Relay runs (``CAPGROUP_RELAY_ENABLED``): ``on_records_relayed`` audits every acknowledged
 relay with the member's owned set at that moment and, for a copy relayed on, its own origin
@@ -40,12 +46,22 @@ header (read by wrapping ``capgroup.runtime.relay.hops_of``, which the relay cal
 record it considers); sink rows of relayed copies carry their ``origin`` and ``hops`` headers.
 ``CHAOS_FLUSH_MS_PER_RECORD`` makes ``flush`` that slow per record, so a hot partition outruns
 its owner.
+
+Range-jobs runs (``CAPGROUP_RANGE_JOBS_ENABLED``, issue 14): job flushes go through the same
+``flush``; their sink rows also carry ``job`` (``[start, end, attempt]``), ``assigned_t`` (when
+the scheduler assigned the attempt: the assignment's deadline minus the job timeout) and
+``sched`` (the assigning scheduler's member). The audit gets ``job_start`` / ``job_end`` around
+each job a worker works, ``rj_take`` (a scheduler taking a partition over, with the committed
+offset and metadata it starts from and how many finished ranges it knows) and ``rj_drop``;
+commits carry their ``metadata`` (audit transport).
 """
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import os
+import re
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -56,6 +72,9 @@ import capgroup.runtime.relay as relay_module
 from capgroup import Batch, BatchingConsumer, RevokeAction
 from capgroup.assignor.model import CapacityAdvertisement
 from capgroup.membership.model import AssignmentChange, Generation
+from capgroup.protocol.completed_ranges import CompletedRanges, DecodedRanges
+from capgroup.runtime.rangejobs import scheduler as scheduler_module
+from capgroup.runtime.rangejobs.scheduler import PartitionScheduler
 from capgroup.runtime.relay import RELAY_HOPS_HEADER, RELAY_ORIGIN_HEADER, Relayed
 from capgroup.types import TopicPartition
 from tests.chaos.audit import PLANTED_FLUSH_DELAY_S, PLANTS, ChaosAudit
@@ -64,6 +83,22 @@ from tests.chaos.audit import PLANTED_FLUSH_DELAY_S, PLANTS, ChaosAudit
 _LOCAL_FENCING = ("no successful heartbeat", "without heartbeat")
 #: How long ``slow_takeover`` sits in ``on_partitions_assigned``.
 SLOW_TAKEOVER_S = 20.0
+#: A chaos member's name inside a group member id.
+_MEMBER_NAME = re.compile(r"-(m[0-9]+)(?:-|$)")
+#: Range-jobs plants.
+RANGE_JOBS_PLANTS = ("commit_past_unfinished", "ignore_metadata")
+#: The range job the current task works (set around the worker's ``_work``), for sink rows.
+_RANGE_JOB: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "chaos_range_job", default=None
+)
+
+
+def member_name(member_id: str) -> str:
+    """The chaos member a group member id belongs to: the broker makes it from the client id
+    (``chaos-<name>-<uuid>``) or, for a static member, from its instance id
+    (``<group>-<name>-<uuid>``, the group ``chaos-s<seed>-<hex>``); anything else as is."""
+    found = _MEMBER_NAME.search(member_id)
+    return found.group(1) if found else member_id
 
 
 def relay_headers(record: Any) -> dict[str, Any]:
@@ -240,6 +275,80 @@ class ChaosService(BatchingConsumer):
             memory_budget_bytes=2 * advertised.memory_budget_bytes,
         )
 
+    # ------------------------------------------------------------------ range jobs ----
+    async def on_start(self) -> None:
+        """Range-jobs runs: instrument the scheduler and worker once the runtime built them
+        (its ``attach``, wrapped on the instance: a test probe)."""
+        await super().on_start()
+        runtime = self._range_jobs
+        if runtime is None:
+            if self.plant in RANGE_JOBS_PLANTS:
+                raise RuntimeError(f"CHAOS_PLANT={self.plant} needs CAPGROUP_RANGE_JOBS_ENABLED")
+            return
+        attach = runtime.attach
+
+        def attached(**kwargs: Any) -> None:
+            attach(**kwargs)
+            self._instrument_range_jobs(runtime)
+
+        runtime.attach = attached  # type: ignore[method-assign]
+
+    def _instrument_range_jobs(self, runtime: Any) -> None:
+        scheduler, worker = runtime.scheduler, runtime.worker
+        take, drop, work = scheduler.take, scheduler.drop, worker._work
+        timeout_s = self.settings.range_jobs_timeout_ms / 1000
+
+        async def audited_take(tp: TopicPartition) -> Any:
+            made = await take(tp)
+            committed, metadata = made._committed
+            self.audit.event(
+                "rj_take",
+                gen=self.generation.generation_id,
+                topic=tp.topic,
+                p=tp.partition,
+                committed=committed,
+                metadata=metadata,
+                known=made.known_at_takeover,
+            )
+            return made
+
+        def audited_drop(tp: TopicPartition) -> None:
+            if tp in scheduler.partitions:
+                self.audit.event("rj_drop", topic=tp.topic, p=tp.partition)
+            drop(tp)
+
+        async def traced_work(key: bytes, job: Any) -> None:
+            info = {
+                "job": [job.start, job.end, job.attempt],
+                "assigned_t": job.deadline_ms / 1000 - timeout_s,
+                "sched": member_name(job.scheduler),
+            }
+            self.audit.event("job_start", p=job.tp.partition, **info)
+            token = _RANGE_JOB.set(info)
+            try:
+                await work(key, job)
+            finally:
+                _RANGE_JOB.reset(token)
+                self.audit.event("job_end", p=job.tp.partition, job=info["job"])
+
+        scheduler.take = audited_take
+        scheduler.drop = audited_drop
+        worker._work = traced_work
+        # Planted faults: monkeypatching this process's range-jobs code is the point.
+        if self.plant == "commit_past_unfinished":
+
+            def commit_cursor(sched: PartitionScheduler) -> tuple[int, str] | None:
+                wanted = (sched.window.cursor, "")
+                return None if wanted == sched._committed else wanted
+
+            PartitionScheduler.commit_due = commit_cursor  # type: ignore[method-assign]
+        elif self.plant == "ignore_metadata":
+
+            def nothing_known(metadata: str | None, committed: int | None) -> DecodedRanges:
+                return DecodedRanges(CompletedRanges(max(committed or 0, 0)))
+
+            scheduler_module.decode_completed = nothing_known
+
     # ------------------------------------------------------------------ hooks ---------
     async def flush(self, batch: Batch) -> None:
         """Write one sink row per record and fsync; with ``commit_before_flush`` planted,
@@ -255,7 +364,9 @@ class ChaosService(BatchingConsumer):
             if found := relay_headers(r):
                 copies[r.offset] = found
                 self._upstream.pop((batch.tp, r.offset), None)
-        self.audit.flushed(batch.tp, (r.offset for r in batch.records), generation, copies)
+        self.audit.flushed(
+            batch.tp, (r.offset for r in batch.records), generation, copies, _RANGE_JOB.get()
+        )
 
     async def on_records_relayed(self, relayed: Sequence[Relayed]) -> None:
         """Audit acknowledged relays (before their commit) with what the member owns now."""

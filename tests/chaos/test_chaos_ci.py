@@ -3,8 +3,10 @@
 One seeded single-node run covers every member fault and a broker restart; a shorter
 three-node run loses the group coordinator's node; a short relay run (issue 13) has a hot
 partition three times faster than its owner and a partition left to relay-only, with kills and
-a zombie. Every invariant must pass, and none may be skipped (each needs something to check: a
-zombie, a kill, commits, ...).
+a zombie; a short range-jobs run (issue 14) has a hot partition cut into range jobs, with a
+worker frozen and a worker killed mid-job and schedulers killed and frozen while their commits
+record finished jobs. Every invariant must pass, and none may be skipped (each needs something
+to check: a zombie, a kill, commits, ...).
 """
 
 from __future__ import annotations
@@ -18,7 +20,14 @@ import pytest
 
 from capgroup.devkafka.cluster import LocalKafkaCluster
 from tests.brokers import KafkaEndpoint
-from tests.chaos.driver import RELAY_FAULTS, ChaosConfig, relay_config, run_chaos
+from tests.chaos.driver import (
+    RANGE_JOBS_FAULTS,
+    RELAY_FAULTS,
+    ChaosConfig,
+    range_jobs_config,
+    relay_config,
+    run_chaos,
+)
 from tests.chaos.report import summary
 from tests.kafka_fixtures import unavailable
 
@@ -91,3 +100,22 @@ async def test_chaos_ci_relay(kafka: KafkaEndpoint, tmp_path: Path) -> None:
     assert relay["relayed_by_source_partition"].get(relay["hot_partition"], 0) > 0, text
     assert relay["relay_only_partitions"], text
     assert relay["relayed_from_relay_only"] > 0, text
+
+
+@pytest.mark.timeout(600)
+async def test_chaos_ci_range_jobs(kafka: KafkaEndpoint, tmp_path: Path) -> None:
+    config = range_jobs_config(tmp_path)
+    report = await run_chaos(config, kafka.bootstrap_servers, kafka.cluster)
+    text = summary(report)
+    print(text)
+    # The aimed faults are logged as sigkill / zombie, with what they hit.
+    assert_all_invariants_hold(report, ["sigkill", "zombie"], tmp_path)
+    assert [v["number"] for v in report["verdicts"]] == [1, 2, 3, 4, 5, 6, 7, 10], text
+    aimed = sorted((f["kind"], f["target"]) for f in report["faults"] if "target" in f)
+    assert aimed == sorted(
+        (kind.split("_")[0], kind.split("_")[1]) for kind in RANGE_JOBS_FAULTS
+    ), text
+    jobs = report["range_jobs"]
+    # Range jobs really ran, and a scheduler took a partition over from finished jobs.
+    assert jobs["jobs_flushed"] > 0, text
+    assert jobs["takeovers_from_metadata"] > 0, text

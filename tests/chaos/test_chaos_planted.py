@@ -12,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from tests.brokers import KafkaEndpoint
-from tests.chaos.driver import ChaosConfig, relay_config, run_chaos
+from tests.chaos.driver import (
+    RANGE_JOBS_FAULTS,
+    ChaosConfig,
+    range_jobs_config,
+    relay_config,
+    run_chaos,
+)
 from tests.chaos.report import summary
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -30,6 +36,16 @@ PLANTED = {
 RELAY_PLANTED = {
     "relay_to_self": (["zombie"], {9}),
     "commit_before_ack": (["sigkill"], {4}),
+}
+#: Range-jobs plants (issue 14), on the range-jobs schedule: plant -> (faults, invariants that
+#: must fail, the evidence key those carry). ``commit_past_unfinished`` needs no fault (every
+#: commit of its scheduler is past jobs just offered); ``ignore_metadata`` needs a takeover from
+#: a commit that records finished jobs: the whole schedule, whose frozen worker holds the
+#: frontier back while later jobs finish, so the scheduler is killed with finished jobs in its
+#: metadata (a scheduler alone rarely has any: its jobs finish almost in order).
+RANGE_JOBS_PLANTED = {
+    "commit_past_unfinished": (["sigkill_worker"], {4}, "not_flushed_before_commit"),
+    "ignore_metadata": (list(RANGE_JOBS_FAULTS), {10}, "recorded"),
 }
 
 
@@ -73,6 +89,22 @@ async def test_relay_invariant_catches_planted_fault(
     # The planted evidence itself: a relay to the member's own partition (not one to a
     # partition nobody owns), a commit ahead of its relay's acknowledgement.
     key = "owned" if plant == "relay_to_self" else "not_flushed_before_commit"
+    for v in report["verdicts"]:
+        if v["number"] in expected:
+            assert any(key in e for e in v["evidence"]), text
+
+
+@pytest.mark.parametrize("plant", sorted(RANGE_JOBS_PLANTED))
+async def test_range_jobs_invariant_catches_planted_fault(
+    plant: str, kafka: KafkaEndpoint, tmp_path: Path
+) -> None:
+    faults, expected, key = RANGE_JOBS_PLANTED[plant]
+    config = range_jobs_config(tmp_path, faults=faults, plant=plant, drain_s=30.0)
+    report = await run_chaos(config, kafka.bootstrap_servers, kafka.cluster)
+    text = summary(report)
+    print(text)
+    failed = {v["number"] for v in report["verdicts"] if not v["passed"]}
+    assert expected <= failed, text
     for v in report["verdicts"]:
         if v["number"] in expected:
             assert any(key in e for e in v["evidence"]), text

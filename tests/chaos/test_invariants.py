@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from capgroup.protocol.completed_ranges import CompletedRanges, encode_completed
 from tests.chaos import invariants as inv
 from tests.chaos.invariants import Limits, RunData
 
@@ -587,3 +588,211 @@ def test_relay_to_a_partition_nobody_owns_caught() -> None:
         }
     ]
     assert v.figures["to_unowned_partition"] == {4: 2}
+
+
+# ------------------------------------------------------------------ range-jobs runs --
+
+
+def _metadata(base: int, *finished: tuple[int, int]) -> str:
+    return encode_completed(CompletedRanges(base, finished))
+
+
+def _jobs(
+    member: str,
+    inc: int,
+    t: float,
+    p: int,
+    job: tuple[int, int, int],
+    assigned_t: float,
+    sched: str,
+) -> list[dict[str, Any]]:
+    """The sink rows of one range-job attempt ``job`` = (start, end, attempt)."""
+    return [
+        {**r, "inc": inc, "job": list(job), "assigned_t": assigned_t, "sched": sched}
+        for r in _sink(member, 2, t, p, range(job[0], job[1]))
+    ]
+
+
+def range_jobs_run() -> RunData:
+    """The clean run, range jobs on: partition 0's records 20..29 (produced at T0+25) are a
+    backlog; its owner a takes it over for range jobs at T0+30 from its commit 20 and cuts
+    two jobs; b works [25, 30) first (assigned T0+30.5, flushed T0+31), a's commit at T0+31.5
+    keeps offset 20 and records [25, 30) in the metadata; b then works [20, 25) (flushed
+    T0+33) and a commits 30."""
+    run = clean_run()
+    run.limits = Limits(session_timeout_s=6.0, range_jobs=True)
+    run.produced += [{"seq": 200 + o, "p": 0, "o": o, "t": T0 + 25} for o in range(20, 30)]
+    run.audits.append(
+        {
+            "kind": "rj_take",
+            "t": T0 + 30,
+            "member": "a",
+            "inc": 0,
+            "gen": 2,
+            "topic": TOPIC,
+            "p": 0,
+            "committed": 20,
+            "metadata": "",
+            "known": 0,
+        }
+    )
+    run.sinks += _jobs("b", 1, T0 + 31, 0, (25, 30, 1), T0 + 30.5, "a")
+    run.audits.append(
+        {**_commit("a", 2, T0 + 31.5, {0: 20}), "metadata": [[TOPIC, 0, _metadata(20, (25, 30))]]}
+    )
+    run.sinks += _jobs("b", 1, T0 + 33, 0, (20, 25, 1), T0 + 30.6, "a")
+    run.audits.append(_commit("a", 2, T0 + 33.5, {0: 30}))
+    run.committed[0] = 30
+    return run
+
+
+def _takeover(member: str, inc: int, t: float, committed: int, metadata: str) -> dict[str, Any]:
+    known = len(inv.finished_ranges(metadata, committed))
+    return {
+        "kind": "rj_take",
+        "t": t,
+        "member": member,
+        "inc": inc,
+        "gen": 3,
+        "topic": TOPIC,
+        "p": 0,
+        "committed": committed,
+        "metadata": metadata,
+        "known": known,
+    }
+
+
+def test_clean_range_jobs_run_passes_every_invariant() -> None:
+    verdicts = inv.check_all(range_jobs_run())
+    assert [v.number for v in verdicts] == [1, 2, 3, 4, 5, 6, 7, 10]
+    assert not [(v.name, v.evidence) for v in verdicts if not v.passed]
+    assert not any(v.skipped for v in verdicts)
+    assert verdicts[-1].figures["commits_with_metadata"] == 1
+    assert verdicts[-1].figures["redone"] == 0
+
+
+def test_range_jobs_invariant_only_in_range_jobs_runs() -> None:
+    assert 10 not in [v.number for v in inv.check_all(clean_run())]
+
+
+def test_commit_past_an_unfinished_job_caught() -> None:
+    run = range_jobs_run()
+    # The scheduler commits 30 at T0+31.5: past [20, 25), which is flushed only at T0+33.
+    run.audits.append(_commit("a", 2, T0 + 31.6, {0: 30}))
+    v = inv.honest_commits(run)
+    assert not v.passed
+    assert v.evidence[0]["not_flushed_before_commit"] == ["20-24"]
+
+
+def test_metadata_recording_an_unfinished_job_caught() -> None:
+    run = range_jobs_run()
+    # A commit at T0+30.3 records [25, 30) as finished; b flushes it only at T0+31.
+    run.audits.append(
+        {**_commit("a", 2, T0 + 30.3, {0: 20}), "metadata": [[TOPIC, 0, _metadata(20, (25, 30))]]}
+    )
+    v = inv.honest_commits(run)
+    assert not v.passed
+    assert v.evidence[0]["commit"] == 20
+    assert v.evidence[0]["not_flushed_before_commit"] == ["25-29"]
+
+
+def test_next_owner_redoing_a_recorded_job_caught() -> None:
+    run = range_jobs_run()
+    # a is SIGKILLed at T0+32 (before its last commit); c takes partition 0 over from the
+    # commit (20, [25, 30) finished) and yet assigns [25, 30) again, flushed by b at T0+36.
+    run.audits = [e for e in run.audits if not (e["kind"] == "commit" and e["t_sent"] > T0 + 33)]
+    run.faults.append({"kind": "sigkill", "t": T0 + 32, "t_end": T0 + 33, "member": "a", "inc": 0})
+    run.audits.append(_takeover("c", 0, T0 + 34, 20, _metadata(20, (25, 30))))
+    run.sinks += _jobs("b", 1, T0 + 36, 0, (25, 30, 1), T0 + 35, "c")
+    v = inv.metadata_jobs_not_redone(run)
+    assert not v.passed
+    assert v.evidence == [
+        {
+            "partition": 0,
+            "offset": 25,
+            "flushed": ["b", 1, T0 + 36],
+            "job": [25, 30, 1],
+            "sched": "c",
+            "recorded_by": ["a", 0, 2, T0 + 31.5],
+            "commit": 20,
+            "recorded": [[25, 30]],
+            "records": 5,
+        }
+    ]
+    assert v.figures["takeovers_from_metadata"] == 1
+    # Skipping the recorded job and redoing only [20, 25) is fine.
+    run.sinks = [r for r in run.sinks if r["t"] != T0 + 36]
+    run.sinks += _jobs("b", 1, T0 + 36, 0, (20, 25, 1), T0 + 35, "c")
+    assert inv.metadata_jobs_not_redone(run).passed
+
+
+def test_recorded_job_flushed_again_is_excused_only_by_its_own_history() -> None:
+    run = range_jobs_run()
+    # b flushes [25, 30) again at T0+34 under an attempt a assigned at T0+30.8, before the
+    # commit that recorded it (T0+31.5): that attempt was in progress.
+    run.sinks += _jobs("m", 0, T0 + 34, 0, (25, 30, 2), T0 + 30.8, "a")
+    v = inv.metadata_jobs_not_redone(run)
+    assert v.passed, v.evidence
+    assert v.figures["excused"] == {"assigned_before_commit": 5}
+    # Assigned after the commit, with nothing frozen: redone.
+    for r in run.sinks[-5:]:
+        r["assigned_t"] = T0 + 33.8
+    assert not inv.metadata_jobs_not_redone(run).passed
+    # ... unless its flusher was a zombie working what it held.
+    run.faults.append(
+        {"kind": "zombie", "t": T0 + 33, "t_stop": T0 + 33, "t_cont": T0 + 33.9, "member": "m"}
+    )
+    v = inv.metadata_jobs_not_redone(run)
+    assert v.passed, v.evidence
+    assert v.figures["excused"] == {"flusher_zombie": 5}
+
+
+def test_range_job_duplicates_attributed() -> None:
+    run = range_jobs_run()
+    # [25, 30) flushed again by m under a second attempt (the first one timed out): the job
+    # was reoffered, which explains it.
+    run.sinks += _jobs("m", 0, T0 + 34, 0, (25, 30, 2), T0 + 30.8, "a")
+    v = inv.bounded_duplicates(run)
+    assert v.passed, v.evidence
+    assert v.figures["by_cause"]["job_reoffered@1031.0:a"] == 5
+    # The same attempt flushed twice by a new scheduler's job, with no fault: unexplained.
+    run = range_jobs_run()
+    run.sinks += _jobs("m", 0, T0 + 38, 0, (20, 25, 1), T0 + 37, "c")
+    assert not inv.bounded_duplicates(run).passed
+    # A SIGKILL of the scheduler that assigned the first flush's job explains it.
+    run.faults.append({"kind": "sigkill", "t": T0 + 36, "t_end": T0 + 37, "member": "a", "inc": 0})
+    v = inv.bounded_duplicates(run)
+    assert v.passed, v.evidence
+    assert v.figures["by_cause"]["scheduler_sigkill@1036.0:a"] == 5
+
+
+@pytest.mark.parametrize("check", inv.RANGE_JOBS, ids=lambda c: c.__name__)
+def test_range_jobs_run_without_metadata_is_skipped(check: Any) -> None:
+    empty = RunData(
+        topic=TOPIC, partitions=4, limits=Limits(session_timeout_s=6.0, range_jobs=True)
+    )
+    assert check(empty).skipped
+
+
+def test_zombie_flushing_first_on_waking_explains_the_redo() -> None:
+    run = range_jobs_run()
+    # m worked [20, 25) for scheduler a (instead of b), was frozen T0+30.7..T0+34.7 and
+    # flushed it on waking (T0+34.8); a new scheduler's attempt flushed by b at T0+35.5 came
+    # after the zombie's flush, yet it is the zombie's doing.
+    run.sinks = [r for r in run.sinks if r.get("job") != [20, 25, 1]]
+    run.sinks += _jobs("m", 0, T0 + 34.8, 0, (20, 25, 1), T0 + 30.6, "a")
+    run.sinks += _jobs("b", 1, T0 + 35.5, 0, (20, 25, 1), T0 + 35, "c")
+    assert not inv.bounded_duplicates(run).passed
+    run.faults.append(
+        {
+            "kind": "zombie",
+            "t": T0 + 30.7,
+            "t_stop": T0 + 30.7,
+            "t_cont": T0 + 34.7,
+            "t_end": T0 + 34.7,
+            "member": "m",
+        }
+    )
+    v = inv.bounded_duplicates(run)
+    assert v.passed, v.evidence
+    assert v.figures["by_cause"]["zombie@1030.7:m"] == 5
