@@ -94,17 +94,33 @@ async def test_relay_invariant_catches_planted_fault(
             assert any(key in e for e in v["evidence"]), text
 
 
+#: Runs a range-jobs plant gets. ``ignore_metadata`` only shows when a scheduler dies while its
+#: last commit records finished jobs beyond its frontier and the next owner starts from that
+#: commit: the schedule aims its kill at such a scheduler but cannot force the timing (one run
+#: in three of the first CI runs had its takeovers start from commits with none), so the plant
+#: must be caught within a few runs, each judged on its own.
+RANGE_JOBS_ATTEMPTS = 4
+
+
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize("plant", sorted(RANGE_JOBS_PLANTED))
 async def test_range_jobs_invariant_catches_planted_fault(
     plant: str, kafka: KafkaEndpoint, tmp_path: Path
 ) -> None:
     faults, expected, key = RANGE_JOBS_PLANTED[plant]
-    config = range_jobs_config(tmp_path, faults=faults, plant=plant, drain_s=30.0)
-    report = await run_chaos(config, kafka.bootstrap_servers, kafka.cluster)
-    text = summary(report)
-    print(text)
-    failed = {v["number"] for v in report["verdicts"] if not v["passed"]}
-    assert expected <= failed, text
+    texts = []
+    for attempt in range(RANGE_JOBS_ATTEMPTS):
+        run_dir = tmp_path / f"run{attempt}"
+        run_dir.mkdir()
+        config = range_jobs_config(run_dir, faults=faults, plant=plant, drain_s=30.0)
+        report = await run_chaos(config, kafka.bootstrap_servers, kafka.cluster)
+        text = summary(report)
+        print(text)
+        texts.append(text)
+        failed = {v["number"] for v in report["verdicts"] if not v["passed"]}
+        if expected <= failed:
+            break
+    assert expected <= failed, "\n\n".join(texts)
     for v in report["verdicts"]:
         if v["number"] in expected:
             assert any(key in e for e in v["evidence"]), text
