@@ -29,6 +29,7 @@ __all__ = [
     "StdlibBridge",
     "bind_member",
     "configure_logging",
+    "configure_logging_for_service",
     "get_logger",
     "quiet_foreign_logs",
 ]
@@ -152,6 +153,20 @@ def configure_logging(
     )
     _install_stdlib_bridge(level)
     _configured = True
+
+
+def configure_logging_for_service(level: str, fmt: str) -> None:
+    """Configure logging from a member's settings (``CAPGROUP_LOG_LEVEL``, ``CAPGROUP_LOG_FORMAT``)
+    unless the process has configured it already.
+
+    Already configured means by :func:`configure_logging` (``capgroup run`` does that first) or
+    by the application itself through ``structlog.configure``: an embedding service's own
+    logging set-up is left alone. Without this, structlog's defaults would print every event,
+    debug included, to stdout whatever ``log_level`` says.
+    """
+    if structlog.is_configured():
+        return
+    configure_logging(level, fmt, force=True)
 
 
 def _install_stdlib_bridge(level: str) -> None:

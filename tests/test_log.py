@@ -5,7 +5,10 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import structlog
@@ -189,3 +192,69 @@ def test_reconfiguring_keeps_one_bridge() -> None:
     configure_logging(stream=io.StringIO(), force=True)
     bridges = [h for h in logging.getLogger().handlers if isinstance(h, StdlibBridge)]
     assert len(bridges) == 1
+
+
+# --- a consumer run outside `capgroup run` honours its log settings ------------------------
+
+#: A service embedded in an application: ``BatchingConsumer.run()`` called directly, on the
+#: scripted seam (no broker), stopped once its first assignment is applied.
+_EMBEDDED = """
+import sys, anyio, structlog
+from functools import partial
+from capgroup import Batch, BatchingConsumer
+from tests.scripted import ScriptedCoordinator
+from tests.scripted.runtime_clients import ScriptedClients
+
+if sys.argv[1] == "app-configured":
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stdout))
+
+class Service(BatchingConsumer):
+    async def flush(self, batch: Batch) -> None:
+        pass
+
+async def main() -> None:
+    coord = ScriptedCoordinator({"t": 1})
+    service = Service(bootstrap_servers="scripted:9092", group_id="g", topics=["t"],
+                      memory_budget_bytes=64 << 20, container_memory_limit_bytes=64 << 30,
+                      log_level=sys.argv[2], log_format="json")
+    async with anyio.create_task_group() as tg:
+        await tg.start(partial(service.run, handle_signals=False,
+                               clients=ScriptedClients(coord.transport())))
+        service.stop()
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.parametrize("level", ["warning", "info"])
+def test_an_embedded_consumer_logs_at_its_log_level_as_json_on_stderr(level: str) -> None:
+    """Without ``capgroup run`` configuring logging first, structlog's defaults used to print
+    every event (debug included) to stdout whatever ``log_level`` said."""
+    done = subprocess.run(
+        [sys.executable, "-c", _EMBEDDED, "default", level],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+    )
+    assert done.stdout == ""
+    events = [json.loads(line) for line in done.stderr.splitlines()]
+    if level == "warning":
+        assert all(e["level"] in ("warning", "error", "critical") for e in events), events
+    else:
+        assert "consumer_starting" in {e["event"] for e in events}, events
+
+
+def test_an_application_s_own_structlog_configuration_is_left_alone() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", _EMBEDDED, "app-configured", "warning"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+    )
+    # The application's configuration (stdout, every level) still applies.
+    assert "consumer_starting" in done.stdout
+    assert "consumer_starting" not in done.stderr

@@ -352,16 +352,9 @@ class MembershipEngine:
             self._topics, encode_advertisement(self._current_advertisement())
         )
 
-    async def _join_and_sync(self, reasons: list[str]) -> None:
-        self._set_state(MemberState.JOINING)
-        metadata = self._member_metadata()
-        _log.info(
-            "group_join_started",
-            reasons=reasons or ["initial"],
-            owned=len(self._owned),
-            generation=self._generation.generation_id,
-        )
-        join = await self._coordinated(
+    async def _join_group(self, metadata: bytes) -> Any:
+        """One JoinGroup request with our current member id; the coordinator's response."""
+        return await self._coordinated(
             wire.JoinGroupRequest(
                 self._group,
                 self._settings.session_timeout_ms,
@@ -373,6 +366,24 @@ class MembershipEngine:
             ),
             coordination=True,
         )
+
+    async def _join_and_sync(self, reasons: list[str]) -> None:
+        self._set_state(MemberState.JOINING)
+        metadata = self._member_metadata()
+        _log.info(
+            "group_join_started",
+            reasons=reasons or ["initial"],
+            owned=len(self._owned),
+            generation=self._generation.generation_id,
+        )
+        join = await self._join_group(metadata)
+        if join.error_code == MEMBER_ID_REQUIRED and not self._member_id:
+            # KIP-394: a new dynamic member's first JoinGroup only obtains its member id and
+            # the join proper is the next one. A step of every start, not a failed attempt.
+            self._member_id = join.member_id
+            bind_member(member_id=self._member_id)
+            _log.info("member_id_assigned")
+            join = await self._join_group(metadata)
         error = join.error_code
         if error == MEMBER_ID_REQUIRED:
             self._member_id = join.member_id

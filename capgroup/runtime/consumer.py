@@ -48,7 +48,7 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 
 from capgroup.errors import CapgroupError, leaf_exceptions
-from capgroup.log import bind_member, get_logger
+from capgroup.log import bind_member, configure_logging_for_service, get_logger
 from capgroup.membership.engine import MembershipEngine
 from capgroup.membership.model import (
     NO_GENERATION,
@@ -516,6 +516,11 @@ class BatchingConsumer(ABC, Generic[V]):
             lag={} if self._lag is None else dict(self._lag.figures),
             relay_hops={} if self._relay is None else dict(self._relay.hops),
             relay_lag_records=0 if self._relay is None else self._relay.relay_lag_records(),
+            committed_offsets={
+                tp: offset
+                for tp in self._partitions
+                if (offset := self._tracker.committed(tp)) is not None
+            },
         )
 
     def _stopped_view(self) -> dict[TopicPartition, StoppedPartition]:
@@ -561,6 +566,7 @@ class BatchingConsumer(ABC, Generic[V]):
             raise RuntimeError("a BatchingConsumer runs once; create a new instance")
         self._ran = True
         settings = self._settings
+        configure_logging_for_service(settings.log_level, settings.log_format)
         bind_member(group_id=settings.group_id)
         # One fetch response never carries more than the partitions we may own can hold.
         fetch_bytes = max(

@@ -248,7 +248,9 @@ class PartitionFetcher:
         found: dict[TopicPartition, int] = {}
         with anyio.move_on_after(timeout_ms / 1000):
             while len(found) < len(offsets):
-                batches = await peek.getmany(timeout_ms=timeout_ms)
+                # One record at a time: a fetch holds at least one whole producer batch
+                # (thousands of records), and only the first record's timestamp is wanted.
+                batches = await peek.getmany(timeout_ms=timeout_ms, max_records=1)
                 for ktp, records in batches.items():
                     tp = TopicPartition(ktp.topic, ktp.partition)
                     if records and tp in offsets and tp not in found:

@@ -123,6 +123,10 @@ class ConsumerStats:
     relay_hops: Mapping[int, int] = field(default_factory=dict)
     #: Lag (records, latest sample) of the partitions relaying now.
     relay_lag_records: int = 0
+    #: Per owned partition, where the group's committed offset stands as far as this member
+    #: knows: its last commit the coordinator acknowledged, else the offset it started from
+    #: (the next record to read either way; every record before it is flushed and settled).
+    committed_offsets: Mapping[TopicPartition, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

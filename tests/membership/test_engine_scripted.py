@@ -10,6 +10,7 @@ from typing import Any
 import anyio
 import anyio.abc
 import pytest
+import structlog.testing
 
 from capgroup.errors import CommitFencedError, FencedInstanceError
 from capgroup.membership.engine import MembershipEngine
@@ -20,6 +21,7 @@ from tests.scripted import ScriptedCoordinator, ScriptedTransport
 from tests.scripted.coordinator import (
     FENCED_INSTANCE_ID,
     ILLEGAL_GENERATION,
+    MEMBER_ID_REQUIRED,
     NOT_COORDINATOR,
     REBALANCE_IN_PROGRESS,
     UNKNOWN_MEMBER_ID,
@@ -348,3 +350,20 @@ async def test_second_member_joins_cooperatively() -> None:
     assert [(gen > revoked_gen, parts) for _, gen, parts in rb.of("assigned")] == [(True, moved)]
     assert not ra.double_owned
     assert not rb.double_owned
+
+
+async def test_a_new_member_s_member_id_step_is_not_logged_as_a_failure() -> None:
+    """KIP-394: a new member's first JoinGroup is answered MEMBER_ID_REQUIRED with its id; the
+    engine joins again with that id at once, logging ``member_id_assigned``, not a warning."""
+    coord = ScriptedCoordinator({"t": 4})
+    engine = member(coord, Recorder("a"))
+    with structlog.testing.capture_logs() as logs:
+        async with running(engine):
+            member_id = engine.generation.member_id
+    joins = coord.received("join")
+    assert [j.error for j in joins[:2]] == [MEMBER_ID_REQUIRED, 0]
+    events = [e["event"] for e in logs]
+    assert events.count("member_id_assigned") == 1
+    assert "rebalance_attempt_failed" not in events
+    assert [e for e in logs if e["log_level"] == "warning"] == []
+    assert member_id

@@ -515,3 +515,27 @@ async def test_a_backlog_of_tiny_records_stays_within_the_partition_cost() -> No
     assert 0 < held <= settings.partition_cost_bytes, (held, settings.partition_cost_bytes)
     assert set(fetcher.asked) == {settings.fetch_max_records}
     assert a.offsets(P0) == list(range(2000))
+
+
+async def test_stats_name_the_offsets_the_coordinator_acknowledged() -> None:
+    """``stats.committed_offsets``: the starting offset before any commit, then each commit
+    once acknowledged, never an offset past an unflushed record."""
+    coord = ScriptedCoordinator({"t": 2})
+    fetcher = ScriptedFetcher()
+    a = Service("a", batch_max_records=3, batch_max_age_ms=30_000)
+    a.blocked = {P1: anyio.Event()}
+    with anyio.fail_after(GUARD):
+        async with anyio.create_task_group() as tg:
+            await start(tg, a, ScriptedClients(coord.transport(), fetcher))
+            assert a.stats.committed_offsets == {P0: 0, P1: 0}
+            fetcher.append_many(P0, 6)
+            fetcher.append_many(P1, 3)
+            await coord.wait_until(lambda: a.stats.committed_offsets.get(P0) == 6)
+            assert coord.committed[P0] == 6
+            # P1's only batch is still flushing: nothing of it is reported committed.
+            assert P1 in a.flushing
+            assert a.stats.committed_offsets[P1] == 0
+            a.blocked[P1].set()
+            await coord.wait_until(lambda: a.stats.committed_offsets.get(P1) == 3)
+            assert coord.committed[P1] == 3
+            tg.cancel_scope.cancel()
