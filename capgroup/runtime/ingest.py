@@ -153,7 +153,8 @@ class Ingest:
             # Budgets count the payload as fetched, before any deserializer touches it.
             sizes = record_sizes(raw)
             if deserialize is None:
-                buffer.extend(raw, now, sizes)
+                # The fetcher hands over one partition's records in increasing offsets.
+                buffer.extend(raw, now, sizes, ordered=True)
             else:
                 self._decode_into(state, raw, sizes, now, deserialize)
             added = buffer.size_bytes - before_bytes
@@ -184,19 +185,19 @@ class Ingest:
             try:
                 decoded = deserialize(record)
             except Exception as exc:
-                buffer.extend(good, now, good_sizes)
+                buffer.extend(good, now, good_sizes, ordered=True)
                 good, good_sizes = [], []
                 if self._undecodable_record(state, record, size, now, exc):
                     return  # the partition stops at this record: nothing past it is wanted
                 continue
             if decoded is None:
-                buffer.extend(good, now, good_sizes)
+                buffer.extend(good, now, good_sizes, ordered=True)
                 good, good_sizes = [], []
                 self._skip(state, record)
                 continue
             good.append(decoded)
             good_sizes.append(size)
-        buffer.extend(good, now, good_sizes)
+        buffer.extend(good, now, good_sizes, ordered=True)
 
     def _undecodable_record(
         self, state: PartitionState, record: Record, size: int, now: float, exc: Exception

@@ -265,3 +265,27 @@ def test_extend_uses_the_sizes_it_is_given() -> None:
     buffer = PartitionBuffer(TP, WIDE)
     buffer.extend([rec(0), rec(1)], now=0.0, sizes=[100, 200])
     assert buffer.size_bytes == 300
+
+
+@given(
+    st.lists(st.lists(st.integers(0, 60), max_size=12), max_size=6),
+    st.integers(-1, 30),
+)
+def test_an_ordered_chunk_is_taken_like_one_checked_record_by_record(
+    chunks: list[list[int]], start: int
+) -> None:
+    """``ordered=True`` (the fetcher vouches for increasing offsets) skips the offset walk, not
+    the guard against what is buffered already: a re-fetch after a seek is still dropped."""
+    vouched = PartitionBuffer(TP, WIDE, next_offset=start + 1)
+    checked = PartitionBuffer(TP, WIDE, next_offset=start + 1)
+    for t, offsets in enumerate(chunks):
+        increasing = sorted(set(offsets))
+        records = [rec(o, value=b"v" * (o % 7)) for o in increasing]
+        assert vouched.extend(records, now=float(t), ordered=True) == checked.extend(
+            records, now=float(t)
+        )
+    assert (vouched.size_bytes, vouched.record_count, vouched.last_offset) == (
+        checked.size_bytes,
+        checked.record_count,
+        checked.last_offset,
+    )
