@@ -795,6 +795,14 @@ class MembershipEngine:
         Raises :class:`CommitFailedError` when the coordinator cannot answer within the
         rebalance timeout.
         """
+        found = await self.committed_with_metadata(partitions)
+        return {tp: None if commit is None else commit[0] for tp, commit in found.items()}
+
+    async def committed_with_metadata(
+        self, partitions: Iterable[TopicPartition]
+    ) -> dict[TopicPartition, tuple[int, str] | None]:
+        """The group's committed offset and its metadata string for each of ``partitions``
+        (``None`` where none exists), from one OffsetFetch; errors as :meth:`committed`."""
         wanted = sorted(set(partitions))
         by_topic: dict[str, list[int]] = {}
         for tp in wanted:
@@ -808,12 +816,12 @@ class MembershipEngine:
             return [getattr(response, "error_code", NONE), *_partition_errors(response)]
 
         response = await self._until_answered("offset fetch", deadline, prepare, errors_of)
-        result: dict[TopicPartition, int | None] = dict.fromkeys(wanted)
+        result: dict[TopicPartition, tuple[int, str] | None] = dict.fromkeys(wanted)
         for topic, parts in response.topics:
             for part in parts:
                 tp = TopicPartition(topic, part[0])
-                if tp in result:
-                    result[tp] = part[1] if part[1] >= 0 else None
+                if tp in result and part[1] >= 0:
+                    result[tp] = (part[1], part[2] or "")
         return result
 
     async def group_batch_partitions(self) -> dict[str, frozenset[TopicPartition]] | None:

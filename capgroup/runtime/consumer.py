@@ -713,6 +713,7 @@ class BatchingConsumer(ABC, Generic[V]):
                 if range_jobs is not None:
                     range_jobs.attach(
                         commit=engine.commit,
+                        committed=engine.committed_with_metadata,
                         member=lambda: (
                             engine.generation.member_id,
                             engine.generation.generation_id,

@@ -43,7 +43,7 @@ from capgroup.protocol.completed_ranges import DecodedRanges, decode_completed
 from capgroup.runtime.rangejobs import scheduler as scheduler_module
 from capgroup.runtime.rangejobs.jobs_wire import JobMessage
 from capgroup.runtime.rangejobs.scheduler import PartitionScheduler, RangeJobScheduler
-from capgroup.runtime.rangejobs.service import committed_with_metadata, range_job_clients
+from capgroup.runtime.rangejobs.service import range_job_clients
 from capgroup.runtime.rangejobs.worker import RangeJobWorker
 from capgroup.settings import CapgroupSettings
 from tests.runtime.harness import produce, wait_until
@@ -181,7 +181,7 @@ async def run_schedule(
                 completions=clients.completions,
                 producer=clients.producer,
                 commit=commit,
-                committed=lambda tps: committed_with_metadata(settings, tps),
+                committed=engine.committed_with_metadata,
                 # Offers and assignments name the scheduler (the same member runs both).
                 member=lambda: (name, engine.generation.generation_id),
             )
@@ -216,7 +216,7 @@ async def run_schedule(
         _second, _ = await scheduler("s2")
         chaos.straggler.set()
         deadline = anyio.current_time() + 60
-        while (await committed_with_metadata(settings, [tp]))[tp] != (RECORDS, ""):
+        while (await engine.committed_with_metadata([tp]))[tp] != (RECORDS, ""):
             if plant == "commit_past_unfinished" and anyio.current_time() > deadline - 45:
                 break  # the plant may commit past the end of what is flushed
             assert anyio.current_time() < deadline, "the schedule did not finish"

@@ -15,7 +15,7 @@ from anyio.abc import TaskGroup
 from capgroup import Batch, TopicPartition
 from capgroup.protocol.completed_ranges import CompletedRanges, encode_completed
 from capgroup.runtime.rangejobs.scheduler import RangeJobScheduler
-from capgroup.runtime.rangejobs.service import committed_with_metadata, range_job_clients
+from capgroup.runtime.rangejobs.service import range_job_clients
 from capgroup.runtime.rangejobs.worker import RangeJobWorker
 from capgroup.settings import CapgroupSettings
 from tests.runtime.harness import produce, wait_until
@@ -96,7 +96,7 @@ async def test_jobs_are_shared_committed_gap_free_and_a_failed_one_is_redone(
             completions=clients.completions,
             producer=clients.producer,
             commit=commit,
-            committed=lambda tps: committed_with_metadata(settings, tps),
+            committed=engine.committed_with_metadata,
             member=lambda: (engine.generation.member_id, engine.generation.generation_id),
         )
         await scheduler.take(tp)
@@ -109,7 +109,7 @@ async def test_jobs_are_shared_committed_gap_free_and_a_failed_one_is_redone(
         flushed.release.set()
 
         async def committed() -> tuple[int, str] | None:
-            return (await committed_with_metadata(settings, [tp]))[tp]
+            return (await engine.committed_with_metadata([tp]))[tp]
 
         deadline = anyio.current_time() + 60
         while await committed() != (RECORDS, ""):
@@ -138,7 +138,7 @@ async def test_a_new_owner_does_not_redo_jobs_the_metadata_records(
         # A previous owner committed 100, with [150, 250) finished beyond it.
         previous = encode_completed(CompletedRanges(100, ((150, 250),)))
         await engine.commit({tp: 100}, previous)
-        assert (await committed_with_metadata(settings, [tp]))[tp] == (100, previous)
+        assert (await engine.committed_with_metadata([tp]))[tp] == (100, previous)
         clients = await tg_enter(tg, range_job_clients(settings))
         scheduler = RangeJobScheduler(
             settings,
@@ -146,7 +146,7 @@ async def test_a_new_owner_does_not_redo_jobs_the_metadata_records(
             completions=clients.completions,
             producer=clients.producer,
             commit=engine.commit,
-            committed=lambda tps: committed_with_metadata(settings, tps),
+            committed=engine.committed_with_metadata,
             member=lambda: (engine.generation.member_id, engine.generation.generation_id),
         )
         took = await scheduler.take(tp)
@@ -155,7 +155,7 @@ async def test_a_new_owner_does_not_redo_jobs_the_metadata_records(
         tg.start_soon(scheduler.run)
         await wait_until(lambda: took.window.frontier == RECORDS, 60, "every job done")
         deadline = anyio.current_time() + 20
-        while (await committed_with_metadata(settings, [tp]))[tp] != (RECORDS, ""):
+        while (await engine.committed_with_metadata([tp]))[tp] != (RECORDS, ""):
             assert anyio.current_time() < deadline
             await anyio.sleep(0.2)
         tg.cancel_scope.cancel()

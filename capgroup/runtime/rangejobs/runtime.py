@@ -30,10 +30,13 @@ from capgroup.runtime.rangejobs.controller import (
     RangeJobsController,
     Switch,
 )
-from capgroup.runtime.rangejobs.scheduler import CommitWithMetadata, RangeJobScheduler
+from capgroup.runtime.rangejobs.scheduler import (
+    CommittedWithMetadata,
+    CommitWithMetadata,
+    RangeJobScheduler,
+)
 from capgroup.runtime.rangejobs.service import (
     RangeJobClients,
-    committed_with_metadata,
     range_job_clients,
 )
 from capgroup.runtime.rangejobs.worker import RangeJobWorker, job_reservation_bytes
@@ -80,6 +83,8 @@ class RangeJobsRuntime:
         self._stack = contextlib.AsyncExitStack()
         self._clients: RangeJobClients | None = None
         self.scheduler: RangeJobScheduler | None = None
+        #: The group's committed offsets with metadata, once attached.
+        self._committed: CommittedWithMetadata | None = None
         self.worker: RangeJobWorker | None = None
         self.controller: RangeJobsController | None = None
 
@@ -125,6 +130,7 @@ class RangeJobsRuntime:
         self,
         *,
         commit: CommitWithMetadata,
+        committed: CommittedWithMetadata,
         member: Callable[[], tuple[str, int]],
         owned: Callable[[], Iterable[TopicPartition]],
         lag_figures: Callable[[], Mapping[TopicPartition, PartitionLag]],
@@ -132,18 +138,20 @@ class RangeJobsRuntime:
         hand_off: HandOff,
         take_back: Switch,
     ) -> None:
-        """Build the scheduler, worker and controller over the started clients."""
+        """Build the scheduler, worker and controller over the started clients. ``committed``
+        reads the group's committed offsets with their metadata (the engine's OffsetFetch)."""
         clients = self._clients
         if clients is None:
             raise RuntimeError("start() the range jobs first")
         settings = self._settings
+        self._committed = committed
         self.scheduler = RangeJobScheduler(
             settings,
             reader=clients.scheduler_reader,
             completions=clients.completions,
             producer=clients.producer,
             commit=commit,
-            committed=lambda tps: committed_with_metadata(settings, tps),
+            committed=committed,
             member=member,
         )
         self.worker = RangeJobWorker(
@@ -188,10 +196,10 @@ class RangeJobsRuntime:
         scheduler = self.scheduler
         topics = self._settings.effective_range_jobs_topics
         wanted = sorted(tp for tp in gained if tp.topic in topics)
-        if scheduler is None or not wanted:
+        if scheduler is None or self._committed is None or not wanted:
             return frozenset()
         try:
-            found = await committed_with_metadata(self._settings, wanted)
+            found = await self._committed(wanted)
         except Exception as exc:
             _log.warning("range_jobs_divert_failed", error=repr(exc))
             return frozenset()

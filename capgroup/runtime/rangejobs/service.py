@@ -13,7 +13,7 @@ control records (the records themselves are read from their own partitions by of
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,12 +25,10 @@ from aiokafka.structs import TopicPartition as KafkaTopicPartition
 from capgroup.connection import ClientRole, admin_client, client_options
 from capgroup.log import get_logger
 from capgroup.settings import CapgroupSettings
-from capgroup.types import TopicPartition
 
 __all__ = [
     "COMPLETIONS_RETENTION_MS",
     "RangeJobClients",
-    "committed_with_metadata",
     "ensure_topics",
     "range_job_clients",
 ]
@@ -73,24 +71,6 @@ async def ensure_topics(settings: CapgroupSettings, replication_factor: int = 1)
             if code not in (0, TopicAlreadyExistsError.errno):
                 raise RuntimeError(f"cannot create range-jobs topic {name!r}: error {code}")
         _log.info("range_jobs_topics_created", topics=[t.name for t in missing])
-
-
-async def committed_with_metadata(
-    settings: CapgroupSettings, partitions: Iterable[TopicPartition]
-) -> dict[TopicPartition, tuple[int, str] | None]:
-    """The group's committed offset and metadata of each of ``partitions`` (None: none)."""
-    wanted = [KafkaTopicPartition(tp.topic, tp.partition) for tp in partitions]
-    async with admin_client(settings) as admin:
-        found = await admin.list_consumer_group_offsets(settings.group_id, partitions=wanted)
-    result: dict[TopicPartition, tuple[int, str] | None] = {}
-    for ktp in wanted:
-        meta = found.get(ktp)
-        tp = TopicPartition(ktp.topic, ktp.partition)
-        if meta is None or meta.offset is None or meta.offset < 0:
-            result[tp] = None
-        else:
-            result[tp] = (int(meta.offset), meta.metadata or "")
-    return result
 
 
 @dataclass(eq=False)
