@@ -171,6 +171,18 @@ _COUNTERS: tuple[_Counter, ...] = (
         "records_relayed",
         "Records relayed to another member's partition (relay_enabled), once acknowledged.",
     ),
+    _Counter(
+        "range_jobs",
+        "Range jobs this member's worker finished, by outcome: done (flushed, then reported) "
+        "or failed (the flush failed after every retry; the job is offered again).",
+        (("range_jobs_done", "done"), ("range_jobs_failed", "failed")),
+        label="outcome",
+    ),
+    _single(
+        "range_job_records",
+        "range_job_records",
+        "Records flushed by the range jobs this member's worker finished.",
+    ),
 )
 
 #: Upper bounds of the ``capgroup_relay_hops`` histogram's buckets.
@@ -238,6 +250,7 @@ class ConsumerCollector(Collector):
         yield from self._partitions(stats)
         yield from self._lag(stats)
         yield from self._relay(stats)
+        yield from self._range_jobs(stats)
         yield from self._membership(snapshot)
         yield from self._group_figures(snapshot)
         yield self._gauge(
@@ -329,6 +342,31 @@ class ConsumerCollector(Collector):
             "relay_lag_records",
             "Lag (records, latest sample) of the partitions this member relays now.",
             stats.relay_lag_records,
+        )
+
+    def _range_jobs(self, stats: ConsumerStats) -> Iterator[Metric]:
+        yield self._gauge(
+            "range_jobs_running",
+            "Range jobs this member's worker holds now (claimed or being processed).",
+            stats.range_jobs_running,
+        )
+        progress = stats.range_jobs
+        yield self._per_partition(
+            "range_jobs_frontier_offset",
+            "Committed frontier of a partition this member schedules range jobs for: every "
+            "offset below it is done.",
+            {tp: p.frontier for tp, p in progress.items()},
+        )
+        yield self._per_partition(
+            "range_jobs_outstanding",
+            "Range jobs of a partition offered or running, or cut and waiting to be offered.",
+            {tp: p.outstanding for tp, p in progress.items()},
+        )
+        yield self._per_partition(
+            "range_jobs_finished_ahead_offsets",
+            "Offsets finished by range jobs beyond the frontier (in the commit metadata), "
+            "waiting for the jobs before them.",
+            {tp: p.finished_ahead_offsets for tp, p in progress.items()},
         )
 
     def _per_partition(self, name: str, doc: str, values: Mapping[TopicPartition, float]) -> Metric:

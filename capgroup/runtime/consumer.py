@@ -516,6 +516,8 @@ class BatchingConsumer(ABC, Generic[V]):
             lag={} if self._lag is None else dict(self._lag.figures),
             relay_hops={} if self._relay is None else dict(self._relay.hops),
             relay_lag_records=0 if self._relay is None else self._relay.relay_lag_records(),
+            range_jobs_running=0 if self._range_jobs is None else self._range_jobs.running,
+            range_jobs={} if self._range_jobs is None else self._range_jobs.progress(),
             committed_offsets={
                 tp: offset
                 for tp in self._partitions
@@ -604,6 +606,7 @@ class BatchingConsumer(ABC, Generic[V]):
                 retry=self._retry,
                 ledger=self._ledger,
                 backpressure=self._backpressure,
+                counters=self._counters,
             )
         _log.info(
             "consumer_starting",

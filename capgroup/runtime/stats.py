@@ -13,7 +13,14 @@ from dataclasses import dataclass, field
 
 from capgroup.types import TopicPartition
 
-__all__ = ["ConsumerStats", "Counters", "IngressRates", "PartitionLag", "StoppedPartition"]
+__all__ = [
+    "ConsumerStats",
+    "Counters",
+    "IngressRates",
+    "PartitionLag",
+    "RangeJobsProgress",
+    "StoppedPartition",
+]
 
 
 @dataclass(slots=True)
@@ -70,6 +77,11 @@ class Counters:
     records_deleted_unconsumed: int = 0
     #: Records relayed to another partition (``relay_enabled``), once acknowledged.
     records_relayed: int = 0
+    #: Range jobs this member's worker flushed and reported done, and their records.
+    range_jobs_done: int = 0
+    range_job_records: int = 0
+    #: Range jobs whose flush failed after every retry (reported failed, offered again).
+    range_jobs_failed: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +94,19 @@ class StoppedPartition:
     #: The first offset not processed: where the partition resumes (on its next owner, or
     #: here after a restart); None when unknown.
     offset: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class RangeJobsProgress:
+    """Where the range jobs of one partition this member schedules stand."""
+
+    #: The committed frontier: every offset below it is done.
+    frontier: int
+    #: Jobs offered or running, and cut but not offered yet.
+    outstanding: int
+    #: Offsets of the jobs finished beyond the frontier (recorded in the commit metadata),
+    #: waiting for the jobs before them.
+    finished_ahead_offsets: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +152,10 @@ class ConsumerStats:
     #: knows: its last commit the coordinator acknowledged, else the offset it started from
     #: (the next record to read either way; every record before it is flushed and settled).
     committed_offsets: Mapping[TopicPartition, int] = field(default_factory=dict)
+    #: Range jobs this member's worker holds now (claimed or being processed).
+    range_jobs_running: int = 0
+    #: The partitions this member schedules range jobs for now (range jobs on).
+    range_jobs: Mapping[TopicPartition, RangeJobsProgress] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

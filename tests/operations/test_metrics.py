@@ -15,6 +15,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from capgroup import Counters, TopicPartition, metrics_registry
 from capgroup.operations.metrics import EXPORTED_COUNTER_FIELDS, render_metrics
+from capgroup.runtime.stats import ConsumerStats, RangeJobsProgress
+from capgroup.settings import load_settings
 from tests.runtime.harness import Recorder, consumer_settings, produce, running, wait_until
 
 pytestmark = [pytest.mark.timeout(120)]
@@ -198,3 +200,59 @@ async def test_flush_failures_show_as_retries_stopped_partitions_and_unhealthy(
         body, content_type = render_metrics(registry, "application/openmetrics-text")
         assert content_type == OPENMETRICS
         assert body.rstrip().endswith(b"# EOF")
+
+
+class _RangeJobsStub:
+    """An ObservableConsumer whose stats carry range-jobs figures (no broker needed)."""
+
+    def __init__(self, stats: ConsumerStats) -> None:
+        self.stats = stats
+        self.settings = load_settings(bootstrap_servers="b:9092", group_id="g", topics=["t"])
+        self.membership = None
+        self.healthy = True
+
+
+def test_range_jobs_figures_are_scraped_per_member_and_per_scheduled_partition() -> None:
+    p0, p3 = TopicPartition("t", 0), TopicPartition("t", 3)
+    counters = Counters(range_jobs_done=7, range_jobs_failed=2, range_job_records=700)
+    stats = ConsumerStats(
+        counters=counters,
+        owned_partitions=2,
+        advertised_max_partitions=4,
+        budget_bytes=1000,
+        buffered_bytes=0,
+        buffered_bytes_by_partition={},
+        utilisation=0.0,
+        rss_bytes=0,
+        peak_rss_bytes=0,
+        memory_pressure="off",
+        fetch_paused=False,
+        stopped_partitions=frozenset(),
+        flush_bytes_per_second=0.0,
+        ingress_rates={},
+        range_jobs_running=3,
+        range_jobs={
+            p0: RangeJobsProgress(frontier=100, outstanding=4, finished_ahead_offsets=250),
+            p3: RangeJobsProgress(frontier=0, outstanding=0, finished_ahead_offsets=0),
+        },
+    )
+    text = render_metrics(metrics_registry(_RangeJobsStub(stats), process=False))[0].decode()
+    samples = parse_samples(text, "g", "")
+    assert value(samples, "capgroup_range_jobs_total", outcome="done") == 7
+    assert value(samples, "capgroup_range_jobs_total", outcome="failed") == 2
+    assert value(samples, "capgroup_range_job_records_total") == 700
+    assert value(samples, "capgroup_range_jobs_running") == 3
+    p0_labels = {"topic": "t", "partition": "0"}
+    assert value(samples, "capgroup_range_jobs_frontier_offset", **p0_labels) == 100
+    assert value(samples, "capgroup_range_jobs_outstanding", **p0_labels) == 4
+    assert value(samples, "capgroup_range_jobs_finished_ahead_offsets", **p0_labels) == 250
+    assert value(samples, "capgroup_range_jobs_outstanding", topic="t", partition="3") == 0
+    for name in (
+        "capgroup_range_jobs",
+        "capgroup_range_job_records",
+        "capgroup_range_jobs_running",
+        "capgroup_range_jobs_frontier_offset",
+        "capgroup_range_jobs_outstanding",
+        "capgroup_range_jobs_finished_ahead_offsets",
+    ):
+        assert any(m.startswith(name) for m in documented_metrics()), name

@@ -12,6 +12,7 @@ import anyio
 import pytest
 
 from capgroup import TopicPartition
+from capgroup.operations.metrics import metrics_registry, render_metrics
 from capgroup.protocol.completed_ranges import CompletedRanges, encode_completed
 from capgroup.settings import load_settings
 from tests.runtime.harness import (
@@ -79,6 +80,20 @@ async def test_a_lagging_partition_is_shared_as_range_jobs_and_taken_back(
         assert set(flushed(a)) | set(flushed(b)) == set(range(RECORDS)), "no record lost"
         assert flushed(b), "the other member took jobs"
         assert a.stats.buffered_bytes >= 0
+        # b flushed the hot partition only through range jobs: its counters say so, and so
+        # does its metrics scrape.
+        jobs_b = b.stats.counters
+        assert jobs_b.range_jobs_done > 0
+        assert jobs_b.range_job_records == len(flushed(b))
+        scrape = render_metrics(metrics_registry(b, process=False))[0].decode()
+        assert f'capgroup_range_jobs_total{{group="{group}",member=' in scrape
+        done = [
+            float(line.rsplit(" ", 1)[1])
+            for line in scrape.splitlines()
+            if line.startswith("capgroup_range_jobs_total{") and 'outcome="done"' in line
+        ]
+        assert done == [float(jobs_b.range_jobs_done)]
+        assert hot not in a.stats.range_jobs, "taken back: no longer scheduled"
     assert TopicPartition(topic, hot.partition) == hot
 
 

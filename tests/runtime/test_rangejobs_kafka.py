@@ -119,7 +119,9 @@ async def test_jobs_are_shared_committed_gap_free_and_a_failed_one_is_redone(
     assert set(flushed.offsets) == set(range(RECORDS)), "no record lost"
     assert len(flushed.offsets) == RECORDS, "the failed job flushed nothing: no duplicate"
     assert set(flushed.by_worker) == {"w1", "w2"}, "both workers took jobs"
-    assert sum(len(w.done) for w in workers) == RECORDS // 25
+    assert sum(w.counters.range_jobs_done for w in workers) == RECORDS // 25
+    assert sum(w.counters.range_job_records for w in workers) == RECORDS
+    assert sum(w.counters.range_jobs_failed for w in workers) == 1, "the planted failure"
     # Every commit was gap-free: nothing committed past a record not yet flushed then.
     offsets = [offset for offset, _ in commits]
     assert offsets == sorted(offsets)

@@ -41,7 +41,7 @@ from capgroup.runtime.rangejobs.service import (
 )
 from capgroup.runtime.rangejobs.worker import RangeJobWorker, job_reservation_bytes
 from capgroup.runtime.retry import RetryPolicy
-from capgroup.runtime.stats import PartitionLag
+from capgroup.runtime.stats import Counters, PartitionLag, RangeJobsProgress
 from capgroup.settings import CapgroupSettings
 from capgroup.types import TopicPartition
 
@@ -73,8 +73,10 @@ class RangeJobsRuntime:
         retry: RetryPolicy,
         ledger: MemoryLedger,
         backpressure: Backpressure,
+        counters: Counters | None = None,
     ) -> None:
         self._settings = settings
+        self._counters = Counters() if counters is None else counters
         self._flush = flush
         self._deserialize = deserialize
         self._retry = retry
@@ -164,6 +166,7 @@ class RangeJobsRuntime:
             reserve=self.reserve,
             release=self.release,
             retry=self._retry,
+            counters=self._counters,
         )
         self.controller = RangeJobsController(
             settings,
@@ -174,6 +177,24 @@ class RangeJobsRuntime:
             hand_off=hand_off,
             take_back=take_back,
         )
+
+    @property
+    def running(self) -> int:
+        """Range jobs this member's worker holds now (claimed or being processed)."""
+        return 0 if self.worker is None else self.worker.busy
+
+    def progress(self) -> dict[TopicPartition, RangeJobsProgress]:
+        """Where the range jobs of each partition this member schedules stand."""
+        if self.scheduler is None:
+            return {}
+        return {
+            tp: RangeJobsProgress(
+                frontier=ps.window.frontier,
+                outstanding=ps.window.outstanding,
+                finished_ahead_offsets=sum(end - start for start, end in ps.window.finished.ranges),
+            )
+            for tp, ps in self.scheduler.partitions.items()
+        }
 
     async def run(self) -> None:
         """Run the worker and the controller until cancelled."""

@@ -36,6 +36,7 @@ from capgroup.runtime.rangejobs.jobs_wire import (
     job_key,
 )
 from capgroup.runtime.retry import RetriesExhaustedError, RetryPolicy, run_with_retries
+from capgroup.runtime.stats import Counters
 from capgroup.settings import RECORD_OVERHEAD_BYTES, CapgroupSettings
 
 __all__ = ["CLAIM_TIMEOUT_SECONDS", "RangeJobWorker", "job_reservation_bytes"]
@@ -91,6 +92,7 @@ class RangeJobWorker:
         release: Callable[[int], None] = lambda nbytes: None,
         retry: RetryPolicy | None = None,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        counters: Counters | None = None,
     ) -> None:
         self._settings = settings
         self._jobs = jobs
@@ -108,8 +110,8 @@ class RangeJobWorker:
         #: Latest offer per key not yet claimed by us.
         self._offers: dict[bytes, JobMessage] = {}
         self._reader_lock = anyio.Lock()
-        #: Jobs this worker reported done (for tests and metrics).
-        self.done: list[JobMessage] = []
+        #: The member's counters (range_jobs_done, range_job_records, range_jobs_failed).
+        self.counters = Counters() if counters is None else counters
 
     @property
     def busy(self) -> int:
@@ -198,9 +200,11 @@ class RangeJobWorker:
 
     async def _work(self, key: bytes, job: JobMessage) -> None:
         began = anyio.current_time()
+        flushed = 0
         try:
 
             async def attempt() -> None:
+                nonlocal flushed
                 # A range that cannot be read within the job timeout (a truncated log) fails
                 # the attempt rather than holding the slot for ever.
                 with anyio.fail_after(self._settings.range_jobs_timeout_ms / 1000):
@@ -208,6 +212,7 @@ class RangeJobWorker:
                 # A range without records (transaction markers, compacted away) is done as is.
                 if records:
                     await self._flush(Batch.of(job.tp, records, started_at=began))
+                flushed = len(records)
 
             try:
                 await run_with_retries(attempt, self._retry)
@@ -219,6 +224,7 @@ class RangeJobWorker:
                     end=job.end,
                     error=repr(exc.last_error),
                 )
+                self.counters.range_jobs_failed += 1
                 with contextlib.suppress(Exception):  # unreported: it times out anyway
                     await self._report(job, Outcome.FAILED, repr(exc.last_error))
                 return
@@ -229,7 +235,8 @@ class RangeJobWorker:
             except Exception as exc:
                 _log.warning("range_job_report_failed", error=repr(exc), start=job.start)
                 return
-            self.done.append(job)
+            self.counters.range_jobs_done += 1
+            self.counters.range_job_records += flushed
             _log.info(
                 "range_job_done",
                 partition=f"{job.tp.topic}-{job.tp.partition}",
