@@ -173,9 +173,14 @@ _COUNTERS: tuple[_Counter, ...] = (
     ),
     _Counter(
         "range_jobs",
-        "Range jobs this member's worker finished, by outcome: done (flushed, then reported) "
-        "or failed (the flush failed after every retry; the job is offered again).",
-        (("range_jobs_done", "done"), ("range_jobs_failed", "failed")),
+        "Range jobs this member's worker finished, by outcome: done (flushed, then reported), "
+        "dead_lettered (flush failed for good, records in the dead-letter topic) or failed "
+        "(offered again).",
+        (
+            ("range_jobs_done", "done"),
+            ("range_jobs_dead_lettered", "dead_lettered"),
+            ("range_jobs_failed", "failed"),
+        ),
         label="outcome",
     ),
     _single(

@@ -607,6 +607,9 @@ class BatchingConsumer(ABC, Generic[V]):
                 ledger=self._ledger,
                 backpressure=self._backpressure,
                 counters=self._counters,
+                undecodable=undecodable,
+                dead_letter=dlq if flush_dlq else None,
+                undecodable_dead_letter=dlq if undecodable_dlq else None,
             )
         _log.info(
             "consumer_starting",

@@ -41,7 +41,13 @@ from capgroup.runtime.partition import PartitionState, footprint
 from capgroup.runtime.stats import Counters
 from capgroup.types import TopicPartition
 
-__all__ = ["FETCH_WAIT_MS", "Deserialize", "Ingest", "UndecodablePolicy"]
+__all__ = [
+    "FETCH_WAIT_MS",
+    "Deserialize",
+    "Ingest",
+    "UndecodablePolicy",
+    "log_undecodable",
+]
 
 #: The service's ``deserialize``: a record to buffer, or None to skip the record.
 Deserialize = Callable[[Record], Record[Any] | None]
@@ -66,6 +72,19 @@ FETCH_WAIT_MS = 200
 #: needs one to run and one more to take its flush slot before it cuts (measured: with fewer,
 #: partitions full only until their cut lose their prefetched records to the next fetch).
 CUT_YIELDS = 3
+
+
+def log_undecodable(record: Record, exc: Exception, policy: UndecodablePolicy) -> None:
+    """The one ``record_undecodable`` event of a record ``deserialize`` raised on."""
+    _log.error(
+        "record_undecodable",
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        error_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
+        error=str(exc)[:1024],
+        policy=policy.value,
+    )
 
 
 class Ingest:
@@ -205,15 +224,7 @@ class Ingest:
         """Handle a record ``deserialize`` raised on; True when its partition stops there."""
         policy = self._undecodable
         self._counters.records_undecodable += 1
-        _log.error(
-            "record_undecodable",
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            error_type=f"{type(exc).__module__}.{type(exc).__qualname__}",
-            error=str(exc)[:1024],
-            policy=policy.value,
-        )
+        log_undecodable(record, exc, policy)
         if policy is UndecodablePolicy.SKIP:
             self._skip(state, record)
             return False

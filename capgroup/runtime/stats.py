@@ -80,8 +80,12 @@ class Counters:
     #: Range jobs this member's worker flushed and reported done, and their records.
     range_jobs_done: int = 0
     range_job_records: int = 0
-    #: Range jobs whose flush failed after every retry (reported failed, offered again).
+    #: Range jobs that failed (flush failed after every retry, or a record ``deserialize``
+    #: raised on under ``stop_partition``): reported failed, offered again.
     range_jobs_failed: int = 0
+    #: Range jobs whose flush failed for good and whose records went to the dead-letter topic
+    #: (``flush_failure_policy=dead_letter``): done.
+    range_jobs_dead_lettered: int = 0
 
 
 @dataclass(frozen=True, slots=True)

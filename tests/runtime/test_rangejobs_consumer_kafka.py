@@ -10,15 +10,18 @@ from typing import Any
 
 import anyio
 import pytest
+from aiokafka import AIOKafkaProducer
 
-from capgroup import TopicPartition
+from capgroup import Record, TopicPartition
 from capgroup.operations.metrics import metrics_registry, render_metrics
 from capgroup.protocol.completed_ranges import CompletedRanges, encode_completed
+from capgroup.runtime.retry import DEAD_LETTER_HEADER_PREFIX
 from capgroup.settings import load_settings
 from tests.runtime.harness import (
     Recorder,
     consumer_settings,
     produce,
+    read_topic,
     running,
     wait_committed,
     wait_until,
@@ -165,3 +168,64 @@ async def test_the_owner_leaves_mid_jobs_and_the_next_owner_skips_what_it_record
     assert not twice & {o for s, e in recorded for o in range(s, e)}, (
         "b redid jobs a's commit recorded as finished"
     )
+
+
+POISON = b"\xff not a record"
+POISON_AT = 200
+
+
+class Decoding(Recorder):
+    """A recording member whose ``deserialize`` raises on ``POISON``."""
+
+    def deserialize(self, record: Record) -> Record:
+        if record.value == POISON:
+            raise UnicodeDecodeError("utf-8", record.value, 0, 1, "invalid start byte")
+        return record
+
+
+async def test_a_poison_record_inside_a_range_job_is_dead_lettered_not_retried_for_ever(
+    kafka: Any, topic_factory: Any, unique_id: Any
+) -> None:
+    """deserialize_failure_policy=dead_letter holds for range jobs: the job with the poison
+    record flushes the others, the poison goes raw to the dead-letter topic, and the
+    partition's commit reaches its end (before, the job failed and was offered for ever)."""
+    bootstrap = kafka.bootstrap_servers
+    topic = await topic_factory(partitions=2)
+    dlq = await topic_factory(partitions=1)
+    group = unique_id("g")
+    names = (unique_id("jobs"), unique_id("done"))
+    policy = {"deserialize_failure_policy": "dead_letter", "dead_letter_topic": dlq}
+    a = Decoding("a", **jobs_settings(bootstrap, group, topic, names), **policy)
+    b = Decoding("b", **jobs_settings(bootstrap, group, topic, names), **policy)
+    a.flush_delay = 0.3  # it falls behind: the backlog goes to range jobs
+    async with running(a) as start:
+        await start(b)
+        await wait_until(lambda: len(a.assignment) == 1 and len(b.assignment) == 1, 30, "split")
+        (hot,) = a.assignment
+        await produce(bootstrap, topic, hot.partition, POISON_AT)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+        await producer.start()
+        try:
+            await producer.send_and_wait(topic, value=POISON, partition=hot.partition)
+        finally:
+            await producer.stop()
+        await produce(bootstrap, topic, hot.partition, RECORDS - POISON_AT - 1, start=POISON_AT + 1)
+        await wait_until(
+            lambda: a._range_jobs is not None and hot in a._range_jobs.controller.scheduling,
+            30,
+            "hand-off",
+        )
+        assert max(a.offsets(hot), default=-1) < POISON_AT, "the poison is left to range jobs"
+        await wait_committed(bootstrap, group, {hot: RECORDS}, 60)
+        flushed = set(a.offsets(hot)) | set(b.offsets(hot))
+        assert flushed == set(range(RECORDS)) - {POISON_AT}, "every good record, no poison"
+        counters = [a.stats.counters, b.stats.counters]
+        assert sum(c.records_undecodable for c in counters) >= 1
+        assert sum(c.records_dead_lettered for c in counters) >= 1
+        assert a._fatal is None
+        assert b._fatal is None
+    dead = await read_topic(bootstrap, dlq, 1)
+    headers = dict(dead[0].headers)
+    assert dead[0].value == POISON
+    assert headers[DEAD_LETTER_HEADER_PREFIX + "stage"] == b"deserialize"
+    assert headers[DEAD_LETTER_HEADER_PREFIX + "origin.offset"] == str(POISON_AT).encode()

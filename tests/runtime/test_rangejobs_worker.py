@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
+from capgroup.runtime.batch import make_record
 from capgroup.runtime.rangejobs import worker as worker_module
 from capgroup.runtime.rangejobs.jobs_wire import (
     JobMessage,
@@ -18,6 +19,7 @@ from capgroup.runtime.rangejobs.jobs_wire import (
     job_key,
 )
 from capgroup.runtime.rangejobs.worker import RangeJobWorker, job_reservation_bytes
+from capgroup.runtime.retry import UndecodableRecordError
 from capgroup.settings import load_settings
 from capgroup.types import TopicPartition
 
@@ -129,3 +131,112 @@ async def test_a_lost_race_a_tombstone_or_silence_frees_the_slot() -> None:
         await w._claim_some(1.0 + worker_module.CLAIM_TIMEOUT_SECONDS + 0.1)  # nobody answered
     assert w.busy == 0
     assert budget.free == 4 * SLOT
+
+
+def outcomes(producer: Producer) -> list[Outcome]:
+    out = [decode_outcome(value) for _, _, value in producer.sent]
+    return [m.outcome for m in out if m is not None]
+
+
+def working(
+    producer: Producer,
+    *,
+    flush: Any,
+    prepare: Any = None,
+    dead_letter: Any = None,
+) -> RangeJobWorker:
+    """A worker whose ``_fetch`` returns three records of the job's range (no broker)."""
+    w = RangeJobWorker(
+        load_settings(
+            group_id="g",
+            topics="t",
+            range_jobs_enabled=True,
+            flush_retry_max_attempts=2,
+            flush_retry_initial_ms=1,
+            flush_retry_max_ms=1,
+        ),
+        jobs=None,
+        reader=None,
+        producer=producer,
+        flush=flush,
+        worker_id=lambda: "me",
+        prepare=prepare,
+        dead_letter=dead_letter,
+    )
+
+    async def fetch(job: JobMessage) -> list[Any]:
+        return [make_record("t", 0, o, 0, value=b"v") for o in range(job.start, job.start + 3)]
+
+    w._fetch = fetch  # type: ignore[method-assign]
+    return w
+
+
+def assigned(start: int) -> JobMessage:
+    return JobMessage(JobState.ASSIGN, TP, start, start + 3, 1, "s", 1, 3, 3, worker="me")
+
+
+async def test_a_job_whose_flush_fails_for_good_is_dead_lettered_and_done() -> None:
+    producer = Producer()
+    dead: list[tuple[list[int], str, int]] = []
+
+    async def flush(batch: Any) -> None:
+        raise RuntimeError("sink down")
+
+    async def dead_letter(batch: Any, error: BaseException, attempts: int) -> None:
+        dead.append(([r.offset for r in batch.records], repr(error), attempts))
+
+    w = working(producer, flush=flush, dead_letter=dead_letter)
+    await w._work(b"k", assigned(30))
+    assert dead == [([30, 31, 32], "RuntimeError('sink down')", 2)]
+    assert outcomes(producer) == [Outcome.DONE]
+    c = w.counters
+    assert (c.range_jobs_dead_lettered, c.records_dead_lettered, c.range_jobs_done) == (1, 3, 0)
+
+
+async def test_without_a_dead_letter_topic_or_when_it_fails_the_job_fails() -> None:
+    for dead_letter in (None, "failing"):
+        producer = Producer()
+
+        async def flush(batch: Any) -> None:
+            raise RuntimeError("sink down")
+
+        async def failing(batch: Any, error: BaseException, attempts: int) -> None:
+            raise RuntimeError("dead-letter topic down")
+
+        w = working(producer, flush=flush, dead_letter=failing if dead_letter else None)
+        await w._work(b"k", assigned(30))
+        assert outcomes(producer) == [Outcome.FAILED], dead_letter
+        assert (w.counters.range_jobs_failed, w.counters.range_jobs_dead_lettered) == (1, 0)
+
+
+async def test_decoding_runs_once_and_a_stop_at_a_record_fails_the_job_without_retries() -> None:
+    producer = Producer()
+    calls: list[int] = []
+    flushed: list[Any] = []
+
+    async def flush(batch: Any) -> None:
+        flushed.append(batch)
+        if len(flushed) == 1:
+            raise RuntimeError("first flush fails")
+
+    async def prepare(batch: Any) -> Any:
+        calls.append(batch.first_offset)
+        return batch
+
+    w = working(producer, flush=flush, prepare=prepare)
+    await w._work(b"k", assigned(0))
+    assert calls == [0], "a retried flush does not decode (nor dead-letter) again"
+    assert len(flushed) == 2
+    assert outcomes(producer) == [Outcome.DONE]
+    assert (w.counters.range_jobs_done, w.counters.range_job_records) == (1, 3)
+
+    async def stop(batch: Any) -> Any:
+        calls.append(batch.first_offset)
+        raise UndecodableRecordError(ValueError("bad"))
+
+    producer, calls = Producer(), []
+    w = working(producer, flush=flush, prepare=stop)
+    await w._work(b"k", assigned(6))
+    assert calls == [6], "not retried"
+    assert outcomes(producer) == [Outcome.FAILED]
+    assert w.counters.range_jobs_failed == 1

@@ -4,7 +4,9 @@ partitions, the worker that takes the group's jobs, and the controller that move
 between the ordinary path and range jobs.
 
 The worker goes through the member's own ``flush`` (with ``deserialize`` first, as fetched
-records do) and its flush retry policy, and a job in progress costs its slot's bytes
+records do, under the member's ``deserialize_failure_policy``), its flush retry policy and its
+``flush_failure_policy`` (a job whose flush fails for good is dead-lettered when that is
+``dead_letter``), and a job in progress costs its slot's bytes
 (:func:`~capgroup.runtime.rangejobs.worker.job_reservation_bytes`) in the member's memory
 ledger, under :data:`RANGE_JOBS_LEDGER_KEY`, so the budget and the fetch backpressure see it.
 The member advertises its budget minus its slots' bytes (:func:`reserved_bytes`), so the
@@ -22,7 +24,9 @@ import anyio
 from capgroup.log import get_logger
 from capgroup.protocol.completed_ranges import decode_completed
 from capgroup.runtime.backpressure import Backpressure
-from capgroup.runtime.batch import Batch, Record
+from capgroup.runtime.batch import Batch, Record, record_sizes
+from capgroup.runtime.clients import DeadLetterSink
+from capgroup.runtime.ingest import UndecodablePolicy, log_undecodable
 from capgroup.runtime.memory import MemoryLedger
 from capgroup.runtime.rangejobs.controller import (
     EndOffsets,
@@ -40,7 +44,7 @@ from capgroup.runtime.rangejobs.service import (
     range_job_clients,
 )
 from capgroup.runtime.rangejobs.worker import RangeJobWorker, job_reservation_bytes
-from capgroup.runtime.retry import RetryPolicy
+from capgroup.runtime.retry import RetryPolicy, UndecodableRecordError, run_with_retries
 from capgroup.runtime.stats import Counters, PartitionLag, RangeJobsProgress
 from capgroup.settings import CapgroupSettings
 from capgroup.types import TopicPartition
@@ -74,9 +78,18 @@ class RangeJobsRuntime:
         ledger: MemoryLedger,
         backpressure: Backpressure,
         counters: Counters | None = None,
+        undecodable: UndecodablePolicy = UndecodablePolicy.STOP_PARTITION,
+        dead_letter: DeadLetterSink | None = None,
+        undecodable_dead_letter: DeadLetterSink | None = None,
     ) -> None:
         self._settings = settings
         self._counters = Counters() if counters is None else counters
+        self._undecodable = UndecodablePolicy(undecodable)
+        #: Where jobs whose flush failed for good go (flush_failure_policy=dead_letter).
+        self._dead_letter_sink = dead_letter
+        #: Where records deserialize raised on go (deserialize_failure_policy=dead_letter).
+        self._undecodable_sink = undecodable_dead_letter
+        self._member: Callable[[], tuple[str, int]] = lambda: ("", -1)
         self._flush = flush
         self._deserialize = deserialize
         self._retry = retry
@@ -114,18 +127,61 @@ class RangeJobsRuntime:
         self._ledger.release(RANGE_JOBS_LEDGER_KEY, nbytes)
         self._backpressure.update_fetch_hold()
 
-    async def flush_decoded(self, batch: Batch[Any]) -> None:
-        """``flush`` a job's records after ``deserialize`` (records it returns None for are
-        skipped, as fetched records are)."""
+    async def prepare(self, batch: Batch[Any]) -> Batch[Any] | None:
+        """A job's fetched records after ``deserialize``, as fetched records are handled: one
+        it returns None for is skipped; one it raises on gets ``deserialize_failure_policy``
+        (``skip``: dropped; ``dead_letter``: produced raw to the dead-letter topic;
+        ``stop_partition``: :class:`UndecodableRecordError`, the job fails there). None when
+        nothing is left to flush."""
         decode = self._deserialize
-        if decode is not None:
-            records = [d for r in batch.records if (d := decode(r)) is not None]
-            if not records:
-                return  # every record skipped on purpose: nothing to flush
-            batch = Batch.of(
-                batch.tp, records, started_at=batch.started_at, size_bytes=batch.size_bytes
-            )
-        await self._flush(batch)
+        if decode is None:
+            return batch
+        records: list[Record[Any]] = []
+        kept_bytes = 0  # the raw size of what is kept, as a partition's buffer counts it
+        for record, size in zip(batch.records, record_sizes(batch.records), strict=True):
+            try:
+                decoded = decode(record)
+            except Exception as exc:
+                await self._undecodable_record(batch, record, exc)
+                continue
+            if decoded is None:
+                self._counters.records_skipped += 1
+            else:
+                records.append(decoded)
+                kept_bytes += size
+        if not records:
+            return None
+        return Batch.of(batch.tp, records, started_at=batch.started_at, size_bytes=kept_bytes)
+
+    async def _undecodable_record(self, batch: Batch[Any], record: Record, exc: Exception) -> None:
+        policy = self._undecodable
+        self._counters.records_undecodable += 1
+        log_undecodable(record, exc, policy)
+        if policy is UndecodablePolicy.SKIP:
+            self._counters.records_skipped += 1
+            return
+        sink = self._undecodable_sink
+        if policy is UndecodablePolicy.STOP_PARTITION or sink is None:
+            raise UndecodableRecordError(exc)
+        one = Batch.of(batch.tp, [record], started_at=batch.started_at)
+        await self._send_dead_letter(sink, one, UndecodableRecordError(exc), 1)
+        self._counters.records_dead_lettered += 1
+
+    async def dead_letter_job(self, batch: Batch[Any], error: BaseException, attempts: int) -> None:
+        """Produce a job's raw records to the dead-letter topic (its flush failed for good)."""
+        if self._dead_letter_sink is None:
+            raise RuntimeError("no dead-letter topic for range jobs")
+        await self._send_dead_letter(self._dead_letter_sink, batch, error, attempts)
+
+    async def _send_dead_letter(
+        self, sink: DeadLetterSink, batch: Batch[Any], error: BaseException, attempts: int
+    ) -> None:
+        member_id = self._member()[0]
+
+        async def send() -> None:
+            await sink.send(batch, error=error, attempts=attempts, member_id=member_id)
+
+        await run_with_retries(send, self._retry)
 
     # ------------------------------------------------------------------ wiring ----------
     def attach(
@@ -147,6 +203,7 @@ class RangeJobsRuntime:
             raise RuntimeError("start() the range jobs first")
         settings = self._settings
         self._committed = committed
+        self._member = member
         self.scheduler = RangeJobScheduler(
             settings,
             reader=clients.scheduler_reader,
@@ -161,7 +218,9 @@ class RangeJobsRuntime:
             jobs=clients.jobs,
             reader=clients.worker_reader,
             producer=clients.producer,
-            flush=self.flush_decoded,
+            flush=self._flush,
+            prepare=self.prepare,
+            dead_letter=None if self._dead_letter_sink is None else self.dead_letter_job,
             worker_id=lambda: member()[0],
             reserve=self.reserve,
             release=self.release,

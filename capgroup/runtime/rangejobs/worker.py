@@ -10,7 +10,10 @@ many jobs a member holds at once, and the member's capacity advertisement is exp
 that many jobs' bytes aside (see :func:`job_reservation_bytes`).
 
 A job whose fetch or flush fails (after the flush retries of the member's retry policy) is
-reported ``failed`` and offered again by its scheduler; a worker that dies or freezes reports
+reported ``failed`` and offered again by its scheduler, unless the member's
+``flush_failure_policy`` is ``dead_letter``: its raw records then go to the dead-letter topic
+and the job is done, as a failed batch of an owned partition is. ``deserialize`` runs once per
+job (``prepare``), under ``deserialize_failure_policy``. A worker that dies or freezes reports
 nothing, and the scheduler reoffers the job after ``range_jobs_timeout_ms``.
 """
 
@@ -35,11 +38,22 @@ from capgroup.runtime.rangejobs.jobs_wire import (
     encode_outcome,
     job_key,
 )
-from capgroup.runtime.retry import RetriesExhaustedError, RetryPolicy, run_with_retries
+from capgroup.runtime.retry import (
+    RetriesExhaustedError,
+    RetryPolicy,
+    UndecodableRecordError,
+    run_with_retries,
+)
 from capgroup.runtime.stats import Counters
 from capgroup.settings import RECORD_OVERHEAD_BYTES, CapgroupSettings
 
-__all__ = ["CLAIM_TIMEOUT_SECONDS", "RangeJobWorker", "job_reservation_bytes"]
+__all__ = [
+    "CLAIM_TIMEOUT_SECONDS",
+    "DeadLetterJob",
+    "Prepare",
+    "RangeJobWorker",
+    "job_reservation_bytes",
+]
 
 _log = get_logger("rangejobs")
 
@@ -50,6 +64,19 @@ CLAIM_TIMEOUT_SECONDS = 5.0
 def job_reservation_bytes(settings: CapgroupSettings) -> int:
     """Bytes one job slot may hold: a full job's payload and its records' overhead."""
     return settings.range_jobs_max_bytes + settings.range_jobs_max_records * RECORD_OVERHEAD_BYTES
+
+
+#: Turns a job's fetched records into the batch ``flush`` gets (``deserialize`` with its failure
+#: policy), or None when nothing is left to flush; raises :class:`UndecodableRecordError` to
+#: stop at a record (the job fails, and is not retried by this worker).
+Prepare = Callable[[Batch[Any]], Awaitable[Batch[Any] | None]]
+#: Produces a job's raw records to the dead-letter topic (``flush_failure_policy=dead_letter``)
+#: given the flush error and attempts; raises when they could not be written.
+DeadLetterJob = Callable[[Batch[Any], BaseException, int], Awaitable[None]]
+
+
+async def _as_is(batch: Batch[Any]) -> Batch[Any] | None:
+    return batch
 
 
 @dataclass
@@ -93,12 +120,16 @@ class RangeJobWorker:
         retry: RetryPolicy | None = None,
         wall_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         counters: Counters | None = None,
+        prepare: Prepare | None = None,
+        dead_letter: DeadLetterJob | None = None,
     ) -> None:
         self._settings = settings
         self._jobs = jobs
         self._reader = reader
         self._producer = producer
         self._flush = flush
+        self._prepare: Prepare = prepare if prepare is not None else _as_is
+        self._dead_letter = dead_letter
         self._worker_id = worker_id
         self._reserve = reserve
         self._release = release
@@ -198,52 +229,82 @@ class RangeJobWorker:
                 out.extend(r for r in records if job.start <= r.offset < job.end)
             return out
 
+    async def _fail(self, job: JobMessage, error: BaseException) -> None:
+        """Report ``job`` failed: its scheduler offers it again."""
+        self.counters.range_jobs_failed += 1
+        with contextlib.suppress(Exception):  # unreported: it times out anyway
+            await self._report(job, Outcome.FAILED, repr(error))
+
     async def _work(self, key: bytes, job: JobMessage) -> None:
         began = anyio.current_time()
-        flushed = 0
+        where = {
+            "partition": f"{job.tp.topic}-{job.tp.partition}",
+            "start": job.start,
+            "end": job.end,
+        }
+        raw: Batch[Any] | None = None
+        ready: Batch[Any] | None = None
+        fetched = False
         try:
 
             async def attempt() -> None:
-                nonlocal flushed
-                # A range that cannot be read within the job timeout (a truncated log) fails
-                # the attempt rather than holding the slot for ever.
-                with anyio.fail_after(self._settings.range_jobs_timeout_ms / 1000):
-                    records = await self._fetch(job)
-                # A range without records (transaction markers, compacted away) is done as is.
-                if records:
-                    await self._flush(Batch.of(job.tp, records, started_at=began))
-                flushed = len(records)
+                nonlocal raw, ready, fetched
+                if not fetched:
+                    # A range that cannot be read within the job timeout (a truncated log)
+                    # fails the attempt rather than holding the slot for ever.
+                    with anyio.fail_after(self._settings.range_jobs_timeout_ms / 1000):
+                        records = await self._fetch(job)
+                    fetched = True
+                    # A range without records (transaction markers, compacted away) is done
+                    # as is. Decoding runs once, so its policy (skip, dead-letter) acts once.
+                    if records:
+                        raw = Batch.of(job.tp, records, started_at=began)
+                        ready = await self._prepare(raw)
+                if ready is not None:
+                    await self._flush(ready)
 
+            outcome = "done"
             try:
-                await run_with_retries(attempt, self._retry)
-            except RetriesExhaustedError as exc:
-                _log.error(
-                    "range_job_flush_failed",
-                    partition=f"{job.tp.topic}-{job.tp.partition}",
-                    start=job.start,
-                    end=job.end,
-                    error=repr(exc.last_error),
-                )
-                self.counters.range_jobs_failed += 1
-                with contextlib.suppress(Exception):  # unreported: it times out anyway
-                    await self._report(job, Outcome.FAILED, repr(exc.last_error))
+                await run_with_retries(attempt, self._retry, fatal=(UndecodableRecordError,))
+            except UndecodableRecordError as exc:
+                # deserialize_failure_policy=stop_partition: nothing past the record is
+                # processed; the job fails and the frontier waits there.
+                _log.error("range_job_undecodable", error=repr(exc.error), **where)
+                await self._fail(job, exc)
                 return
-            # Only now: every record of the range is durable. A report that cannot be sent
-            # leaves the job to time out and be done again (a duplicate, never a loss).
+            except RetriesExhaustedError as exc:
+                _log.error("range_job_flush_failed", error=repr(exc.last_error), **where)
+                if raw is None or self._dead_letter is None:
+                    await self._fail(job, exc.last_error)
+                    return
+                try:
+                    await self._dead_letter(raw, exc.last_error, exc.attempts)
+                except Exception as dlq_exc:
+                    _log.error("dead_letter_failed", error=repr(dlq_exc), **where)
+                    await self._fail(job, exc.last_error)
+                    return
+                outcome = "dead_lettered"
+                self.counters.records_dead_lettered += len(raw)
+                _log.warning("range_job_dead_lettered", records=len(raw), **where)
+            # Only now: every record of the range is durable (flushed or dead-lettered). A
+            # report that cannot be sent leaves the job to time out and be done again (a
+            # duplicate, never a loss).
             try:
                 await self._report(job, Outcome.DONE)
             except Exception as exc:
                 _log.warning("range_job_report_failed", error=repr(exc), start=job.start)
                 return
-            self.counters.range_jobs_done += 1
-            self.counters.range_job_records += flushed
+            if outcome == "done":
+                self.counters.range_jobs_done += 1
+                self.counters.range_job_records += 0 if ready is None else len(ready)
+            else:
+                self.counters.range_jobs_dead_lettered += 1
             _log.info(
                 "range_job_done",
-                partition=f"{job.tp.topic}-{job.tp.partition}",
-                start=job.start,
-                end=job.end,
+                outcome=outcome,
                 attempt=job.attempt,
                 duration_s=round(anyio.current_time() - began, 3),
+                **where,
             )
         finally:
             self._state.held.discard(key)
