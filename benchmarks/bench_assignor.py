@@ -17,6 +17,8 @@ of a stable assignment died, each on the same input in the same run:
   (**gc after**: that last part, a collection the call put off);
 * **rr**: a capacity-blind round-robin baseline (Kafka's RoundRobinAssignor: sorted
   partitions dealt to sorted members, no limits, no stickiness);
+* **core**: the header says whether the compiled core (``capgroup._native``) planned or
+  the numpy path did (``CAPGROUP_ASSIGNOR_NATIVE=0``, or the extension not built);
 * **java warm / java 1st**: Kafka's CooperativeStickyAssignor (kafka-clients 4.1.2, the
   ``benchmarks/java`` harness) in a fresh JVM per case: the median of timed calls after
   warm-up calls, and the very first call of the JVM. ``--no-java`` skips it, and it shows
@@ -52,6 +54,7 @@ from java_assignor import (
     run_group,
 )
 
+from capgroup.assignor import native
 from capgroup.assignor.adapter import plan_group
 from capgroup.assignor.balance import assign
 from capgroup.assignor.model import MemberSpec, PartitionSpec, Plan
@@ -180,6 +183,15 @@ def round_robin(
                 out[m.member_id].append(TopicPartition(p.topic, p.partition))
                 break
     return out
+
+
+def core_note() -> str:
+    """Which path plans: the compiled core or the numpy one (and why)."""
+    if native.enabled():
+        return "compiled (capgroup._native)"
+    if native.available():
+        return f"numpy ({native.ENV}=0)"
+    return "numpy (capgroup._native not built)"
 
 
 def median_seconds(fn: Callable[[], object], runs: int) -> float:
@@ -412,6 +424,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             java_note = f"java: n/a ({exc})"
     rates = " with exponential ingress rates" if args.rates else ""
     print(f"python {sys.version.split()[0]}, median of {runs} runs{rates}")
+    print(f"capgroup assignor core: {core_note()}")
     print(java_note)
     print(
         "leader = plan_group on JoinGroup metadata bytes (decode, assign, encode); gc ms = GC "

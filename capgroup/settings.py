@@ -938,7 +938,15 @@ def _bounds(metadata: list[Any]) -> str:
 
 
 #: ``CAPGROUP_*`` variables that are not member settings but are read elsewhere.
-OTHER_VARIABLES = frozenset({"CAPGROUP_KAFKA_CACHE", "CAPGROUP_TOOLS_CACHE"})
+OTHER_VARIABLES = frozenset(
+    {
+        "CAPGROUP_KAFKA_CACHE",
+        "CAPGROUP_TOOLS_CACHE",
+        # The assignor's compiled core: off with 0; a timing of each step on stderr.
+        "CAPGROUP_ASSIGNOR_NATIVE",
+        "CAPGROUP_ASSIGNOR_NATIVE_TRACE",
+    }
+)
 
 _warned_unknown: set[tuple[str, str]] = set()
 

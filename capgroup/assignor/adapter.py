@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
-from capgroup.assignor import balance
+from capgroup.assignor import balance, native
 from capgroup.assignor.model import (
     MemberSpec,
     PartitionSpec,
@@ -49,6 +49,7 @@ from capgroup.types import CapacityAdvertisement, TopicPartition
 
 if TYPE_CHECKING:
     from capgroup.assignor.columnar import Assignment
+    from capgroup.assignor.native import NativeClaims
 
 __all__ = [
     "ASSIGNOR_NAME",
@@ -117,7 +118,22 @@ def plan_group(
     """
     decoded: list[tuple[str, str | None, MemberSubscription | MetadataDecodeError]] = []
     cache = SubscriptionCache()
-    for member_id, instance_id, raw in members:
+    # A large group's metadata goes through the compiled core when it is built: what it
+    # returns is what the decoders below return, and it leaves them anything else.
+    fast = (
+        native.decode_members([raw for _, _, raw in members])
+        if len(partitions) >= SMALL_GROUP_PARTITIONS
+        else None
+    )
+    given: list[tuple[CapacityAdvertisement, NativeClaims | None] | None] = []
+    for k, (member_id, instance_id, raw) in enumerate(members):
+        found = fast[k] if fast is not None else None
+        if found is not None:
+            sub, adv, claims = found
+            decoded.append((member_id, instance_id, sub))
+            given.append((adv, claims))
+            continue
+        given.append(None)
         try:
             decoded.append((member_id, instance_id, decode_member_metadata(raw, cache)))
         except MetadataDecodeError as exc:
@@ -128,6 +144,7 @@ def plan_group(
         generation,
         cooperative=cooperative,
         headroom_members=headroom_members,
+        advertisements=given if fast is not None else None,
     )
 
 
@@ -138,32 +155,47 @@ def plan_subscriptions(
     *,
     cooperative: bool,
     headroom_members: int = 1,
+    advertisements: Sequence[tuple[CapacityAdvertisement, NativeClaims | None] | None]
+    | None = None,
 ) -> GroupPlan:
     """Plan a generation from members' decoded subscriptions (or the error that kept one from
     decoding); the shared path of :func:`plan_group` and the aiokafka assignor in
-    :mod:`capgroup.membership.aiokafka_assignor`."""
+    :mod:`capgroup.membership.aiokafka_assignor`. ``advertisements[k]``, when given and not
+    None, is ``decoded[k]``'s advertisement and claims, decoded already (by the compiled
+    core, see :func:`capgroup.assignor.native.decode_members`)."""
     specs: list[MemberSpec] = []
-    owned: list[OwnedColumns] = []
+    owned: list[OwnedColumns | NativeClaims | None] = []
     rejected: dict[str, str] = {}
     # Members of one deployment share a subscription: one frozenset for all of them.
     topic_sets: dict[tuple[str, ...], frozenset[str]] = {}
     small = len(partitions) < SMALL_GROUP_PARTITIONS
-    user_data = [sub.user_data for _, _, sub in decoded if not isinstance(sub, MetadataDecodeError)]
+    given = advertisements if advertisements is not None else [None] * len(decoded)
+    user_data = [
+        sub.user_data
+        for (_, _, sub), pre in zip(decoded, given, strict=True)
+        if pre is None and not isinstance(sub, MetadataDecodeError)
+    ]
     # Every advertisement at once: their owned partitions are decoded together (a small
     # group's one by one, as objects, for the reference pipeline).
-    advertisements = iter(
+    decoding = iter(
         [_decode_one(data) for data in user_data]
         if small
         else decode_advertisements_columns(user_data)
     )
-    for member_id, instance_id, sub in decoded:
+    for (member_id, instance_id, sub), pre in zip(decoded, given, strict=True):
         try:
             if isinstance(sub, MetadataDecodeError):
                 raise sub
-            found = next(advertisements)
+            found = next(decoding) if pre is None else pre
             if isinstance(found, MetadataDecodeError):
                 raise found
             adv, claims = found
+            if small and claims is not None:
+                # Decoded ahead for a small group: the reference pipeline reads claims off
+                # the advertisement (plan_group never does this; another caller might).
+                cols = native.as_columns([claims])
+                adv = replace(adv, owned=cols[0].owned() if cols and cols[0] else ())
+                claims = None
         except MetadataDecodeError as exc:
             rejected[member_id] = exc.reason
             _log.error(
@@ -179,8 +211,7 @@ def plan_subscriptions(
         if topics is None:
             topics = topic_sets[sub.topics] = frozenset(sub.topics)
         specs.append(MemberSpec(member_id, topics, adv, instance_id))
-        if claims is not None:
-            owned.append(claims)
+        owned.append(claims)
 
     if small:
         plan = balance.reference_assign(specs, with_claimed_rates(partitions, specs), generation)
@@ -202,8 +233,17 @@ def plan_subscriptions(
         per_topic=_topic_sizes(plan),
     )
     encoded_info = encode_assignment_info(info)
+    columns = _columns(plan)
+    # Every member's bytes in one call of the compiled core when it is there (relay-only
+    # partitions aside: those members are encoded one by one below).
+    bulk = columns.encode_all(encoded_info) if columns is not None else None
     assignments = {
-        member_id: _encode_for(plan, member_id, info, encoded_info) for member_id, _, _ in decoded
+        member_id: (
+            bulk[member_id]
+            if bulk is not None and member_id in bulk and member_id not in plan.relay
+            else _encode_for(plan, member_id, info, encoded_info)
+        )
+        for member_id, _, _ in decoded
     }
     _report(plan, specs, rejected, len(partitions), generation)
     return GroupPlan(plan, assignments, tuple(specs), rejected, info)
@@ -323,33 +363,56 @@ class _Costs:
     def __init__(self, present: set[str]) -> None:
         self.present = present
         self._cache: dict[tuple[object, ...], dict[str, int]] = {}
+        #: Per cost table (by identity; the tables live in ``_cache``): its cheapest and
+        #: dearest cost and whether it covers every topic at one cost.
+        self._summary: dict[int, tuple[int, int, bool]] = {}
+        #: Per spec (by identity; ``_held`` keeps the ids from being reused): its table and
+        #: the table's summary, so that the several questions asked per member cost one
+        #: look-up each and no pass over its topics.
+        self._per_spec: dict[int, tuple[dict[str, int], int, int, bool]] = {}
+        self._held: list[MemberSpec] = []
+
+    def _entry(self, spec: MemberSpec) -> tuple[dict[str, int], int, int, bool]:
+        found = self._per_spec.get(id(spec))
+        if found is not None:
+            return found
+        adv = spec.capacity
+        key = (spec.topics, tuple(sorted(adv.partition_bytes.items())), adv.default_partition_bytes)
+        table = self._cache.get(key)
+        if table is None:
+            table = self._cache[key] = {
+                t: max(0, adv.cost_of(t)) for t in spec.topics if t in self.present
+            }
+        summary = self._summary.get(id(table))
+        if summary is None:
+            values = table.values()
+            summary = self._summary[id(table)] = (
+                min(values, default=0),
+                max(values, default=0),
+                len(table) == len(self.present) and len(set(values)) <= 1,
+            )
+        found = self._per_spec[id(spec)] = (table, *summary)
+        self._held.append(spec)
+        return found
 
     def of(self, spec: MemberSpec) -> dict[str, int]:
         """Clamped cost of each subscribed topic that exists."""
-        adv = spec.capacity
-        key = (spec.topics, tuple(sorted(adv.partition_bytes.items())), adv.default_partition_bytes)
-        found = self._cache.get(key)
-        if found is None:
-            found = self._cache[key] = {
-                t: max(0, adv.cost_of(t)) for t in spec.topics if t in self.present
-            }
-        return found
+        return self._entry(spec)[0]
 
     def slots(self, spec: MemberSpec, *, dearest: bool) -> int:
         """Partitions ``spec`` can hold, counting by its cap and its budget at the dearest
         (or cheapest) per-partition cost among its subscribed topics that exist."""
         adv = spec.capacity
-        costs = self.of(spec).values()
+        costs, cheapest, dearest_cost, _ = self._entry(spec)
         if adv.draining or not costs or adv.memory_budget_bytes < 0:
             return 0
-        cost = max(costs) if dearest else min(costs)
+        cost = dearest_cost if dearest else cheapest
         by_bytes = adv.memory_budget_bytes // cost if cost else adv.max_partitions
         return max(0, min(adv.max_partitions, by_bytes))
 
     def uniform(self, spec: MemberSpec) -> bool:
         """Whether ``spec`` subscribes to every topic that exists, at one cost."""
-        costs = self.of(spec)
-        return len(costs) == len(self.present) and len(set(costs.values())) <= 1
+        return self._entry(spec)[3]
 
     def typical(self, live: Sequence[MemberSpec], specs: Sequence[MemberSpec]) -> dict[str, int]:
         """Per topic, the upper median of the costs its live subscribers advertise (all

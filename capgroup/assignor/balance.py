@@ -1105,18 +1105,23 @@ def reference_assign(
 
 
 def _notes(claims: _Owners, shed: list[int]) -> list[str]:
+    return _note_lines(len(claims.conflicts), claims.stale, claims.bogus, len(shed))
+
+
+def _note_lines(conflicts: int, stale: int, bogus: int, shed: int) -> list[str]:
+    """The notes on claims and shedding, from their counts (the compiled core's too)."""
     notes: list[str] = []
-    if claims.conflicts:
+    if conflicts:
         notes.append(
-            f"{len(claims.conflicts)} partition(s) claimed by several members in the same "
+            f"{conflicts} partition(s) claimed by several members in the same "
             "generation: revoked from all of them"
         )
-    if claims.stale:
-        notes.append(f"{claims.stale} ownership claim(s) from an older generation ignored")
-    if claims.bogus:
-        notes.append(f"{claims.bogus} ownership claim(s) from a future generation ignored")
+    if stale:
+        notes.append(f"{stale} ownership claim(s) from an older generation ignored")
+    if bogus:
+        notes.append(f"{bogus} ownership claim(s) from a future generation ignored")
     if shed:
-        notes.append(f"{len(shed)} owned partition(s) released by owners that cannot keep them")
+        notes.append(f"{shed} owned partition(s) released by owners that cannot keep them")
     return notes
 
 

@@ -11,6 +11,11 @@ differential test checks it); the one documented difference is the type of
 :class:`~capgroup.types.TopicPartition` when it is first read, so that a million partitions
 cost no million tracked objects (nor the collection they would trigger later) unless asked
 for, and so that the leader can encode assignments from the arrays directly.
+
+When the compiled core (:mod:`capgroup.assignor.native`, the optional extension
+``capgroup._native``) is built and not switched off, :func:`plan` hands the whole pipeline to
+it and returns its plan (the same plan, with the same ``Assignment`` type); the numpy steps
+here plan otherwise. :func:`assign_numpy` always takes them.
 """
 
 from __future__ import annotations
@@ -30,9 +35,10 @@ from capgroup.assignor.model import MemberSpec, PartitionSpec, PendingMove, Plan
 from capgroup.types import TopicPartition
 
 if TYPE_CHECKING:
+    from capgroup.assignor.native import NativeClaims
     from capgroup.protocol.capacity import OwnedColumns
 
-__all__ = ["Assignment", "assign", "plan"]
+__all__ = ["Assignment", "assign", "assign_numpy", "plan"]
 
 _I64 = npt.NDArray[np.int64]
 _F64 = npt.NDArray[np.float64]
@@ -380,19 +386,35 @@ class Assignment(Mapping[str, tuple[TopicPartition, ...]]):
         "_number",
         "_order",
         "_ptopic",
+        "_raw",
         "_runs",
+        "_sizes",
         "names",
     )
 
     def __init__(
-        self, ids: list[str], order: _I64, bounds: _I64, grp: _Columns, names: list[str]
+        self,
+        ids: list[str],
+        order: _I64,
+        bounds: _I64,
+        topic: _I64,
+        number: _I64,
+        names: list[str],
+        *,
+        raw: tuple[bytes, bytes, bytes, bytes] | None = None,
+        sizes: list[int] | None = None,
     ) -> None:
         self._ids = ids
         self._index = {mid: i for i, mid in enumerate(ids)}
         self._order = order
         self._bounds = bounds
-        self._ptopic = grp.topic
-        self._number = grp.number
+        self._ptopic = topic
+        self._number = number
+        #: The int64 columns (topic, number, order, bounds) as bytes, when the compiled
+        #: core made them (``encode_all`` hands them over as they are).
+        self._raw = raw
+        #: Partitions per topic code, when the maker counted them already.
+        self._sizes = sizes
         #: Topic names by topic code (the codes :meth:`columns` returns).
         self.names = names
         self._cache: dict[str, tuple[TopicPartition, ...]] = {}
@@ -427,9 +449,31 @@ class Assignment(Mapping[str, tuple[TopicPartition, ...]]):
         numbers = self._number[self._order[self._bounds[i] : self._bounds[i + 1]]]
         return names[lo:hi], counts[lo:hi], numbers
 
+    def encode_all(self, user_data: bytes) -> dict[str, bytes] | None:
+        """Every member's encoded assignment with ``user_data`` (see
+        :func:`capgroup.protocol.consumer.encode_member_assignment_columns`, which
+        :meth:`by_topic` feeds with the same bytes), written by the compiled core in one
+        call; None when the core is off or declines (the caller then encodes one by one)."""
+        from capgroup.assignor import native
+
+        if not native.enabled():
+            return None
+        raw = self._raw
+        if raw is None:
+            raw = (
+                self._ptopic.astype(np.int64).tobytes(),
+                self._number.astype(np.int64).tobytes(),
+                self._order.astype(np.int64).tobytes(),
+                self._bounds.astype(np.int64).tobytes(),
+            )
+        found = native.encode_assignments(raw, self.names, user_data)
+        return None if found is None else dict(zip(self._ids, found, strict=True))
+
     def topic_sizes(self) -> dict[str, int]:
         """Partitions per topic in the input planned (duplicates collapsed)."""
-        sizes = np.bincount(self._ptopic, minlength=len(self.names)).tolist()
+        sizes = self._sizes
+        if sizes is None:
+            sizes = np.bincount(self._ptopic, minlength=len(self.names)).tolist()
         return dict(zip(self.names, sizes, strict=True))
 
     def total(self) -> int:
@@ -501,7 +545,7 @@ def _output(
     order = np.argsort(held, kind="stable")
     bounds = np.searchsorted(held[order], np.arange(-1, len(ids)), side="left")
     bounds = np.append(bounds[1:], n)
-    assignment = Assignment(ids, order, bounds, grp, grp.topic_names)
+    assignment = Assignment(ids, order, bounds, grp.topic, grp.number, grp.topic_names)
     names = grp.topic_names
     topic, number = grp.ptopic, grp.number
 
@@ -534,15 +578,24 @@ def plan(
     members: Sequence[MemberSpec],
     partitions: Sequence[PartitionSpec],
     generation: int,
-    owned: Sequence[OwnedColumns | None] | None = None,
+    owned: Sequence[OwnedColumns | NativeClaims | None] | None = None,
     *,
     claimed_rates: bool = False,
 ) -> Plan:
     """:func:`assign`, with the members' ownership claims optionally given as columns
     (``owned[k]`` for ``members[k]``, in place of its ``capacity.owned``), as the leader
     decodes them. ``claimed_rates`` plans as if the partitions had gone through
-    :func:`capgroup.assignor.adapter.with_claimed_rates` first."""
+    :func:`capgroup.assignor.adapter.with_claimed_rates` first.
+
+    The compiled core (:mod:`capgroup.assignor.native`) makes the plan when it is built and
+    on; the steps below make it otherwise (the same plan)."""
     with balance._no_gc():
+        from capgroup.assignor import native
+
+        found = native.plan(members, partitions, generation, owned, claimed_rates=claimed_rates)
+        if found is not None:
+            return found
+        owned = native.as_columns(owned)
         # The steps run in a frame of their own: their million-element lists are freed when
         # it returns, before the collector is back (it would otherwise scan them at once).
         return _pipeline(members, partitions, generation, owned, claimed_rates)
@@ -574,5 +627,15 @@ def assign(
     members: Sequence[MemberSpec], partitions: Sequence[PartitionSpec], generation: int
 ) -> Plan:
     """The plan :func:`capgroup.assignor.balance.reference_assign` makes, computed on
-    columns (see the module docstring for the one difference, ``Plan.assignment``'s type)."""
+    columns (see the module docstring for the one difference, ``Plan.assignment``'s type),
+    by the compiled core when it is built and on."""
     return plan(members, partitions, generation)
+
+
+def assign_numpy(
+    members: Sequence[MemberSpec], partitions: Sequence[PartitionSpec], generation: int
+) -> Plan:
+    """:func:`assign` on the numpy path whatever the compiled core (the tests hold both to
+    the reference, and the mutation tests patch this path's Python steps)."""
+    with balance._no_gc():
+        return _pipeline(members, partitions, generation, None, False)

@@ -2,24 +2,41 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Callable, Sequence
 
 import pytest
 
-from capgroup.assignor import balance
+from capgroup.assignor import balance, columnar, native
 from capgroup.assignor.model import MemberSpec, OwnedPartition, PartitionSpec, Plan
 from capgroup.types import TopicPartition
 
 Assign = Callable[[Sequence[MemberSpec], Sequence[PartitionSpec], int], Plan]
 
-#: Every property runs against both paths: the columnar one the code base calls and the
-#: plain-Python reference it must agree with.
+
+def native_assign(
+    members: Sequence[MemberSpec], partitions: Sequence[PartitionSpec], generation: int
+) -> Plan:
+    """The compiled core's plan, even with ``CAPGROUP_ASSIGNOR_NATIVE=0``; fails (never
+    falls back) when the core declines or is missing."""
+    found = native.plan(members, partitions, generation, force=True)
+    assert found is not None, "capgroup._native is missing, switched off or declined the input"
+    return found
+
+
+#: Every property runs against every path: the numpy one, the plain-Python reference they
+#: must agree with and, when built (always under CI=true), the compiled core.
 both_paths = pytest.mark.parametrize(
     "assign",
     [
-        pytest.param(balance.assign, id="fast"),
+        pytest.param(columnar.assign_numpy, id="fast"),
         pytest.param(balance.reference_assign, id="reference"),
+        *(
+            [pytest.param(native_assign, id="native")]
+            if native.available() or os.environ.get("CI", "").lower() == "true"
+            else []
+        ),
     ],
 )
 

@@ -1,8 +1,10 @@
 """The fast path against the reference: identical plans on every generated group.
 
-:func:`capgroup.assignor.balance.assign` (columnar) and
+:func:`capgroup.assignor.columnar.assign_numpy` (columnar) and
 :func:`capgroup.assignor.balance.reference_assign` (plain Python) must agree on every field
-of the plan; ``Plan.assignment`` is compared as a mapping (the fast path's is lazy).
+of the plan; ``Plan.assignment`` is compared as a mapping (the fast path's is lazy). The
+compiled core has the same tests in ``test_native.py``; the leader-path tests here run
+whichever path ``plan_group`` takes (the core when it is built).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from hypothesis import strategies as st
 
 from capgroup.assignor import adapter
 from capgroup.assignor.adapter import group_figures, plan_group, with_claimed_rates
-from capgroup.assignor.balance import assign, reference_assign
+from capgroup.assignor.balance import reference_assign
+from capgroup.assignor.columnar import assign_numpy as assign
 from capgroup.assignor.model import MemberSpec, PartitionSpec, Plan
 from capgroup.assignor.workloads import after_rebalance, synthetic_group, without_member
 from capgroup.protocol.capacity import (

@@ -1,0 +1,268 @@
+"""The assignor's compiled core (``capgroup._native``, the Rust crate in ``native/``).
+
+:func:`plan` runs the whole pipeline of :func:`capgroup.assignor.balance.reference_assign`
+(normalize, resolve claims, load units, capacities, keep owned, place free, augment,
+balance, relay, cooperative adjustment) in Rust, on the partitions and members as given, and
+returns the same plan (``Plan.assignment`` is a :class:`capgroup.assignor.columnar.Assignment`,
+as on the numpy path). :func:`capgroup.assignor.columnar.plan` calls it first and takes the
+numpy path when it returns None: when the extension is not built (it is optional: a
+``pip install`` without cargo still works), when ``CAPGROUP_ASSIGNOR_NATIVE=0`` is set, or
+for an input the core does not take (a partition number or generation beyond 64 bits, a byte
+count beyond 127, a value of an unexpected type, a float step the Python code would divide
+by zero): the numpy path then plans it, or raises what the reference raises.
+
+The leader's two other per-member steps have a native form too: :func:`decode_members`
+(JoinGroup metadata and advertisements, claims kept as columns for :func:`plan`) and
+:func:`encode_assignments` (every member's assignment bytes in one call). Both leave to the
+Python code whatever they do not reproduce exactly.
+
+The differential tests (``tests/assignor/test_native.py``, and the leader-path tests of
+``test_differential.py``, which run whichever path ``plan_group`` takes) hold the native
+plans and bytes to the reference's. ``CAPGROUP_ASSIGNOR_NATIVE_TRACE=1`` makes the core print the
+time of each of its steps to stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import os
+from collections.abc import Sequence
+from types import ModuleType
+from typing import Any
+
+from capgroup.assignor.model import MemberSpec, PartitionSpec, PendingMove, Plan
+from capgroup.protocol.capacity import OwnedColumns
+from capgroup.protocol.consumer import MemberSubscription
+from capgroup.types import CapacityAdvertisement, TopicPartition
+
+__all__ = [
+    "ENV",
+    "NativeClaims",
+    "as_columns",
+    "available",
+    "decode_members",
+    "enabled",
+    "encode_assignments",
+    "plan",
+]
+
+#: ``capgroup._native.Claims``: a member's ownership claims as :func:`decode_members`
+#: decoded them (the extension has no type information).
+NativeClaims = Any
+
+#: ``CAPGROUP_ASSIGNOR_NATIVE=0`` turns the compiled core off (the numpy path plans).
+ENV = "CAPGROUP_ASSIGNOR_NATIVE"
+
+
+def _load() -> ModuleType | None:
+    try:
+        return importlib.import_module("capgroup._native")
+    except ImportError:  # built without cargo: the numpy path it is
+        return None
+
+
+_ext: ModuleType | None = _load()
+
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+
+
+def available() -> bool:
+    """Whether the extension module imported."""
+    return _ext is not None
+
+
+def enabled() -> bool:
+    """Whether plans go through the compiled core (read on every call, so a test or an
+    operator can switch it with :data:`ENV`)."""
+    return _ext is not None and os.environ.get(ENV, "1").strip() != "0"
+
+
+def decode_members(
+    datas: list[bytes],
+) -> list[tuple[MemberSubscription, CapacityAdvertisement, NativeClaims | None] | None] | None:
+    """Every member's JoinGroup metadata decoded by the compiled core: per member its
+    subscription (``user_data`` left empty: it is decoded already), its advertisement (with
+    ``owned`` empty) and its claims (None when it lists none); None for a member the Python
+    decoders must decode (anything they would reject, or unusual), and None in all when the
+    core is off. What it returns is what
+    :func:`capgroup.protocol.consumer.decode_member_metadata` and
+    :func:`capgroup.protocol.capacity.decode_advertisement_columns` return."""
+    ext = _ext
+    if ext is None or not enabled():
+        return None
+    out: list[tuple[MemberSubscription, CapacityAdvertisement, NativeClaims | None] | None] = []
+    for found in ext.decode_members(datas):
+        if found is None:
+            out.append(None)
+            continue
+        version, topics, cap, budget, default, weight, rack, draining, costs, relay, claims = found
+        adv = CapacityAdvertisement(
+            max_partitions=cap,
+            memory_budget_bytes=budget,
+            partition_bytes=dict(costs),
+            default_partition_bytes=default,
+            weight=weight,
+            rack=rack,
+            draining=draining,
+            relay_partition_bytes=relay,
+        )
+        out.append((MemberSubscription(version, topics, b""), adv, claims))
+    return out
+
+
+def as_columns(
+    owned: Sequence[OwnedColumns | NativeClaims | None] | None,
+) -> list[OwnedColumns | None] | None:
+    """``owned`` with the core's claims turned into
+    :class:`~capgroup.protocol.capacity.OwnedColumns` (for the numpy path)."""
+    if owned is None:
+        return None
+    import numpy as np
+
+    out: list[OwnedColumns | None] = []
+    for cols in owned:
+        if cols is None or isinstance(cols, OwnedColumns):
+            out.append(cols)
+            continue
+        topics, counts, numbers, gens, rates = cols.columns()
+        out.append(
+            OwnedColumns(
+                topics=tuple(topics),
+                counts=np.frombuffer(counts, np.int64),
+                partitions=np.frombuffer(numbers, np.int64),
+                generations=np.frombuffer(gens, np.int64),
+                rates=np.frombuffer(rates, np.float64),
+            )
+        )
+    return out
+
+
+def plan(
+    members: Sequence[MemberSpec],
+    partitions: Sequence[PartitionSpec],
+    generation: int,
+    owned: Sequence[OwnedColumns | NativeClaims | None] | None = None,
+    *,
+    claimed_rates: bool = False,
+    force: bool = False,
+) -> Plan | None:
+    """:func:`capgroup.assignor.columnar.plan`'s plan, computed by the compiled core; None
+    when the core is off (``force`` ignores :data:`ENV`: the tests of the core use it) or
+    leaves this input to the numpy path.
+
+    Raises:
+        ValueError: if two members share a member id.
+    """
+    ext = _ext
+    if ext is None or not (force or enabled()):
+        return None
+    source = sorted(range(len(members)), key=lambda k: members[k].member_id)
+    specs = [members[k] for k in source]
+    for left, right in itertools.pairwise(specs):
+        if left.member_id == right.member_id:
+            raise ValueError(f"duplicate member id {left.member_id!r}")
+    if not _INT64[0] <= generation <= _INT64[1]:
+        return None
+    classes: dict[tuple[object, ...], int] = {}
+    class_rows: list[tuple[bool, object, dict[str, int], int]] = []
+    rows: list[tuple[object, ...]] = []
+    for k, spec in zip(source, specs, strict=True):
+        adv = spec.capacity
+        eligible = not adv.draining
+        # The reference's member classes (balance._capacities): same subscription and costs.
+        key = (
+            spec.topics if eligible else None,
+            tuple(sorted(adv.partition_bytes.items())),
+            adv.default_partition_bytes,
+        )
+        c = classes.get(key)
+        if c is None:
+            c = classes[key] = len(class_rows)
+            class_rows.append(
+                (eligible, spec.topics, dict(adv.partition_bytes), adv.default_partition_bytes)
+            )
+        claims: object
+        if owned is not None:
+            cols = owned[k]
+            claims = (
+                cols
+                if cols is None or not isinstance(cols, OwnedColumns)
+                else (
+                    "columns",
+                    cols.topics,
+                    cols.counts,
+                    cols.partitions,
+                    cols.generations,
+                    cols.rates,
+                )
+            )
+        else:
+            claims = adv.owned or None
+        rows.append(
+            (
+                c,
+                adv.max_partitions,
+                adv.memory_budget_bytes,
+                adv.weight,
+                adv.draining,
+                adv.relay_partition_bytes,
+                claims,
+            )
+        )
+    found = ext.plan(partitions, rows, class_rows, generation, claimed_rates)
+    if found is None:
+        return None
+    return _plan_of(found, [s.member_id for s in specs])
+
+
+def _plan_of(found: Any, ids: list[str]) -> Plan:
+    import numpy as np
+
+    from capgroup.assignor import balance
+    from capgroup.assignor.columnar import Assignment
+
+    names, topic_b, number_b, order_b, bounds_b, pending, unassigned, relay, counts, sizes = found
+    conflicts, stale, bogus, shed, moved, n_relayed = counts
+    assignment = Assignment(
+        ids,
+        np.frombuffer(order_b, np.int64),
+        np.frombuffer(bounds_b, np.int64),
+        np.frombuffer(topic_b, np.int64),
+        np.frombuffer(number_b, np.int64),
+        names,
+        raw=(topic_b, number_b, order_b, bounds_b),
+        sizes=sizes,
+    )
+    notes = balance._note_lines(conflicts, stale, bogus, shed)
+    if unassigned:
+        notes.append(
+            f"{len(unassigned)} partition(s) unassigned: members' budgets cannot hold them"
+        )
+    if n_relayed:
+        notes.append(f"{n_relayed} partition(s) relay-only: no member can batch them")
+    return Plan(
+        assignment=assignment,
+        pending=tuple(
+            PendingMove(TopicPartition(names[t], n), ids[a], ids[b]) for t, n, a, b in pending
+        ),
+        unassigned=tuple(TopicPartition(names[t], n) for t, n in unassigned),
+        moved=moved,
+        notes=tuple(notes),
+        relay={ids[i]: tuple(TopicPartition(names[t], n) for t, n in tps) for i, tps in relay},
+    )
+
+
+def encode_assignments(
+    raw: tuple[bytes, bytes, bytes, bytes], names: list[str], user_data: bytes
+) -> list[bytes] | None:
+    """Every member's ``ConsumerProtocolMemberAssignment`` (in member-id order) with
+    ``user_data``, byte for byte what
+    :func:`capgroup.protocol.consumer.encode_member_assignment_columns` writes; None when
+    the core is off or a name or number does not fit the format (the caller then encodes
+    member by member, and raises what that raises)."""
+    ext = _ext
+    if ext is None or not enabled():
+        return None
+    found: list[bytes] | None = ext.encode_assignments(*raw, names, user_data)
+    return found

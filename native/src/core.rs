@@ -1,0 +1,1153 @@
+//! The assignor's pipeline (capgroup.assignor.balance.reference_assign), step by step, on
+//! flat vectors. Every step mirrors the Python one it is named after, including the order
+//! of floating-point operations and the tie-breaking of every heap and sort, so that the
+//! plans are identical (tests/assignor/test_native.py holds them to it).
+
+use std::cmp::{Ordering, Reverse};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+
+pub const LOAD_BASE: i64 = 1000;
+
+/// Heap entry of the receivers: (key, member, version), ordered like a Python tuple.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyEntry(pub f64, pub usize, pub i64);
+
+impl PartialEq for KeyEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for KeyEntry {}
+impl PartialOrd for KeyEntry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for KeyEntry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Keys are never NaN (loads are finite, weights positive and finite).
+        self.0
+            .partial_cmp(&other.0)
+            .unwrap_or(Ordering::Equal)
+            .then(self.1.cmp(&other.1))
+            .then(self.2.cmp(&other.2))
+    }
+}
+
+type MinHeap<T> = BinaryHeap<Reverse<T>>;
+
+/// ``math.fsum``: the correctly rounded sum (CPython's algorithm). None on overflow
+/// (CPython raises OverflowError; the caller then lets the numpy path raise it).
+pub fn fsum(xs: &[f64]) -> Option<f64> {
+    let mut p: Vec<f64> = Vec::with_capacity(8);
+    for &xsave in xs {
+        let mut x = xsave;
+        let mut i = 0usize;
+        for jj in 0..p.len() {
+            let mut y = p[jj];
+            if x.abs() < y.abs() {
+                std::mem::swap(&mut x, &mut y);
+            }
+            let hi = x + y;
+            let lo = y - (hi - x);
+            if lo != 0.0 {
+                p[i] = lo;
+                i += 1;
+            }
+            x = hi;
+        }
+        p.truncate(i);
+        if x != 0.0 {
+            if !x.is_finite() {
+                return None;
+            }
+            p.push(x);
+        }
+    }
+    let mut n = p.len();
+    let mut hi = 0.0f64;
+    let mut lo = 0.0f64;
+    if n > 0 {
+        n -= 1;
+        hi = p[n];
+        while n > 0 {
+            let x = hi;
+            n -= 1;
+            let y = p[n];
+            hi = x + y;
+            let yr = hi - x;
+            lo = y - yr;
+            if lo != 0.0 {
+                break;
+            }
+        }
+        if n > 0 && ((lo < 0.0 && p[n - 1] < 0.0) || (lo > 0.0 && p[n - 1] > 0.0)) {
+            let y = lo * 2.0;
+            let x = hi + y;
+            let yr = x - hi;
+            if y == yr {
+                hi = x;
+            }
+        }
+    }
+    Some(hi)
+}
+
+pub fn clean_rate(r: f64) -> f64 {
+    if r.is_finite() && r > 0.0 {
+        r
+    } else {
+        0.0
+    }
+}
+
+/// Resolved claims: ``_resolve_claims``.
+pub struct Claims {
+    pub owner: Vec<i64>,
+    pub owner_rate: Vec<f64>,
+    /// partition -> sorted distinct members tied at the top generation.
+    pub conflicts: BTreeMap<usize, Vec<usize>>,
+    pub stale: u64,
+    pub bogus: u64,
+}
+
+/// One claim: (partition index or -1, member, generation, raw rate).
+pub struct Claim {
+    pub part: i64,
+    pub member: usize,
+    pub gen: i64,
+    pub rate: f64,
+}
+
+pub fn resolve_claims(n_parts: usize, claims: &[Claim], generation: i64) -> Claims {
+    let mut owner = vec![-1i64; n_parts];
+    let mut owner_rate = vec![0.0f64; n_parts];
+    if claims.iter().all(|c| c.part < 0) {
+        return Claims {
+            owner,
+            owner_rate,
+            conflicts: BTreeMap::new(),
+            stale: 0,
+            bogus: 0,
+        };
+    }
+    let mut top_gen = vec![i64::MIN; n_parts];
+    let mut top_count = vec![0u32; n_parts];
+    let mut total = vec![0u32; n_parts];
+    let mut tied = vec![false; n_parts];
+    let mut bogus = 0u64;
+    for c in claims {
+        if c.part < 0 {
+            continue;
+        }
+        let j = c.part as usize;
+        if c.gen > generation {
+            bogus += 1;
+            continue;
+        }
+        let r = clean_rate(c.rate);
+        total[j] += 1;
+        if total[j] == 1 || c.gen > top_gen[j] {
+            top_gen[j] = c.gen;
+            top_count[j] = 1;
+            owner[j] = c.member as i64;
+            tied[j] = false;
+            owner_rate[j] = r;
+        } else if c.gen == top_gen[j] {
+            top_count[j] += 1;
+            if owner[j] != c.member as i64 {
+                tied[j] = true;
+            }
+            if r > owner_rate[j] {
+                owner_rate[j] = r;
+            }
+        }
+    }
+    let mut stale = 0u64;
+    let mut conflicts: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for j in 0..n_parts {
+        stale += (total[j] - top_count[j]) as u64;
+        if tied[j] {
+            conflicts.insert(j, Vec::new());
+        }
+    }
+    if !conflicts.is_empty() {
+        for c in claims {
+            if c.part < 0 || c.gen > generation {
+                continue;
+            }
+            let j = c.part as usize;
+            if tied[j] && c.gen == top_gen[j] {
+                conflicts.get_mut(&j).unwrap().push(c.member);
+            }
+        }
+        for (j, who) in conflicts.iter_mut() {
+            who.sort_unstable();
+            who.dedup();
+            owner[*j] = -1;
+            owner_rate[*j] = 0.0;
+        }
+    }
+    Claims {
+        owner,
+        owner_rate,
+        conflicts,
+        stale,
+        bogus,
+    }
+}
+
+/// ``_load_units``. None when ``fsum`` overflows.
+pub fn load_units(spec_rate: &[f64], owner_rate: &[f64]) -> Option<Vec<i64>> {
+    let n = spec_rate.len();
+    if !spec_rate
+        .iter()
+        .zip(owner_rate)
+        .any(|(&s, &o)| s != 0.0 || o != 0.0)
+    {
+        return Some(vec![LOAD_BASE; n]);
+    }
+    let rates: Vec<f64> = spec_rate
+        .iter()
+        .zip(owner_rate)
+        .map(|(&s, &o)| if s != 0.0 { s } else { o })
+        .collect();
+    if !rates.iter().any(|&r| r != 0.0) {
+        return Some(vec![LOAD_BASE; n]);
+    }
+    let total = fsum(&rates)?;
+    if total <= 0.0 || !total.is_finite() {
+        return Some(vec![LOAD_BASE; n]);
+    }
+    let scale = (LOAD_BASE as f64 * n as f64) / total;
+    // LOAD_BASE * n is an exact integer in a double for any realistic n.
+    Some(
+        rates
+            .iter()
+            .map(|&r| LOAD_BASE + (r * scale).round_ties_even() as i64)
+            .collect(),
+    )
+}
+
+/// Member limits and classes, as ``_capacities`` derives them.
+pub struct Limits {
+    pub cap: Vec<i64>,
+    pub budget: Vec<i128>,
+    pub weight: Vec<f64>,
+    pub mcls: Vec<usize>,
+    /// Per class, per topic: clamped cost, or -1 when not eligible/subscribed.
+    pub ccost: Vec<Vec<i128>>,
+}
+
+pub struct State {
+    pub cap: Vec<i64>,
+    pub budget: Vec<i128>,
+    pub weight: Vec<f64>,
+    pub mcls: Vec<usize>,
+    pub ccost: Vec<Vec<i128>>,
+    pub tgroup: Vec<i64>,
+    pub gmembers: Vec<Vec<usize>>,
+    /// Per group, per class: cost (-1 when the class is not in the group).
+    pub gcost: Vec<Vec<i128>>,
+    pub mgroups: Vec<Vec<usize>>,
+    pub ptopic: Vec<u32>,
+    pub unit: Vec<i64>,
+    pub ubar: i64,
+    pub uniform: bool,
+    pub target: Vec<i64>,
+    pub count: Vec<i64>,
+    pub used: Vec<i128>,
+    pub load: Vec<i64>,
+    pub ver: Vec<i64>,
+}
+
+/// Largest dense table (classes x topics or groups x classes) the native path builds.
+pub const MAX_TABLE: usize = 20_000_000;
+
+pub fn capacities(lim: Limits, n_topics: usize, ptopic: Vec<u32>, unit: Vec<i64>) -> Option<State> {
+    let n = lim.cap.len();
+    let n_cls = lim.ccost.len();
+    let mut cmembers: Vec<Vec<usize>> = vec![Vec::new(); n_cls];
+    for (i, &c) in lim.mcls.iter().enumerate() {
+        cmembers[c].push(i);
+    }
+    let mut groups: HashMap<Vec<(usize, i128)>, usize> = HashMap::new();
+    let mut tgroup: Vec<i64> = Vec::with_capacity(n_topics);
+    let mut gmembers: Vec<Vec<usize>> = Vec::new();
+    let mut gcost: Vec<Vec<i128>> = Vec::new();
+    let mut cgroups: Vec<Vec<usize>> = vec![Vec::new(); n_cls];
+    for t in 0..n_topics {
+        let key2: Vec<(usize, i128)> = (0..n_cls)
+            .filter(|&c| lim.ccost[c][t] >= 0)
+            .map(|c| (c, lim.ccost[c][t]))
+            .collect();
+        if key2.is_empty() {
+            tgroup.push(-1);
+            continue;
+        }
+        let g = match groups.get(&key2) {
+            Some(&g) => g,
+            None => {
+                let g = gmembers.len();
+                if (g + 1).saturating_mul(n_cls) > MAX_TABLE {
+                    return None;
+                }
+                let mut ms: Vec<usize> = key2
+                    .iter()
+                    .flat_map(|&(c, _)| cmembers[c].iter().copied())
+                    .collect();
+                ms.sort_unstable();
+                gmembers.push(ms);
+                let mut row = vec![-1i128; n_cls];
+                for &(c, cost) in &key2 {
+                    row[c] = cost;
+                    cgroups[c].push(g);
+                }
+                gcost.push(row);
+                groups.insert(key2, g);
+                g
+            }
+        };
+        tgroup.push(g as i64);
+    }
+    let p = unit.len();
+    let uniform = p == 0 || unit.iter().all(|&u| u == unit[0]);
+    let ubar = if p > 0 {
+        if uniform {
+            unit[0]
+        } else {
+            (unit.iter().map(|&u| u as i128).sum::<i128>() / p as i128) as i64
+        }
+    } else {
+        LOAD_BASE
+    };
+    let mgroups = lim.mcls.iter().map(|&c| cgroups[c].clone()).collect();
+    Some(State {
+        cap: lim.cap,
+        budget: lim.budget,
+        weight: lim.weight,
+        mcls: lim.mcls,
+        ccost: lim.ccost,
+        tgroup,
+        gmembers,
+        gcost,
+        mgroups,
+        ptopic,
+        unit,
+        ubar,
+        uniform,
+        target: vec![-1; p],
+        count: vec![0; n],
+        used: vec![0; n],
+        load: vec![0; n],
+        ver: vec![0; n],
+    })
+}
+
+impl State {
+    #[inline]
+    fn cost(&self, i: usize, j: usize) -> i128 {
+        self.ccost[self.mcls[i]][self.ptopic[j] as usize]
+    }
+
+    #[inline]
+    fn gc(&self, g: usize, i: usize) -> i128 {
+        self.gcost[g][self.mcls[i]]
+    }
+
+    fn room(&self, i: usize, g: usize) -> i64 {
+        let by_count = self.cap[i] - self.count[i];
+        let c = self.gc(g, i);
+        if c == 0 {
+            return if self.budget[i] >= 0 { by_count } else { 0 };
+        }
+        let by_bytes = (self.budget[i] - self.used[i]).div_euclid(c);
+        let m = (by_count as i128).min(by_bytes);
+        m.max(0) as i64
+    }
+
+    #[inline]
+    fn fits(&self, i: usize, g: usize) -> bool {
+        self.count[i] < self.cap[i] && self.used[i] + self.gc(g, i) <= self.budget[i]
+    }
+
+    fn add(&mut self, i: usize, j: usize) {
+        self.target[j] = i as i64;
+        self.count[i] += 1;
+        self.used[i] += self.cost(i, j);
+        self.load[i] += self.unit[j];
+        self.ver[i] += 1;
+    }
+
+    fn add_many(&mut self, i: usize, js: &[usize], cost: i128) {
+        for &j in js {
+            self.target[j] = i as i64;
+        }
+        self.count[i] += js.len() as i64;
+        self.used[i] += cost;
+        if self.uniform {
+            self.load[i] += js.len() as i64 * self.unit[js[0]];
+        } else {
+            self.load[i] += js.iter().map(|&j| self.unit[j]).sum::<i64>();
+        }
+        self.ver[i] += 1;
+    }
+
+    fn remove(&mut self, i: usize, j: usize) {
+        self.target[j] = -1;
+        self.count[i] -= 1;
+        self.used[i] -= self.cost(i, j);
+        self.load[i] -= self.unit[j];
+        self.ver[i] += 1;
+    }
+
+    #[inline]
+    fn key(&self, i: usize) -> f64 {
+        (self.load[i] + self.ubar) as f64 / self.weight[i]
+    }
+}
+
+// ----------------------------------------------------------------------------- receivers
+
+pub struct Receivers {
+    heaps: HashMap<usize, MinHeap<KeyEntry>>,
+    pushed: HashMap<usize, Vec<i64>>,
+}
+
+impl Receivers {
+    pub fn new() -> Self {
+        Receivers {
+            heaps: HashMap::new(),
+            pushed: HashMap::new(),
+        }
+    }
+
+    fn ensure(&mut self, st: &State, g: usize) {
+        if self.heaps.contains_key(&g) {
+            return;
+        }
+        let mut pushed = vec![-1i64; st.cap.len()];
+        let mut items = Vec::new();
+        for &i in &st.gmembers[g] {
+            if st.fits(i, g) {
+                items.push(Reverse(KeyEntry(st.key(i), i, st.ver[i])));
+                pushed[i] = st.ver[i];
+            }
+        }
+        self.heaps.insert(g, BinaryHeap::from(items));
+        self.pushed.insert(g, pushed);
+    }
+
+    pub fn best(&mut self, st: &State, g: usize, exclude: i64) -> i64 {
+        self.ensure(st, g);
+        let heap = self.heaps.get_mut(&g).unwrap();
+        let pushed = self.pushed.get_mut(&g).unwrap();
+        let mut held: Option<Reverse<KeyEntry>> = None;
+        let mut found = -1i64;
+        while let Some(&Reverse(KeyEntry(_, i, v))) = heap.peek() {
+            if v != st.ver[i] {
+                heap.pop();
+                if pushed[i] != st.ver[i] && st.fits(i, g) {
+                    heap.push(Reverse(KeyEntry(st.key(i), i, st.ver[i])));
+                    pushed[i] = st.ver[i];
+                }
+                continue;
+            }
+            if !st.fits(i, g) {
+                heap.pop();
+                pushed[i] = -1;
+                continue;
+            }
+            if i as i64 == exclude {
+                held = heap.pop();
+                continue;
+            }
+            found = i as i64;
+            break;
+        }
+        if let Some(h) = held {
+            heap.push(h);
+        }
+        found
+    }
+
+    /// ``_Receivers.fill``: returns the index in ``run`` from which nothing was placed.
+    pub fn fill(&mut self, st: &mut State, g: usize, run: &[usize]) -> usize {
+        self.ensure(st, g);
+        let heap = self.heaps.get_mut(&g).unwrap();
+        let pushed = self.pushed.get_mut(&g).unwrap();
+        for (pos, &j) in run.iter().enumerate() {
+            let i;
+            loop {
+                let top = match heap.peek() {
+                    Some(&Reverse(e)) => e,
+                    None => return pos,
+                };
+                let (ii, v) = (top.1, top.2);
+                let c = st.gcost[g][st.mcls[ii]];
+                let fits = st.count[ii] < st.cap[ii] && st.used[ii] + c <= st.budget[ii];
+                if v != st.ver[ii] {
+                    heap.pop();
+                    if pushed[ii] != st.ver[ii] && fits {
+                        heap.push(Reverse(KeyEntry(st.key(ii), ii, st.ver[ii])));
+                        pushed[ii] = st.ver[ii];
+                    }
+                } else if !fits {
+                    heap.pop();
+                    pushed[ii] = -1;
+                } else {
+                    i = ii;
+                    break;
+                }
+            }
+            let c = st.gcost[g][st.mcls[i]];
+            st.target[j] = i as i64;
+            st.count[i] += 1;
+            st.used[i] += c;
+            st.load[i] += st.unit[j];
+            st.ver[i] += 1;
+            if st.count[i] < st.cap[i] && st.used[i] + c <= st.budget[i] {
+                // heapq.heapreplace: the top entry becomes the taker's new one.
+                *heap.peek_mut().unwrap() = Reverse(KeyEntry(st.key(i), i, st.ver[i]));
+                pushed[i] = st.ver[i];
+            } else {
+                heap.pop();
+                pushed[i] = -1;
+            }
+        }
+        run.len()
+    }
+
+    fn rose(&mut self, st: &State, i: usize, g: usize) {
+        if let Some(heap) = self.heaps.get_mut(&g) {
+            if st.fits(i, g) {
+                heap.push(Reverse(KeyEntry(st.key(i), i, st.ver[i])));
+                self.pushed.get_mut(&g).unwrap()[i] = st.ver[i];
+            }
+        }
+    }
+
+    fn fell(&mut self, st: &State, i: usize) {
+        for &g in &st.mgroups[i] {
+            if let Some(heap) = self.heaps.get_mut(&g) {
+                if st.fits(i, g) {
+                    heap.push(Reverse(KeyEntry(st.key(i), i, st.ver[i])));
+                    self.pushed.get_mut(&g).unwrap()[i] = st.ver[i];
+                }
+            }
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------- keep owned
+
+/// ``_keep_owned``; ``mine`` per member ascending. Returns how many were shed.
+pub fn keep_owned(st: &mut State, mine: &[Vec<usize>]) -> usize {
+    let mut shed = 0usize;
+    for (i, js) in mine.iter().enumerate() {
+        if js.is_empty() {
+            continue;
+        }
+        let c = st.mcls[i];
+        let mut total: i128 = 0;
+        for &j in js {
+            let cost = st.ccost[c][st.ptopic[j] as usize];
+            if cost < 0 {
+                total = -1;
+                break;
+            }
+            total += cost;
+        }
+        if total >= 0 && total <= st.budget[i] && (js.len() as i64) <= st.cap[i] {
+            st.add_many(i, js, total);
+            continue;
+        }
+        let mut order = js.clone();
+        order.sort_by(|&a, &b| st.unit[b].cmp(&st.unit[a]).then(a.cmp(&b)));
+        for j in order {
+            let cost = st.ccost[c][st.ptopic[j] as usize];
+            if cost >= 0 && st.count[i] < st.cap[i] && st.used[i] + cost <= st.budget[i] {
+                st.add(i, j);
+            } else {
+                shed += 1;
+            }
+        }
+    }
+    shed
+}
+
+// ----------------------------------------------------------------------------- place free
+
+fn runs(st: &State, free: &[usize]) -> Vec<Vec<usize>> {
+    let scarcity = |g: i64| -> usize {
+        if g >= 0 {
+            st.gmembers[g as usize].len()
+        } else {
+            0
+        }
+    };
+    if st.uniform {
+        let mut by_group: BTreeMap<i64, Vec<usize>> = BTreeMap::new();
+        for &j in free {
+            by_group
+                .entry(st.tgroup[st.ptopic[j] as usize])
+                .or_default()
+                .push(j);
+        }
+        let mut gs: Vec<i64> = by_group.keys().copied().collect();
+        gs.sort_by_key(|&g| (scarcity(g), g));
+        return gs
+            .into_iter()
+            .map(|g| by_group.remove(&g).unwrap())
+            .collect();
+    }
+    let rank: Vec<usize> = st.tgroup.iter().map(|&g| scarcity(g)).collect();
+    let mut order: Vec<(i64, usize, usize, i64)> = free
+        .iter()
+        .map(|&j| {
+            let t = st.ptopic[j] as usize;
+            (-st.unit[j], rank[t], j, st.tgroup[t])
+        })
+        .collect();
+    order.sort_unstable();
+    let mut out: Vec<Vec<usize>> = Vec::new();
+    let mut last: Option<(i64, i64)> = None;
+    for (nu, _, j, g) in order {
+        if last == Some((nu, g)) {
+            out.last_mut().unwrap().push(j);
+        } else {
+            out.push(vec![j]);
+            last = Some((nu, g));
+        }
+    }
+    out
+}
+
+fn water_fill(st: &mut State, g: usize, run: &[usize]) -> Option<usize> {
+    let u = st.unit[run[0]];
+    let ubar = st.ubar;
+    let rooms: Vec<(usize, i64)> = st.gmembers[g]
+        .iter()
+        .filter_map(|&i| {
+            let r = st.room(i, g);
+            if r > 0 {
+                Some((i, r))
+            } else {
+                None
+            }
+        })
+        .collect();
+    let want = run.len() as i64;
+    let mut take: Vec<i64>;
+    let total_room: i128 = rooms.iter().map(|&(_, r)| r as i128).sum();
+    if total_room <= want as i128 {
+        take = rooms.iter().map(|&(_, r)| r).collect();
+    } else {
+        let first: Vec<f64> = rooms
+            .iter()
+            .map(|&(i, _)| (st.load[i] + ubar) as f64 / st.weight[i])
+            .collect();
+        let step: Vec<f64> = rooms
+            .iter()
+            .map(|&(i, _)| u as f64 / st.weight[i])
+            .collect();
+        let caps: Vec<i64> = rooms.iter().map(|&(_, r)| r).collect();
+        if step.iter().any(|&d| !(d > 0.0 && d.is_finite())) {
+            return None; // Python would divide by zero here: leave it to the Python path
+        }
+        let taken = |level: f64| -> Vec<i64> {
+            first
+                .iter()
+                .zip(&step)
+                .zip(&caps)
+                .map(|((&a, &d), &r)| {
+                    let f = ((level - a) / d).floor();
+                    // min(r, max(0, floor + 1)), with Python's exact integers.
+                    if f + 1.0 <= 0.0 {
+                        0
+                    } else if f + 1.0 >= r as f64 {
+                        r
+                    } else {
+                        (f as i64 + 1).min(r)
+                    }
+                })
+                .collect()
+        };
+        let sum = |v: &[i64]| -> i64 { v.iter().sum() };
+        let mut lo = first.iter().copied().fold(f64::INFINITY, f64::min) - 1.0;
+        let mut hi = first
+            .iter()
+            .zip(&step)
+            .zip(&caps)
+            .map(|((&a, &d), &r)| a + d * r as f64)
+            .fold(f64::NEG_INFINITY, |m, x| if x > m { x } else { m });
+        let mut inv = 0.0f64;
+        for &d in &step {
+            inv += 1.0 / d;
+        }
+        let mut s = 0.0f64;
+        for (&a, &d) in first.iter().zip(&step) {
+            s += a / d;
+        }
+        let guess = (want as f64 + s) / inv;
+        let near = 2.0
+            * step
+                .iter()
+                .copied()
+                .fold(f64::NEG_INFINITY, |m, x| if x > m { x } else { m });
+        if sum(&taken(guess - near)) <= want && want < sum(&taken(guess + near)) {
+            lo = guess - near;
+            hi = guess + near;
+        }
+        let finest = step
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, |m, x| if x < m { x } else { m });
+        while hi - lo > finest {
+            let mid = (lo + hi) / 2.0;
+            if mid == lo || mid == hi {
+                break;
+            }
+            if sum(&taken(mid)) <= want {
+                lo = mid;
+            } else {
+                hi = mid;
+            }
+        }
+        let counts = taken(lo);
+        take = counts.clone();
+        let mut heap: MinHeap<(KeyF, usize, usize)> = BinaryHeap::new();
+        for (k, (&(i, r), &c)) in rooms.iter().zip(&counts).enumerate() {
+            if c < r {
+                heap.push(Reverse((
+                    KeyF((st.load[i] + c * u + ubar) as f64 / st.weight[i]),
+                    i,
+                    k,
+                )));
+            }
+        }
+        let extra = want - sum(&counts);
+        for _ in 0..extra {
+            let Reverse((_, i, k)) = heap.pop().unwrap();
+            take[k] += 1;
+            if take[k] < rooms[k].1 {
+                heap.push(Reverse((
+                    KeyF((st.load[i] + take[k] * u + ubar) as f64 / st.weight[i]),
+                    i,
+                    k,
+                )));
+            }
+        }
+    }
+    let mut pos = 0usize;
+    for (k, &(i, _)) in rooms.iter().enumerate() {
+        let n = take[k] as usize;
+        if n > 0 {
+            let cost = n as i128 * st.gc(g, i);
+            st.add_many(i, &run[pos..pos + n], cost);
+            pos += n;
+        }
+    }
+    Some(pos)
+}
+
+/// A float key with a total order (never NaN here), for tuples in heaps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KeyF(pub f64);
+impl Eq for KeyF {}
+impl PartialOrd for KeyF {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for KeyF {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.0.partial_cmp(&other.0).unwrap_or(Ordering::Equal)
+    }
+}
+
+pub fn place_free(st: &mut State, free: &[usize]) -> Option<Vec<usize>> {
+    let mut recv = Receivers::new();
+    let mut unplaced = Vec::new();
+    for run in runs(st, free) {
+        let g = st.tgroup[st.ptopic[run[0]] as usize];
+        if g < 0 {
+            unplaced.extend_from_slice(&run);
+            continue;
+        }
+        let g = g as usize;
+        let done = if run.len() >= st.gmembers[g].len() {
+            water_fill(st, g, &run)?
+        } else {
+            recv.fill(st, g, &run)
+        };
+        unplaced.extend_from_slice(&run[done..]);
+    }
+    Some(unplaced)
+}
+
+// ----------------------------------------------------------------------------- augment
+
+type Hold = Vec<BTreeMap<u32, Vec<usize>>>;
+
+pub fn augment(st: &mut State, unplaced: &[usize]) -> Vec<usize> {
+    if unplaced.is_empty() {
+        return Vec::new();
+    }
+    let mut hold: Hold = vec![BTreeMap::new(); st.cap.len()];
+    for (j, &i) in st.target.iter().enumerate() {
+        if i >= 0 {
+            hold[i as usize].entry(st.ptopic[j]).or_default().push(j);
+        }
+    }
+    let mut failed: std::collections::HashSet<u32> = std::collections::HashSet::new();
+    let mut left = Vec::new();
+    for &j in unplaced {
+        let t = st.ptopic[j];
+        if st.tgroup[t as usize] < 0 || failed.contains(&t) {
+            left.push(j);
+            continue;
+        }
+        match find_chain(st, &hold, j) {
+            None => {
+                failed.insert(t);
+                left.push(j);
+            }
+            Some(chain) => {
+                failed.clear();
+                for (giver, taker, q) in chain {
+                    if giver >= 0 {
+                        let gv = giver as usize;
+                        st.remove(gv, q);
+                        let v = hold[gv].get_mut(&st.ptopic[q]).unwrap();
+                        if let Some(p) = v.iter().position(|&x| x == q) {
+                            v.remove(p);
+                        }
+                    }
+                    st.add(taker, q);
+                    hold[taker].entry(st.ptopic[q]).or_default().push(q);
+                }
+            }
+        }
+    }
+    left
+}
+
+fn find_chain(st: &State, hold: &Hold, j: usize) -> Option<Vec<(i64, usize, usize)>> {
+    let g0 = st.tgroup[st.ptopic[j] as usize] as usize;
+    let mut incoming: HashMap<usize, usize> = HashMap::new();
+    let mut parent: HashMap<usize, i64> = HashMap::new();
+    let mut queue: VecDeque<usize> = VecDeque::new();
+    let mut expanded: std::collections::HashSet<usize> = std::collections::HashSet::new();
+    expanded.insert(g0);
+    let mut end: i64 = -1;
+    for &m in &st.gmembers[g0] {
+        incoming.insert(m, j);
+        parent.insert(m, -1);
+        if st.fits(m, g0) {
+            end = m as i64;
+            break;
+        }
+        queue.push_back(m);
+    }
+    while end < 0 {
+        let m = match queue.pop_front() {
+            Some(m) => m,
+            None => break,
+        };
+        let cin = st.cost(m, incoming[&m]);
+        for (&t2, held) in hold[m].iter() {
+            let g2 = st.tgroup[t2 as usize];
+            if held.is_empty() || g2 < 0 || expanded.contains(&(g2 as usize)) {
+                continue;
+            }
+            let g2 = g2 as usize;
+            let q = *held.last().unwrap();
+            if st.used[m] - st.cost(m, q) + cin > st.budget[m] {
+                continue;
+            }
+            expanded.insert(g2);
+            for &m2 in &st.gmembers[g2] {
+                if incoming.contains_key(&m2) {
+                    continue;
+                }
+                incoming.insert(m2, q);
+                parent.insert(m2, m as i64);
+                if st.fits(m2, g2) {
+                    end = m2 as i64;
+                    break;
+                }
+                queue.push_back(m2);
+            }
+            if end >= 0 {
+                break;
+            }
+        }
+    }
+    if end < 0 {
+        return None;
+    }
+    let mut chain = Vec::new();
+    let mut taker = end;
+    while taker >= 0 {
+        let t = taker as usize;
+        let giver = parent[&t];
+        chain.push((giver, t, incoming[&t]));
+        taker = giver;
+    }
+    Some(chain)
+}
+
+// ----------------------------------------------------------------------------- balance
+
+#[inline]
+fn improves(st: &State, a: usize, b: i64, u: i64) -> bool {
+    if b < 0 {
+        return false;
+    }
+    let b = b as usize;
+    ((st.load[b] + u) as f64) * st.weight[a] < (st.load[a] as f64) * st.weight[b]
+}
+
+fn already_balanced(st: &State, recv: &mut Receivers) -> bool {
+    let u = st.unit[0];
+    for a in 0..st.count.len() {
+        if st.count[a] != 0 {
+            let gs: Vec<usize> = if st.gmembers.len() > 1 {
+                st.mgroups[a].clone()
+            } else {
+                vec![0]
+            };
+            for g in gs {
+                let b = recv.best(st, g, a as i64);
+                if improves(st, a, b, u) {
+                    return false;
+                }
+            }
+        }
+    }
+    true
+}
+
+/// Per group, (load unit, partition) entries not yet heapified.
+type Unheaped = BTreeMap<usize, Vec<Reverse<(i64, usize)>>>;
+
+struct Holdings {
+    fresh: Vec<BTreeMap<usize, MinHeap<(i64, usize)>>>,
+    kept: Vec<BTreeMap<usize, MinHeap<(i64, usize)>>>,
+    /// Lazy max-heap of (unit, partition) per member: Python's (-unit, j) min-heap.
+    heavy: Vec<MinHeap<(i64, usize)>>,
+}
+
+impl Holdings {
+    fn build(st: &State, owner: &[i64]) -> Holdings {
+        let n = st.cap.len();
+        let mut fresh: Vec<Unheaped> = vec![BTreeMap::new(); n];
+        let mut kept: Vec<Unheaped> = vec![BTreeMap::new(); n];
+        let mut heavy: Vec<Vec<Reverse<(i64, usize)>>> = vec![Vec::new(); n];
+        for (j, &i) in st.target.iter().enumerate() {
+            if i >= 0 {
+                let iu = i as usize;
+                let g = st.tgroup[st.ptopic[j] as usize] as usize;
+                let side = if owner[j] == i { &mut kept } else { &mut fresh };
+                side[iu]
+                    .entry(g)
+                    .or_default()
+                    .push(Reverse((st.unit[j], j)));
+                heavy[iu].push(Reverse((-st.unit[j], j)));
+            }
+        }
+        let conv = |v: Vec<Unheaped>| {
+            v.into_iter()
+                .map(|m| {
+                    m.into_iter()
+                        .map(|(g, h)| (g, BinaryHeap::from(h)))
+                        .collect()
+                })
+                .collect()
+        };
+        Holdings {
+            fresh: conv(fresh),
+            kept: conv(kept),
+            heavy: heavy.into_iter().map(BinaryHeap::from).collect(),
+        }
+    }
+
+    fn heaviest(&mut self, st: &State, a: usize) -> i64 {
+        let h = &mut self.heavy[a];
+        while let Some(&Reverse((_, j))) = h.peek() {
+            if st.target[j] != a as i64 {
+                h.pop();
+            } else {
+                break;
+            }
+        }
+        match h.peek() {
+            Some(&Reverse((nu, _))) => -nu,
+            None => 0,
+        }
+    }
+}
+
+/// ``_balance``: returns the number of moves.
+pub fn balance(st: &mut State, owner: &[i64]) -> usize {
+    let mut recv = Receivers::new();
+    if st.uniform && (st.unit.is_empty() || already_balanced(st, &mut recv)) {
+        return 0;
+    }
+    let mut hd = Holdings::build(st, owner);
+    let n = st.cap.len();
+    let mut moves = 0usize;
+    let mut progress = true;
+    while progress {
+        progress = false;
+        let mut donors: MinHeap<(KeyF, usize, i64)> = (0..n)
+            .filter(|&i| st.count[i] != 0)
+            .map(|i| Reverse((KeyF((-st.load[i]) as f64 / st.weight[i]), i, st.ver[i])))
+            .collect();
+        while let Some(Reverse((_, a, v))) = donors.pop() {
+            if v != st.ver[a] {
+                continue;
+            }
+            // _next_move
+            let mut found: Option<(bool, usize, i64)> = None; // (from kept, group, receiver)
+            let gs: Vec<usize> = {
+                let mut gs: Vec<usize> = hd.fresh[a].keys().copied().collect();
+                gs.extend(hd.kept[a].keys().copied());
+                gs.sort_unstable();
+                gs.dedup();
+                gs
+            };
+            for g in gs {
+                let fresh_top = hd.fresh[a].get(&g).and_then(|h| h.peek().map(|r| r.0 .0));
+                let kept_nonempty = hd.kept[a].get(&g).is_some_and(|h| !h.is_empty());
+                if fresh_top.is_none() && !kept_nonempty {
+                    continue;
+                }
+                let b = recv.best(st, g, a as i64);
+                if let Some(u) = fresh_top {
+                    if improves(st, a, b, u) {
+                        found = Some((false, g, b));
+                        break;
+                    }
+                }
+                if kept_nonempty {
+                    let hv = hd.heaviest(st, a);
+                    if improves(st, a, b, hv) {
+                        found = Some((true, g, b));
+                        break;
+                    }
+                }
+            }
+            let (from_kept, g, b) = match found {
+                Some(f) => f,
+                None => continue,
+            };
+            let b = b as usize;
+            let heap = if from_kept {
+                hd.kept[a].get_mut(&g).unwrap()
+            } else {
+                hd.fresh[a].get_mut(&g).unwrap()
+            };
+            let Reverse((u, j)) = heap.pop().unwrap();
+            st.remove(a, j);
+            st.add(b, j);
+            // hd.gain
+            let side = if owner[j] == b as i64 {
+                &mut hd.kept
+            } else {
+                &mut hd.fresh
+            };
+            side[b].entry(g).or_default().push(Reverse((u, j)));
+            hd.heavy[b].push(Reverse((-u, j)));
+            recv.fell(st, a);
+            recv.rose(st, b, g);
+            donors.push(Reverse((
+                KeyF((-st.load[a]) as f64 / st.weight[a]),
+                a,
+                st.ver[a],
+            )));
+            donors.push(Reverse((
+                KeyF((-st.load[b]) as f64 / st.weight[b]),
+                b,
+                st.ver[b],
+            )));
+            progress = true;
+            moves += 1;
+        }
+    }
+    moves
+}
+
+// ----------------------------------------------------------------------------- relay
+
+/// ``_relay``: member -> partitions (in placement order; the caller sorts).
+pub fn relay(
+    st: &State,
+    relay_bytes: &[i128],
+    owner: &[i64],
+    conflicts: &BTreeMap<usize, Vec<usize>>,
+) -> BTreeMap<usize, Vec<usize>> {
+    let n = st.cap.len();
+    let cost: Vec<i128> = (0..n)
+        .map(|i| {
+            let r = relay_bytes[i];
+            if r > 0 && st.cap[i] > 0 && st.budget[i] >= 0 {
+                r
+            } else {
+                0
+            }
+        })
+        .collect();
+    let mut out: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    if !cost.iter().any(|&c| c != 0) {
+        return out;
+    }
+    let mut left: Vec<usize> = (0..st.target.len())
+        .filter(|&j| st.target[j] < 0 && !conflicts.contains_key(&j))
+        .collect();
+    if left.is_empty() {
+        return out;
+    }
+    let mut count = vec![0i64; n];
+    let mut used = vec![0i128; n];
+    let fits = |i: usize, t: usize, count: &[i64], used: &[i128]| -> bool {
+        cost[i] > 0
+            && st.ccost[st.mcls[i]][t] >= 0
+            && st.count[i] + count[i] < st.cap[i]
+            && st.used[i] + used[i] + cost[i] <= st.budget[i]
+    };
+    let mut heaps: HashMap<usize, MinHeap<(i64, usize)>> = HashMap::new();
+    left.sort_by(|&a, &b| st.unit[b].cmp(&st.unit[a]).then(a.cmp(&b)));
+    for j in left {
+        let t = st.ptopic[j] as usize;
+        let mut i = owner[j];
+        if i < 0 {
+            let heap = heaps.entry(t).or_insert_with(|| {
+                (0..n)
+                    .filter(|&m| fits(m, t, &count, &used))
+                    .map(|m| Reverse((0i64, m)))
+                    .collect()
+            });
+            while let Some(&Reverse((c, m))) = heap.peek() {
+                if c != count[m] {
+                    heap.pop();
+                    heap.push(Reverse((count[m], m)));
+                } else if !fits(m, t, &count, &used) {
+                    heap.pop();
+                } else {
+                    i = m as i64;
+                    break;
+                }
+            }
+        }
+        if i < 0 || !fits(i as usize, t, &count, &used) {
+            continue;
+        }
+        let iu = i as usize;
+        out.entry(iu).or_default().push(j);
+        count[iu] += 1;
+        used[iu] += cost[iu];
+    }
+    out
+}

@@ -1,0 +1,881 @@
+//! ``capgroup._native``: the compiled core of capgroup's assignor.
+//!
+//! Two functions, both pure: :func:`plan` runs the whole assignor pipeline of
+//! ``capgroup.assignor.balance.reference_assign`` on the group's partitions and members, and
+//! :func:`encode_assignments` writes every member's ``ConsumerProtocolMemberAssignment``.
+//! Both return None for any input they do not handle exactly as the Python code does (odd
+//! types, integers beyond 64 bits, ...): the caller then takes the Python path.
+
+use pyo3::buffer::PyBuffer;
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use std::collections::{BTreeMap, HashMap};
+
+mod core;
+mod decode;
+use crate::core::*;
+
+/// Give up on the native path for this input (the caller falls back to Python).
+struct Unsupported;
+
+impl From<PyErr> for Unsupported {
+    fn from(_: PyErr) -> Self {
+        Unsupported
+    }
+}
+
+type R<T> = Result<T, Unsupported>;
+
+/// Attribute reads on many instances of one class: the class's data descriptors (slots of a
+/// frozen dataclass) are looked up once and called directly, which is what the generic
+/// ``getattr`` ends up doing for such an attribute, without the per-call MRO lookup.
+/// Instances of any other class take the ordinary ``getattr``.
+struct Attrs<'py> {
+    cls: *mut pyo3::ffi::PyTypeObject,
+    names: Vec<Bound<'py, PyString>>,
+    descrs: Vec<(Bound<'py, PyAny>, pyo3::ffi::descrgetfunc)>,
+}
+
+impl<'py> Attrs<'py> {
+    fn new(sample: &Bound<'py, PyAny>, names: &[&Bound<'py, PyString>]) -> Attrs<'py> {
+        let names: Vec<Bound<'py, PyString>> = names.iter().map(|n| (*n).clone()).collect();
+        let descrs = Self::descriptors(sample, &names).unwrap_or_default();
+        let cls = if descrs.len() == names.len() {
+            unsafe { pyo3::ffi::Py_TYPE(sample.as_ptr()) }
+        } else {
+            std::ptr::null_mut()
+        };
+        Attrs { cls, names, descrs }
+    }
+
+    fn descriptors(
+        sample: &Bound<'py, PyAny>,
+        names: &[Bound<'py, PyString>],
+    ) -> Option<Vec<(Bound<'py, PyAny>, pyo3::ffi::descrgetfunc)>> {
+        use pyo3::ffi;
+        let cls = sample.get_type();
+        unsafe {
+            let getattro = ffi::PyType_GetSlot(cls.as_type_ptr(), ffi::Py_tp_getattro);
+            if getattro != ffi::PyObject_GenericGetAttr as *mut std::os::raw::c_void {
+                return None;
+            }
+        }
+        let mro = cls.getattr("__mro__").ok()?;
+        let mut out = Vec::new();
+        for name in names {
+            let mut found = None;
+            for klass in mro.try_iter().ok()? {
+                let d = klass.ok()?.getattr("__dict__").ok()?;
+                if let Ok(descr) = d.get_item(name) {
+                    found = Some(descr);
+                    break;
+                }
+            }
+            let descr = found?;
+            let dt = descr.get_type();
+            let (get, set) = unsafe {
+                (
+                    ffi::PyType_GetSlot(dt.as_type_ptr(), ffi::Py_tp_descr_get),
+                    ffi::PyType_GetSlot(dt.as_type_ptr(), ffi::Py_tp_descr_set),
+                )
+            };
+            if get.is_null() || set.is_null() {
+                return None; // only data descriptors take precedence over the instance
+            }
+            let get: ffi::descrgetfunc = unsafe { std::mem::transmute(get) };
+            out.push((descr, get));
+        }
+        Some(out)
+    }
+
+    /// Attribute ``k`` of ``obj``: the descriptor's ``__get__`` for instances of the
+    /// sampled class, ``getattr`` for anything else.
+    #[inline]
+    fn get(&self, obj: &Bound<'py, PyAny>, k: usize) -> PyResult<Bound<'py, PyAny>> {
+        unsafe {
+            if pyo3::ffi::Py_TYPE(obj.as_ptr()) == self.cls {
+                let (descr, get) = &self.descrs[k];
+                let f = *get;
+                let r = f(
+                    descr.as_ptr(),
+                    obj.as_ptr(),
+                    self.cls as *mut pyo3::ffi::PyObject,
+                );
+                return Bound::from_owned_ptr_or_err(obj.py(), r);
+            }
+        }
+        obj.getattr(&self.names[k])
+    }
+}
+
+/// Topic names seen so far, interned by first appearance (codes are remapped once sorted).
+struct TopicTable {
+    index: HashMap<String, u32>,
+    names: Vec<String>,
+}
+
+impl TopicTable {
+    fn code(&mut self, name: &str) -> u32 {
+        if let Some(&c) = self.index.get(name) {
+            return c;
+        }
+        let c = self.names.len() as u32;
+        self.index.insert(name.to_owned(), c);
+        self.names.push(name.to_owned());
+        c
+    }
+}
+
+fn bytes_of<T: Copy>(py: Python<'_>, v: &[T]) -> PyObject {
+    let raw =
+        unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) };
+    PyBytes::new(py, raw).into_any().unbind()
+}
+
+/// The normalized partitions: sorted by (topic, number), duplicates merged.
+struct Parts {
+    names: Vec<String>,
+    ptopic: Vec<u32>,
+    number: Vec<i64>,
+    rate: Vec<f64>,
+    zero: Vec<bool>,
+    /// Per topic: first partition index, count, numbered 0..count-1.
+    first: Vec<usize>,
+    size: Vec<usize>,
+    dense: Vec<bool>,
+}
+
+fn normalize<'py>(py: Python<'py>, partitions: &Bound<'py, PyAny>) -> R<Parts> {
+    let a_topic = intern!(py, "topic");
+    let a_part = intern!(py, "partition");
+    let a_rate = intern!(py, "rate");
+    let mut table = TopicTable {
+        index: HashMap::new(),
+        names: Vec::new(),
+    };
+    let n_hint = partitions.len().unwrap_or(0);
+    let mut code: Vec<u32> = Vec::with_capacity(n_hint);
+    let mut number: Vec<i64> = Vec::with_capacity(n_hint);
+    let mut raw: Vec<f64> = Vec::with_capacity(n_hint);
+    let mut prev_ptr: *mut pyo3::ffi::PyObject = std::ptr::null_mut();
+    let mut prev_code = 0u32;
+    let mut keep: Vec<Bound<'py, PyAny>> = Vec::new();
+    let mut attrs: Option<Attrs<'py>> = None;
+    let mut one = |item: Bound<'py, PyAny>| -> R<()> {
+        let at = attrs.get_or_insert_with(|| Attrs::new(&item, &[a_topic, a_part, a_rate]));
+        let t = at.get(&item, 0)?;
+        let c = if t.as_ptr() == prev_ptr {
+            prev_code
+        } else {
+            let s = t.downcast::<PyString>().map_err(|_| Unsupported)?;
+            let c = table.code(s.to_str()?);
+            prev_ptr = t.as_ptr();
+            prev_code = c;
+            keep.push(t); // keeps prev_ptr alive and unique
+            c
+        };
+        code.push(c);
+        number.push(at.get(&item, 1)?.extract::<i64>()?);
+        raw.push(at.get(&item, 2)?.extract::<f64>()?);
+        Ok(())
+    };
+    if let Ok(list) = partitions.downcast::<PyList>() {
+        for item in list.iter() {
+            one(item)?;
+        }
+    } else if let Ok(tuple) = partitions.downcast::<PyTuple>() {
+        for item in tuple.iter() {
+            one(item)?;
+        }
+    } else {
+        for item in partitions.try_iter()? {
+            one(item?)?;
+        }
+    }
+    drop(keep);
+    // Topic codes in name order.
+    let mut by_name: Vec<u32> = (0..table.names.len() as u32).collect();
+    by_name.sort_by(|&a, &b| table.names[a as usize].cmp(&table.names[b as usize]));
+    let mut remap = vec![0u32; by_name.len()];
+    for (k, &c) in by_name.iter().enumerate() {
+        remap[c as usize] = k as u32;
+    }
+    let names: Vec<String> = by_name
+        .iter()
+        .map(|&c| table.names[c as usize].clone())
+        .collect();
+    let n = code.len();
+    let mut ptopic = code;
+    if remap.iter().enumerate().any(|(k, &c)| k as u32 != c) {
+        for c in ptopic.iter_mut() {
+            *c = remap[*c as usize];
+        }
+    }
+    let mut zero: Vec<bool> = raw.iter().map(|&r| r == 0.0).collect();
+    let mut rate = raw;
+    for r in rate.iter_mut() {
+        *r = clean_rate(*r);
+    }
+    let sorted = (1..n).all(|k| (ptopic[k - 1], number[k - 1]) < (ptopic[k], number[k]));
+    if !sorted {
+        let mut order: Vec<usize> = (0..n).collect();
+        order.sort_by(|&a, &b| (ptopic[a], number[a]).cmp(&(ptopic[b], number[b])));
+        let (mut t2, mut n2, mut r2, mut z2) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for k in order {
+            let key = (ptopic[k], number[k]);
+            if let (Some(&lt), Some(&ln)) = (t2.last(), n2.last()) {
+                if (lt, ln) == key {
+                    let last = r2.len() - 1;
+                    if rate[k] > r2[last] {
+                        r2[last] = rate[k];
+                    }
+                    z2[last] = z2[last] || zero[k];
+                    continue;
+                }
+            }
+            t2.push(key.0);
+            n2.push(key.1);
+            r2.push(rate[k]);
+            z2.push(zero[k]);
+        }
+        ptopic = t2;
+        number = n2;
+        rate = r2;
+        zero = z2;
+    }
+    let n_topics = names.len();
+    let mut first = vec![0usize; n_topics];
+    let mut size = vec![0usize; n_topics];
+    for (j, &t) in ptopic.iter().enumerate() {
+        if size[t as usize] == 0 {
+            first[t as usize] = j;
+        }
+        size[t as usize] += 1;
+    }
+    let dense = (0..n_topics)
+        .map(|t| {
+            size[t] > 0
+                && number[first[t]] == 0
+                && number[first[t] + size[t] - 1] == size[t] as i64 - 1
+        })
+        .collect();
+    Ok(Parts {
+        names,
+        ptopic,
+        number,
+        rate,
+        zero,
+        first,
+        size,
+        dense,
+    })
+}
+
+impl Parts {
+    fn locate(&self, t: u32, n: i64) -> i64 {
+        let t = t as usize;
+        let (lo, size) = (self.first[t], self.size[t]);
+        if self.dense[t] {
+            return if n >= 0 && (n as usize) < size {
+                (lo + n as usize) as i64
+            } else {
+                -1
+            };
+        }
+        match self.number[lo..lo + size].binary_search(&n) {
+            Ok(k) => (lo + k) as i64,
+            Err(_) => -1,
+        }
+    }
+}
+
+fn i64s(py: Python<'_>, obj: &Bound<'_, PyAny>) -> R<Vec<i64>> {
+    Ok(PyBuffer::<i64>::get(obj)?.to_vec(py)?)
+}
+
+fn f64s(py: Python<'_>, obj: &Bound<'_, PyAny>) -> R<Vec<f64>> {
+    Ok(PyBuffer::<f64>::get(obj)?.to_vec(py)?)
+}
+
+/// Every member's claims, with partition indexes.
+fn claims_of(py: Python<'_>, parts: &Parts, members: &Bound<'_, PyList>) -> R<Vec<Claim>> {
+    let code: HashMap<&str, u32> = parts
+        .names
+        .iter()
+        .enumerate()
+        .map(|(k, s)| (s.as_str(), k as u32))
+        .collect();
+    let lookup = |t: &Bound<'_, PyAny>| -> R<i64> {
+        let s = t.downcast::<PyString>().map_err(|_| Unsupported)?;
+        Ok(code.get(s.to_str()?).map_or(-1, |&c| c as i64))
+    };
+    let a_topic = intern!(py, "topic");
+    let a_part = intern!(py, "partition");
+    let a_gen = intern!(py, "generation");
+    let a_rate = intern!(py, "rate");
+    let mut out = Vec::new();
+    let mut attrs: Option<Attrs<'_>> = None;
+    let mut keep: Vec<Bound<'_, PyAny>> = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        let claims = m
+            .downcast::<PyTuple>()
+            .map_err(|_| Unsupported)?
+            .get_item(6)?;
+        if claims.is_none() {
+            continue;
+        }
+        if let Ok(native) = claims.downcast::<Claims>() {
+            let o = &native.get().owned;
+            let mut k = 0usize;
+            for (t, &cnt) in o.topics.iter().zip(o.counts.iter()) {
+                let c = code.get(t.as_str()).map_or(-1, |&c| c as i64);
+                for _ in 0..cnt {
+                    let part = if c >= 0 {
+                        parts.locate(c as u32, o.partitions[k])
+                    } else {
+                        -1
+                    };
+                    out.push(Claim {
+                        part,
+                        member: i,
+                        gen: o.generations[k],
+                        rate: o.rates[k],
+                    });
+                    k += 1;
+                }
+            }
+            continue;
+        }
+        let tup = claims.downcast::<PyTuple>().map_err(|_| Unsupported)?;
+        if tup.len() == 6 && tup.get_item(0)?.extract::<&str>().ok() == Some("columns") {
+            // ("columns", topics, counts, partitions, generations, rates)
+            let topics = tup.get_item(1)?;
+            let counts = i64s(py, &tup.get_item(2)?)?;
+            let numbers = i64s(py, &tup.get_item(3)?)?;
+            let gens = i64s(py, &tup.get_item(4)?)?;
+            let rates = f64s(py, &tup.get_item(5)?)?;
+            if numbers.len() != gens.len() || numbers.len() != rates.len() {
+                return Err(Unsupported);
+            }
+            let mut k = 0usize;
+            for (t, &cnt) in topics.try_iter()?.zip(counts.iter()) {
+                let c = lookup(&t?)?;
+                if cnt < 0 || k + cnt as usize > numbers.len() {
+                    return Err(Unsupported);
+                }
+                for _ in 0..cnt {
+                    let part = if c >= 0 {
+                        parts.locate(c as u32, numbers[k])
+                    } else {
+                        -1
+                    };
+                    out.push(Claim {
+                        part,
+                        member: i,
+                        gen: gens[k],
+                        rate: rates[k],
+                    });
+                    k += 1;
+                }
+            }
+            if k != numbers.len() {
+                return Err(Unsupported);
+            }
+        } else {
+            let mut prev_ptr: *mut pyo3::ffi::PyObject = std::ptr::null_mut();
+            let mut prev_code = -1i64;
+            for op in tup.iter() {
+                let at =
+                    attrs.get_or_insert_with(|| Attrs::new(&op, &[a_topic, a_part, a_gen, a_rate]));
+                let t = at.get(&op, 0)?;
+                let c = if t.as_ptr() == prev_ptr {
+                    prev_code
+                } else {
+                    let c = lookup(&t)?;
+                    prev_ptr = t.as_ptr();
+                    prev_code = c;
+                    keep.push(t); // keeps prev_ptr alive and unique
+                    c
+                };
+                let number = at.get(&op, 1)?.extract::<i64>()?;
+                let part = if c >= 0 {
+                    parts.locate(c as u32, number)
+                } else {
+                    -1
+                };
+                out.push(Claim {
+                    part,
+                    member: i,
+                    gen: at.get(&op, 2)?.extract::<i64>()?,
+                    rate: at.get(&op, 3)?.extract::<f64>()?,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn clean_weight(w: f64) -> f64 {
+    if w.is_finite() && w > 0.0 {
+        w
+    } else {
+        1e-6
+    }
+}
+
+fn run_plan(
+    py: Python<'_>,
+    partitions: &Bound<'_, PyAny>,
+    members: &Bound<'_, PyList>,
+    classes: &Bound<'_, PyList>,
+    generation: i64,
+    claimed_rates: bool,
+) -> R<PyObject> {
+    let trace = std::env::var_os("CAPGROUP_ASSIGNOR_NATIVE_TRACE").is_some();
+    let t0 = std::time::Instant::now();
+    let lap = |what: &str| {
+        if trace {
+            eprintln!("native {what}: {:.2} ms", t0.elapsed().as_secs_f64() * 1e3);
+        }
+    };
+    let mut parts = normalize(py, partitions)?;
+    lap("normalize");
+    let n_parts = parts.ptopic.len();
+    let n_topics = parts.names.len();
+    let claims = claims_of(py, &parts, members)?;
+    if claimed_rates {
+        let mut claimed = vec![0.0f64; n_parts];
+        for c in &claims {
+            if c.part >= 0 && c.rate > claimed[c.part as usize] {
+                claimed[c.part as usize] = c.rate;
+            }
+        }
+        for ((rate, &zero), &claim) in parts.rate.iter_mut().zip(&parts.zero).zip(&claimed) {
+            if zero {
+                let better = clean_rate(claim);
+                if better > *rate {
+                    *rate = better;
+                }
+            }
+        }
+    }
+    let resolved = resolve_claims(n_parts, &claims, generation);
+    drop(claims);
+    let unit = load_units(&parts.rate, &resolved.owner_rate).ok_or(Unsupported)?;
+    lap("claims+units");
+
+    // Classes: (eligible, topics, partition_bytes dict, default cost).
+    let tindex: HashMap<&str, usize> = parts
+        .names
+        .iter()
+        .enumerate()
+        .map(|(k, s)| (s.as_str(), k))
+        .collect();
+    if classes.len().saturating_mul(n_topics.max(1)) > MAX_TABLE {
+        return Err(Unsupported);
+    }
+    let mut ccost: Vec<Vec<i128>> = Vec::with_capacity(classes.len());
+    for cls in classes.iter() {
+        let cls = cls.downcast::<PyTuple>().map_err(|_| Unsupported)?;
+        let eligible: bool = cls.get_item(0)?.extract()?;
+        let mut row = vec![-1i128; n_topics];
+        if eligible {
+            let pb = cls.get_item(2)?;
+            let pb = pb.downcast::<PyDict>().map_err(|_| Unsupported)?;
+            let default: i128 = cls.get_item(3)?.extract()?;
+            for t in cls.get_item(1)?.try_iter()? {
+                let t = t?;
+                let s = t.downcast::<PyString>().map_err(|_| Unsupported)?;
+                if let Some(&k) = tindex.get(s.to_str()?) {
+                    let cost: i128 = match pb.get_item(&t)? {
+                        Some(v) => v.extract()?,
+                        None => default,
+                    };
+                    row[k] = cost.max(0);
+                }
+            }
+        }
+        ccost.push(row);
+    }
+    // Members: (class, max_partitions, budget, weight, draining, relay bytes, claims).
+    let n = members.len();
+    let mut lim = Limits {
+        cap: Vec::with_capacity(n),
+        budget: Vec::with_capacity(n),
+        weight: Vec::with_capacity(n),
+        mcls: Vec::with_capacity(n),
+        ccost,
+    };
+    let mut relay_bytes: Vec<i128> = Vec::with_capacity(n);
+    for m in members.iter() {
+        let m = m.downcast::<PyTuple>().map_err(|_| Unsupported)?;
+        let cls: usize = m.get_item(0)?.extract()?;
+        if cls >= lim.ccost.len() {
+            return Err(Unsupported);
+        }
+        let max_partitions: i64 = m.get_item(1)?.extract()?;
+        let budget: i128 = m.get_item(2)?.extract()?;
+        let weight: f64 = m.get_item(3)?.extract()?;
+        let draining: bool = m.get_item(4)?.extract()?;
+        let relay: i128 = m.get_item(5)?.extract()?;
+        lim.cap
+            .push(if draining { 0 } else { max_partitions.max(0) });
+        lim.budget.push(if draining { -1 } else { budget });
+        lim.weight.push(clean_weight(weight));
+        lim.mcls.push(cls);
+        relay_bytes.push(relay);
+    }
+    let crate::core::Claims {
+        owner,
+        owner_rate: _,
+        conflicts,
+        stale,
+        bogus,
+    } = resolved;
+    let ptopic = std::mem::take(&mut parts.ptopic);
+    let mut st = capacities(lim, n_topics, ptopic, unit).ok_or(Unsupported)?;
+
+    let mut mine: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (j, &i) in owner.iter().enumerate() {
+        if i >= 0 {
+            mine[i as usize].push(j);
+        }
+    }
+    lap("capacities");
+    let shed = keep_owned(&mut st, &mine);
+    lap("keep");
+    let free: Vec<usize> = (0..n_parts).filter(|&j| st.target[j] < 0).collect();
+    let unplaced = place_free(&mut st, &free).ok_or(Unsupported)?;
+    lap("place");
+    augment(&mut st, &unplaced);
+    balance(&mut st, &owner);
+    lap("augment+balance");
+    let relay_out = relay(&st, &relay_bytes, &owner, &conflicts);
+
+    // ------------------------------------------------------------------ output
+    let target = &st.target;
+    let mut relayed = vec![false; if relay_out.is_empty() { 0 } else { n_parts }];
+    let mut n_relayed = 0usize;
+    let mut relayed_unowned = 0usize;
+    for js in relay_out.values() {
+        for &j in js {
+            relayed[j] = true;
+            n_relayed += 1;
+            if owner[j] < 0 {
+                relayed_unowned += 1;
+            }
+        }
+    }
+    // Pending moves: away from a valid owner to another member, or given to a tied claimant.
+    let mut moves: BTreeMap<usize, (usize, usize)> = BTreeMap::new();
+    let mut n_out = 0usize;
+    let mut kept = 0usize;
+    for j in 0..n_parts {
+        let (o, t) = (owner[j], target[j]);
+        if t < 0 {
+            n_out += 1;
+        } else if o >= 0 {
+            if t == o {
+                kept += 1;
+            } else {
+                moves.insert(j, (o as usize, t as usize));
+            }
+        }
+    }
+    for (&j, tied) in &conflicts {
+        let to = target[j];
+        if to >= 0 {
+            let from = if tied[0] as i64 != to {
+                tied[0]
+            } else {
+                tied[1]
+            };
+            moves.insert(j, (from, to as usize));
+        }
+    }
+    // Holder of each partition this round (withheld ones held by nobody); the partitions in
+    // a stable order by holder, and where each member's run starts.
+    let mut withheld: Vec<bool> = Vec::new();
+    if !moves.is_empty() {
+        withheld = vec![false; n_parts];
+        for &j in moves.keys() {
+            withheld[j] = true;
+        }
+    }
+    let holder = |j: usize| -> usize {
+        let t = target[j];
+        if t < 0 || (!withheld.is_empty() && withheld[j]) {
+            0
+        } else {
+            t as usize + 1
+        }
+    };
+    let mut start = vec![0usize; n + 2];
+    for j in 0..n_parts {
+        start[holder(j) + 1] += 1;
+    }
+    for k in 1..n + 2 {
+        start[k] += start[k - 1];
+    }
+    #[inline]
+    fn put(buf: &mut [u8], k: usize, v: i64) {
+        buf[8 * k..8 * k + 8].copy_from_slice(&v.to_ne_bytes());
+    }
+    let order_b = PyBytes::new_with(py, n_parts * 8, |buf: &mut [u8]| {
+        let mut fill = start.clone();
+        for j in 0..n_parts {
+            let h = holder(j);
+            put(buf, fill[h], j as i64);
+            fill[h] += 1;
+        }
+        Ok(())
+    })?
+    .into_any()
+    .unbind();
+    let bounds_b = PyBytes::new_with(py, (n + 1) * 8, |buf: &mut [u8]| {
+        for i in 0..=n {
+            put(buf, i, start[i + 1] as i64);
+        }
+        Ok(())
+    })?
+    .into_any()
+    .unbind();
+    let topic_b = PyBytes::new_with(py, n_parts * 8, |buf: &mut [u8]| {
+        for (k, &t) in st.ptopic.iter().enumerate() {
+            put(buf, k, t as i64);
+        }
+        Ok(())
+    })?
+    .into_any()
+    .unbind();
+    let number_b = bytes_of(py, &parts.number);
+    let key = |j: usize| (st.ptopic[j], parts.number[j]);
+    let pending: Vec<(u32, i64, usize, usize)> = moves
+        .iter()
+        .map(|(&j, &(a, b))| (key(j).0, key(j).1, a, b))
+        .collect();
+    let unassigned: Vec<(u32, i64)> = if n_out > n_relayed {
+        (0..n_parts)
+            .filter(|&j| target[j] < 0 && (relayed.is_empty() || !relayed[j]))
+            .map(key)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let moved = n_parts - n_out - kept + relayed_unowned;
+    let relay_list: Vec<(usize, Vec<(u32, i64)>)> = relay_out
+        .into_iter()
+        .map(|(i, mut js)| {
+            js.sort_unstable();
+            (i, js.into_iter().map(key).collect())
+        })
+        .collect();
+    let result = (
+        parts.names.clone(),
+        topic_b,
+        number_b,
+        order_b,
+        bounds_b,
+        pending,
+        unassigned,
+        relay_list,
+        (conflicts.len(), stale, bogus, shed, moved, n_relayed),
+        parts.size.clone(),
+    );
+    lap("output");
+    Ok(result.into_pyobject(py)?.into_any().unbind())
+}
+
+/// The whole assignor pipeline; None when this input is left to the Python path.
+///
+/// ``members``: per member in member-id order, ``(class, max_partitions,
+/// memory_budget_bytes, weight, draining, relay_partition_bytes, claims)`` with ``claims``
+/// None, a tuple of ``OwnedPartition`` or ``("columns", topics, counts, partitions,
+/// generations, rates)``; ``classes``: ``(eligible, topics, partition_bytes, default)``.
+#[pyfunction]
+#[pyo3(signature = (partitions, members, classes, generation, claimed_rates))]
+fn plan(
+    py: Python<'_>,
+    partitions: &Bound<'_, PyAny>,
+    members: &Bound<'_, PyList>,
+    classes: &Bound<'_, PyList>,
+    generation: i64,
+    claimed_rates: bool,
+) -> PyResult<Option<PyObject>> {
+    match run_plan(py, partitions, members, classes, generation, claimed_rates) {
+        Ok(obj) => Ok(Some(obj)),
+        Err(Unsupported) => Ok(None),
+    }
+}
+
+/// Every member's ``ConsumerProtocolMemberAssignment`` v0 (as
+/// ``capgroup.protocol.consumer.encode_member_assignment_columns`` writes it), from the
+/// columns :func:`plan` returned; None if a name or number does not fit the format.
+#[pyfunction]
+fn encode_assignments(
+    py: Python<'_>,
+    topic: &[u8],
+    number: &[u8],
+    order: &[u8],
+    bounds: &[u8],
+    names: Vec<String>,
+    user_data: &[u8],
+) -> PyResult<Option<Vec<PyObject>>> {
+    #[inline]
+    fn at(b: &[u8], k: usize) -> i64 {
+        i64::from_ne_bytes(b[8 * k..8 * k + 8].try_into().unwrap())
+    }
+    if names.iter().any(|s| s.len() > i16::MAX as usize) {
+        return Ok(None);
+    }
+    let n_parts = topic.len() / 8;
+    if number.len() / 8 != n_parts || order.len() / 8 != n_parts {
+        return Ok(None);
+    }
+    let n = (bounds.len() / 8).saturating_sub(1);
+    let mut out = Vec::with_capacity(n);
+    let mut buf: Vec<u8> = Vec::new();
+    for i in 0..n {
+        let (lo, hi) = (at(bounds, i), at(bounds, i + 1));
+        if lo < 0 || hi < lo || hi as usize > n_parts {
+            return Ok(None);
+        }
+        let js: Vec<usize> = (lo as usize..hi as usize)
+            .map(|k| at(order, k) as usize)
+            .collect();
+        if js.iter().any(|&j| j >= n_parts) {
+            return Ok(None);
+        }
+        buf.clear();
+        buf.extend_from_slice(&0i16.to_be_bytes());
+        let mut runs = 0i32;
+        let count_at = buf.len();
+        buf.extend_from_slice(&0i32.to_be_bytes());
+        let mut k = 0usize;
+        while k < js.len() {
+            let t = at(topic, js[k]);
+            let mut e = k;
+            while e < js.len() && at(topic, js[e]) == t {
+                e += 1;
+            }
+            if t < 0 || t as usize >= names.len() {
+                return Ok(None);
+            }
+            let name = names[t as usize].as_bytes();
+            buf.extend_from_slice(&(name.len() as i16).to_be_bytes());
+            buf.extend_from_slice(name);
+            buf.extend_from_slice(&((e - k) as i32).to_be_bytes());
+            for &j in &js[k..e] {
+                let p = at(number, j);
+                if p < i32::MIN as i64 || p > i32::MAX as i64 {
+                    return Ok(None);
+                }
+                buf.extend_from_slice(&(p as i32).to_be_bytes());
+            }
+            runs += 1;
+            k = e;
+        }
+        buf[count_at..count_at + 4].copy_from_slice(&runs.to_be_bytes());
+        buf.extend_from_slice(&(user_data.len() as i32).to_be_bytes());
+        buf.extend_from_slice(user_data);
+        out.push(PyBytes::new(py, &buf).into_any().unbind());
+    }
+    Ok(Some(out))
+}
+
+/// A member's ownership claims as :func:`decode_members` decoded them (the columns of
+/// ``capgroup.protocol.capacity.OwnedColumns``, kept on the Rust side for :func:`plan`).
+#[pyclass(frozen, module = "capgroup._native")]
+struct Claims {
+    owned: decode::Owned,
+}
+
+#[pymethods]
+impl Claims {
+    /// ``(topics, counts, partitions, generations, rates)``: the topic names, then int64,
+    /// int64, int64 and float64 columns as native-endian bytes.
+    fn columns(&self, py: Python<'_>) -> (Vec<String>, PyObject, PyObject, PyObject, PyObject) {
+        let o = &self.owned;
+        (
+            o.topics.clone(),
+            bytes_of(py, &o.counts),
+            bytes_of(py, &o.partitions),
+            bytes_of(py, &o.generations),
+            bytes_of(py, &o.rates),
+        )
+    }
+
+    fn __len__(&self) -> usize {
+        self.owned.partitions.len()
+    }
+}
+
+/// Each member's JoinGroup metadata decoded, or None where the Python decoders must look:
+/// ``(version, topics, max_partitions, memory_budget_bytes, default_partition_bytes,
+/// weight, rack, draining, partition_bytes, relay_partition_bytes, claims)`` with
+/// ``partition_bytes`` a list of pairs and ``claims`` a :class:`Claims` or None.
+#[pyfunction]
+fn decode_members(py: Python<'_>, datas: &Bound<'_, PyList>) -> PyResult<Vec<PyObject>> {
+    let mut out = Vec::with_capacity(datas.len());
+    // Members of one deployment subscribe alike: one tuple of names per distinct block.
+    let mut subscriptions: HashMap<Vec<u8>, Bound<'_, PyTuple>> = HashMap::new();
+    for data in datas.iter() {
+        let bytes = data.downcast::<PyBytes>().ok();
+        let found = bytes
+            .as_ref()
+            .and_then(|b| decode::decode_metadata(b.as_bytes()));
+        let topics = match &found {
+            None => None,
+            Some(m) => match subscriptions.get(m.topic_block) {
+                Some(t) => Some(t.clone()),
+                None => match decode::topics_of(m.topic_block, m.n_topics) {
+                    None => None,
+                    Some(names) => {
+                        let t = PyTuple::new(py, names)?;
+                        subscriptions.insert(m.topic_block.to_vec(), t.clone());
+                        Some(t)
+                    }
+                },
+            },
+        };
+        let obj = match (found, topics) {
+            (None, _) | (_, None) => py.None(),
+            (Some(m), Some(topics)) => {
+                let a = m.adv;
+                let claims = match a.owned {
+                    Some(owned) => Some(Py::new(py, Claims { owned })?),
+                    None => None,
+                };
+                (
+                    m.version,
+                    topics,
+                    a.max_partitions,
+                    a.budget,
+                    a.default_cost,
+                    a.weight,
+                    a.rack,
+                    a.draining,
+                    a.partition_bytes,
+                    a.relay_cost,
+                    claims,
+                )
+                    .into_pyobject(py)?
+                    .into_any()
+                    .unbind()
+            }
+        };
+        out.push(obj);
+    }
+    Ok(out)
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(plan, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_assignments, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_members, m)?)?;
+    m.add_class::<Claims>()?;
+    m.add("ABI", 1)?;
+    Ok(())
+}
