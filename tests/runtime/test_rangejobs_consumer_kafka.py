@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 from capgroup import Record, TopicPartition
 from capgroup.operations.metrics import metrics_registry, render_metrics
 from capgroup.protocol.completed_ranges import CompletedRanges, encode_completed
+from capgroup.runtime.relay import RELAY_ORIGIN_HEADER
 from capgroup.runtime.retry import DEAD_LETTER_HEADER_PREFIX
 from capgroup.settings import load_settings
 from tests.runtime.harness import (
@@ -229,3 +230,66 @@ async def test_a_poison_record_inside_a_range_job_is_dead_lettered_not_retried_f
     assert dead[0].value == POISON
     assert headers[DEAD_LETTER_HEADER_PREFIX + "stage"] == b"deserialize"
     assert headers[DEAD_LETTER_HEADER_PREFIX + "origin.offset"] == str(POISON_AT).encode()
+
+
+@pytest.mark.parametrize("arrival", ["burst", "waves"])
+async def test_relay_and_range_jobs_on_one_topic_lose_nothing(
+    kafka: Any, topic_factory: Any, unique_id: Any, arrival: str
+) -> None:
+    """Both escape hatches on at once (relay past a lag of 20, range jobs past 60) behind a
+    slow owner. A burst passes both thresholds in one lag sample and range jobs take the
+    backlog (measured: 20 jobs, nothing relayed); waves pass the relay's first, and the relay
+    keeps the lag under the other (measured: 370-380 relayed, no job). Either way every record
+    is flushed (from the partition, by a job, or as a relayed copy) and the partition's
+    commit reaches its end."""
+    bootstrap = kafka.bootstrap_servers
+    topic = await topic_factory(partitions=2)
+    group = unique_id("g")
+    names = (unique_id("jobs"), unique_id("done"))
+    both = {"relay_enabled": True, "relay_lag_records": 20}
+    a = Recorder("a", **jobs_settings(bootstrap, group, topic, names), **both)
+    b = Recorder("b", **jobs_settings(bootstrap, group, topic, names), **both)
+    a.flush_delay = 0.3
+    async with running(a) as start:
+        await start(b)
+        await wait_until(lambda: len(a.assignment) == 1 and len(b.assignment) == 1, 30, "split")
+        (hot,) = a.assignment
+        produced = 0
+        while produced < RECORDS:
+            wave = RECORDS if arrival == "burst" else min(30, RECORDS - produced)
+            await produce(bootstrap, topic, hot.partition, wave, start=produced)
+            produced += wave
+            if produced < RECORDS:
+                await anyio.sleep(0.3)
+
+        def covered() -> set[int]:
+            seen: set[int] = set()
+            for member in (a, b):
+                for batch in member.batches:
+                    for record in batch.records:
+                        origin = dict(record.headers).get(RELAY_ORIGIN_HEADER)
+                        if origin is not None:
+                            _, partition, offset = origin.decode().rsplit("/", 2)
+                            if int(partition) == hot.partition:
+                                seen.add(int(offset))
+                        elif batch.tp == hot:
+                            seen.add(record.offset)
+            return seen
+
+        try:
+            await wait_until(lambda: covered() >= set(range(RECORDS)), 90, "every record flushed")
+        except AssertionError as exc:
+            missing = sorted(set(range(RECORDS)) - covered())
+            raise AssertionError(
+                f"{exc}: {len(missing)} missing, from {missing[:5]} to {missing[-5:]}; "
+                f"a {a.stats.counters}, range jobs {a.stats.range_jobs}; b {b.stats.counters}"
+            ) from exc
+        await wait_committed(bootstrap, group, {hot: RECORDS}, 60)
+        assert a._fatal is None
+        assert b._fatal is None
+        counters = [a.stats.counters, b.stats.counters]
+        used = (
+            sum(c.records_relayed for c in counters),
+            sum(c.range_jobs_done for c in counters),
+        )
+        assert any(used), f"neither hatch was used: relayed, jobs done = {used}"
