@@ -259,6 +259,9 @@ pub struct State {
     pub used: Vec<i128>,
     pub load: Vec<i64>,
     pub ver: Vec<i64>,
+    /// The mutant switched on for this call (``mutants`` builds only).
+    #[cfg(feature = "mutants")]
+    pub mutant: Option<&'static str>,
 }
 
 /// Largest dense table (classes x topics or groups x classes) the native path builds.
@@ -341,6 +344,8 @@ pub fn capacities(lim: Limits, n_topics: usize, ptopic: Vec<u32>, unit: Vec<i64>
         used: vec![0; n],
         load: vec![0; n],
         ver: vec![0; n],
+        #[cfg(feature = "mutants")]
+        mutant: None,
     })
 }
 
@@ -543,6 +548,12 @@ impl Receivers {
 
 /// ``_keep_owned``; ``mine`` per member ascending. Returns how many were shed.
 pub fn keep_owned(st: &mut State, mine: &[Vec<usize>]) -> usize {
+    #[cfg(feature = "mutants")]
+    {
+        if st.mutant == Some("forget_ownership") {
+            return 0;
+        }
+    }
     let mut shed = 0usize;
     for (i, js) in mine.iter().enumerate() {
         if js.is_empty() {
@@ -579,6 +590,14 @@ pub fn keep_owned(st: &mut State, mine: &[Vec<usize>]) -> usize {
 // ----------------------------------------------------------------------------- place free
 
 fn runs(st: &State, free: &[usize]) -> Vec<Vec<usize>> {
+    #[cfg(feature = "mutants")]
+    {
+        if st.mutant == Some("coldest_first") {
+            let mut order = free.to_vec();
+            order.sort_by_key(|&j| (st.unit[j], j));
+            return order.into_iter().map(|j| vec![j]).collect();
+        }
+    }
     let scarcity = |g: i64| -> usize {
         if g >= 0 {
             st.gmembers[g as usize].len()
@@ -624,6 +643,21 @@ fn runs(st: &State, free: &[usize]) -> Vec<Vec<usize>> {
 }
 
 fn water_fill(st: &mut State, g: usize, run: &[usize]) -> Option<usize> {
+    #[cfg(feature = "mutants")]
+    {
+        if st.mutant == Some("first_fit_without_balance") {
+            let mut pos = 0usize;
+            for i in st.gmembers[g].clone() {
+                let k = (st.room(i, g).max(0) as usize).min(run.len() - pos);
+                if k > 0 {
+                    let cost = k as i128 * st.gc(g, i);
+                    st.add_many(i, &run[pos..pos + k], cost);
+                    pos += k;
+                }
+            }
+            return Some(pos);
+        }
+    }
     let u = st.unit[run[0]];
     let ubar = st.ubar;
     let rooms: Vec<(usize, i64)> = st.gmembers[g]
@@ -791,6 +825,12 @@ pub fn place_free(st: &mut State, free: &[usize]) -> Option<Vec<usize>> {
 type Hold = Vec<BTreeMap<u32, Vec<usize>>>;
 
 pub fn augment(st: &mut State, unplaced: &[usize]) -> Vec<usize> {
+    #[cfg(feature = "mutants")]
+    {
+        if st.mutant == Some("skip_augmenting_paths") {
+            return unplaced.to_vec();
+        }
+    }
     if unplaced.is_empty() {
         return Vec::new();
     }
@@ -991,6 +1031,18 @@ impl Holdings {
 
 /// ``_balance``: returns the number of moves.
 pub fn balance(st: &mut State, owner: &[i64]) -> usize {
+    #[cfg(feature = "mutants")]
+    {
+        if st.mutant == Some("first_fit_without_balance") {
+            return 0;
+        }
+        if st.mutant == Some("rebalance_on_ties") {
+            st.mutant = None;
+            let moves = balance(st, owner);
+            st.mutant = Some("rebalance_on_ties");
+            return moves + one_more_move_on_ties(st);
+        }
+    }
     let mut recv = Receivers::new();
     if st.uniform && (st.unit.is_empty() || already_balanced(st, &mut recv)) {
         return 0;
@@ -1099,7 +1151,28 @@ pub fn relay(
             }
         })
         .collect();
+    #[cfg(feature = "mutants")]
+    let cost: Vec<i128> = if st.mutant == Some("relay_ignores_budget") {
+        cost.iter().map(|&c| i128::from(c != 0)).collect()
+    } else {
+        cost
+    };
+    #[cfg(feature = "mutants")]
+    let stolen: Vec<i64>;
+    #[cfg(feature = "mutants")]
+    let owner: &[i64] = if st.mutant == Some("relay_steals_from_owner") {
+        stolen = vec![-1; owner.len()];
+        &stolen
+    } else {
+        owner
+    };
     let mut out: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    #[cfg(feature = "mutants")]
+    {
+        if st.mutant == Some("relay_nothing") {
+            return out;
+        }
+    }
     if !cost.iter().any(|&c| c != 0) {
         return out;
     }
@@ -1149,5 +1222,38 @@ pub fn relay(
         count[iu] += 1;
         used[iu] += cost[iu];
     }
+    #[cfg(feature = "mutants")]
+    {
+        if st.mutant == Some("relay_forgets_owner") {
+            for js in out.values_mut() {
+                js.retain(|&j| owner[j] < 0);
+            }
+            out.retain(|_, js| !js.is_empty());
+        }
+    }
     out
+}
+
+/// Mutant ``rebalance_on_ties`` (KAFKA-15106): after balancing, one more move, made on a
+/// tie too: the first partition of the most loaded member to a member loaded no more.
+#[cfg(feature = "mutants")]
+fn one_more_move_on_ties(st: &mut State) -> usize {
+    let mut recv = Receivers::new();
+    let mut members: Vec<usize> = (0..st.cap.len()).collect();
+    members.sort_by_key(|&i| (-st.load[i], i));
+    for a in members {
+        let js: Vec<usize> = (0..st.target.len())
+            .filter(|&j| st.target[j] == a as i64)
+            .collect();
+        for j in js {
+            let g = st.tgroup[st.ptopic[j] as usize] as usize;
+            let b = recv.best(st, g, a as i64);
+            if b >= 0 && st.load[b as usize] <= st.load[a] {
+                st.remove(a, j);
+                st.add(b as usize, j);
+                return 1;
+            }
+        }
+    }
+    0
 }

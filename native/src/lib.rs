@@ -14,6 +14,8 @@ use std::collections::{BTreeMap, HashMap};
 
 mod core;
 mod decode;
+#[cfg(feature = "mutants")]
+mod mutants;
 use crate::core::*;
 
 /// Give up on the native path for this input (the caller falls back to Python).
@@ -434,6 +436,8 @@ fn run_plan(
 ) -> R<PyObject> {
     let trace = std::env::var_os("CAPGROUP_ASSIGNOR_NATIVE_TRACE").is_some();
     let t0 = std::time::Instant::now();
+    #[cfg(feature = "mutants")]
+    let mutant = mutants::active();
     let lap = |what: &str| {
         if trace {
             eprintln!("native {what}: {:.2} ms", t0.elapsed().as_secs_f64() * 1e3);
@@ -479,6 +483,10 @@ fn run_plan(
     for cls in classes.iter() {
         let cls = cls.downcast::<PyTuple>().map_err(|_| Unsupported)?;
         let eligible: bool = cls.get_item(0)?.extract()?;
+        // Mutant ``ignore_draining``: draining members' classes become eligible (the
+        // wrapper merged those classes by costs alone, so they take the first one's topics).
+        #[cfg(feature = "mutants")]
+        let eligible = eligible || mutant == Some("ignore_draining");
         let mut row = vec![-1i128; n_topics];
         if eligible {
             let pb = cls.get_item(2)?;
@@ -518,6 +526,8 @@ fn run_plan(
         let budget: i128 = m.get_item(2)?.extract()?;
         let weight: f64 = m.get_item(3)?.extract()?;
         let draining: bool = m.get_item(4)?.extract()?;
+        #[cfg(feature = "mutants")]
+        let draining = draining && mutant != Some("ignore_draining");
         let relay: i128 = m.get_item(5)?.extract()?;
         lim.cap
             .push(if draining { 0 } else { max_partitions.max(0) });
@@ -535,6 +545,16 @@ fn run_plan(
     } = resolved;
     let ptopic = std::mem::take(&mut parts.ptopic);
     let mut st = capacities(lim, n_topics, ptopic, unit).ok_or(Unsupported)?;
+    #[cfg(feature = "mutants")]
+    {
+        st.mutant = mutant;
+        if mutant == Some("ignore_max_partitions") {
+            st.cap = vec![1 << 30; n];
+        }
+        if mutant == Some("ignore_weights") {
+            st.weight = vec![1.0; n];
+        }
+    }
 
     let mut mine: Vec<Vec<usize>> = vec![Vec::new(); n];
     for (j, &i) in owner.iter().enumerate() {
@@ -546,12 +566,18 @@ fn run_plan(
     let shed = keep_owned(&mut st, &mine);
     lap("keep");
     let free: Vec<usize> = (0..n_parts).filter(|&j| st.target[j] < 0).collect();
+    #[cfg(feature = "mutants")]
+    let (free, early) = mutants::relay_early(&mut st, free, &relay_bytes, &owner, &conflicts);
     let unplaced = place_free(&mut st, &free).ok_or(Unsupported)?;
+    #[cfg(feature = "mutants")]
+    mutants::uncharge(&mut st, &early, &relay_bytes);
     lap("place");
     augment(&mut st, &unplaced);
     balance(&mut st, &owner);
     lap("augment+balance");
     let relay_out = relay(&st, &relay_bytes, &owner, &conflicts);
+    #[cfg(feature = "mutants")]
+    let relay_out = early.unwrap_or(relay_out);
 
     // ------------------------------------------------------------------ output
     let target = &st.target;
@@ -592,6 +618,12 @@ fn run_plan(
                 tied[1]
             };
             moves.insert(j, (from, to as usize));
+        }
+    }
+    #[cfg(feature = "mutants")]
+    {
+        if mutant == Some("drop_withholding") {
+            moves.clear(); // every move lands at once: nothing pends
         }
     }
     // Holder of each partition this round (withheld ones held by nobody); the partitions in
@@ -641,6 +673,12 @@ fn run_plan(
     })?
     .into_any()
     .unbind();
+    #[cfg(feature = "mutants")]
+    let (order_b, bounds_b) = if mutant == Some("give_one_partition_twice") {
+        mutants::give_one_partition_twice(py, order_b, bounds_b)?
+    } else {
+        (order_b, bounds_b)
+    };
     let topic_b = PyBytes::new_with(py, n_parts * 8, |buf: &mut [u8]| {
         for (k, &t) in st.ptopic.iter().enumerate() {
             put(buf, k, t as i64);
@@ -877,5 +915,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(decode_members, m)?)?;
     m.add_class::<Claims>()?;
     m.add("ABI", 1)?;
+    #[cfg(feature = "mutants")]
+    {
+        m.add_function(wrap_pyfunction!(mutants::set_mutant, m)?)?;
+        m.add("MUTANTS", mutants::NAMES.to_vec())?;
+    }
     Ok(())
 }

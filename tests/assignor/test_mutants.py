@@ -5,7 +5,8 @@ matching ``check_property_*`` body from ``test_properties`` must find a countere
 both paths: the reference (:mod:`~capgroup.assignor.balance`) and the fast one
 (:mod:`~capgroup.assignor.columnar`). The steps each path has of its own (normalize, resolve
 claims, keep owned, output) are patched in that path's module; the others are shared and
-patched in ``balance``.
+patched in ``balance``. The compiled core's steps cannot be patched: its mutants are Rust
+twins of these (same names), switched on in a test-only build, in ``test_native_mutants``.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ Patch = Callable[[Steps], None]
 PATHS = {
     "reference": (balance, balance.reference_assign),
     # The numpy path: its steps are Python, so the patches reach them (the compiled core's
-    # are not patchable; tests/assignor/test_native.py holds it to the reference instead).
+    # are not patchable: tests/assignor/test_native_mutants.py runs their Rust twins).
     "fast": (columnar, columnar.assign_numpy),
 }
 
