@@ -17,9 +17,10 @@ from capgroup.membership.engine import MembershipEngine
 from capgroup.membership.model import AssignmentChange, MembershipSnapshot
 from capgroup.operations.metrics import metrics_registry
 from capgroup.protocol import AssignmentInfo
-from capgroup.runtime.stats import ConsumerStats, Counters
+from capgroup.runtime.stats import ConsumerStats
 from capgroup.settings import CapgroupSettings, load_settings
 from capgroup.types import CapacityAdvertisement, TopicPartition
+from tests.operations.stubs import idle_stats
 from tests.scripted import ScriptedCoordinator
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(30)]
@@ -76,21 +77,10 @@ class Member:
     # -- ObservableConsumer
     @property
     def stats(self) -> ConsumerStats:
-        return ConsumerStats(
-            counters=Counters(),
+        return idle_stats(
             owned_partitions=len(self.engine.assignment),
             advertised_max_partitions=0,
             budget_bytes=1 << 30,
-            buffered_bytes=0,
-            buffered_bytes_by_partition={},
-            utilisation=0.0,
-            rss_bytes=0,
-            peak_rss_bytes=0,
-            memory_pressure="off",
-            fetch_paused=False,
-            stopped_partitions=frozenset(),
-            flush_bytes_per_second=0.0,
-            ingress_rates={},
         )
 
     @property

@@ -27,7 +27,8 @@ from capgroup import (
 from capgroup.membership.model import MembershipSnapshot, MemberState
 from capgroup.operations.http import OperationsServerError, serve_operations
 from capgroup.operations.serve import run_with_operations
-from capgroup.runtime.stats import ConsumerStats, Counters
+from capgroup.runtime.stats import ConsumerStats
+from tests.operations.stubs import idle_stats
 from tests.operations.test_metrics import parse_samples, value
 from tests.runtime.harness import Recorder, consumer_settings, produce, running, wait_until
 from tests.runtime.test_consumer_process import capgroup_run
@@ -391,22 +392,7 @@ class StubConsumer:
 
     @property
     def stats(self) -> ConsumerStats:
-        return ConsumerStats(
-            counters=Counters(),
-            owned_partitions=1,
-            advertised_max_partitions=4,
-            budget_bytes=1000,
-            buffered_bytes=0,
-            buffered_bytes_by_partition={},
-            utilisation=0.0,
-            rss_bytes=0,
-            peak_rss_bytes=0,
-            memory_pressure="off",
-            fetch_paused=False,
-            stopped_partitions=self.stopped,
-            flush_bytes_per_second=0.0,
-            ingress_rates={},
-        )
+        return idle_stats(owned_partitions=1, stopped_partitions=self.stopped)
 
     def stop(self) -> None:
         self.done.set()

@@ -17,6 +17,7 @@ from capgroup import Counters, TopicPartition, metrics_registry
 from capgroup.operations.metrics import EXPORTED_COUNTER_FIELDS, render_metrics
 from capgroup.runtime.stats import ConsumerStats, RangeJobsProgress
 from capgroup.settings import load_settings
+from tests.operations.stubs import idle_stats
 from tests.runtime.harness import Recorder, consumer_settings, produce, running, wait_until
 
 pytestmark = [pytest.mark.timeout(120)]
@@ -215,21 +216,9 @@ class _RangeJobsStub:
 def test_range_jobs_figures_are_scraped_per_member_and_per_scheduled_partition() -> None:
     p0, p3 = TopicPartition("t", 0), TopicPartition("t", 3)
     counters = Counters(range_jobs_done=7, range_jobs_failed=2, range_job_records=700)
-    stats = ConsumerStats(
+    stats = idle_stats(
         counters=counters,
         owned_partitions=2,
-        advertised_max_partitions=4,
-        budget_bytes=1000,
-        buffered_bytes=0,
-        buffered_bytes_by_partition={},
-        utilisation=0.0,
-        rss_bytes=0,
-        peak_rss_bytes=0,
-        memory_pressure="off",
-        fetch_paused=False,
-        stopped_partitions=frozenset(),
-        flush_bytes_per_second=0.0,
-        ingress_rates={},
         range_jobs_running=3,
         range_jobs={
             p0: RangeJobsProgress(frontier=100, outstanding=4, finished_ahead_offsets=250),

@@ -13,11 +13,13 @@ from anyio.abc import TaskGroup
 
 from capgroup.membership.engine import MembershipEngine
 from capgroup.membership.model import AssignmentChange
+from capgroup.runtime.rangejobs.scheduler import CommitWithMetadata, RangeJobScheduler
+from capgroup.runtime.rangejobs.service import RangeJobClients
 from capgroup.settings import CapgroupSettings, load_settings
 from capgroup.types import CapacityAdvertisement
 from tests.runtime.harness import FAST
 
-__all__ = ["owner", "rangejobs_settings", "tg_enter"]
+__all__ = ["owner", "rangejobs_settings", "scheduler_over", "tg_enter"]
 
 
 def rangejobs_settings(
@@ -84,3 +86,28 @@ async def tg_enter(tg: TaskGroup, manager: Any) -> Any:
     tg.start_soon(hold)
     await ready.wait()
     return box["value"]
+
+
+def scheduler_over(
+    settings: CapgroupSettings,
+    clients: RangeJobClients,
+    engine: MembershipEngine,
+    *,
+    commit: CommitWithMetadata | None = None,
+    member_id: str | None = None,
+) -> RangeJobScheduler:
+    """A range-job scheduler on ``clients`` for the partitions ``engine`` owns: it commits
+    through ``commit`` (default: the engine's fenced commit) and reads the group's commit and
+    metadata through the engine; offers name ``member_id`` (default: the engine's member id)."""
+    return RangeJobScheduler(
+        settings,
+        reader=clients.scheduler_reader,
+        completions=clients.completions,
+        producer=clients.producer,
+        commit=engine.commit if commit is None else commit,
+        committed=engine.committed_with_metadata,
+        member=lambda: (
+            engine.generation.member_id if member_id is None else member_id,
+            engine.generation.generation_id,
+        ),
+    )

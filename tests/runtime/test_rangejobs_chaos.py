@@ -47,7 +47,7 @@ from capgroup.runtime.rangejobs.service import range_job_clients
 from capgroup.runtime.rangejobs.worker import RangeJobWorker
 from capgroup.settings import CapgroupSettings
 from tests.runtime.harness import produce, wait_until
-from tests.runtime.rangejobs_harness import owner, rangejobs_settings, tg_enter
+from tests.runtime.rangejobs_harness import owner, rangejobs_settings, scheduler_over, tg_enter
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(180)]
 
@@ -175,16 +175,8 @@ async def run_schedule(
 
         async def scheduler(name: str) -> tuple[RangeJobScheduler, anyio.CancelScope]:
             clients = await tg_enter(tg, range_job_clients(settings))
-            made = RangeJobScheduler(
-                settings,
-                reader=clients.scheduler_reader,
-                completions=clients.completions,
-                producer=clients.producer,
-                commit=commit,
-                committed=engine.committed_with_metadata,
-                # Offers and assignments name the scheduler (the same member runs both).
-                member=lambda: (name, engine.generation.generation_id),
-            )
+            # Offers and assignments name the scheduler (the same member runs both).
+            made = scheduler_over(settings, clients, engine, commit=commit, member_id=name)
             took = await made.take(tp)
             events.takeovers.append((anyio.current_time(), name, *took._committed))
             scope = anyio.CancelScope()

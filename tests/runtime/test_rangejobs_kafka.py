@@ -14,12 +14,11 @@ from anyio.abc import TaskGroup
 
 from capgroup import Batch, TopicPartition
 from capgroup.protocol.completed_ranges import CompletedRanges, encode_completed
-from capgroup.runtime.rangejobs.scheduler import RangeJobScheduler
 from capgroup.runtime.rangejobs.service import range_job_clients
 from capgroup.runtime.rangejobs.worker import RangeJobWorker
 from capgroup.settings import CapgroupSettings
 from tests.runtime.harness import produce, wait_until
-from tests.runtime.rangejobs_harness import owner, rangejobs_settings, tg_enter
+from tests.runtime.rangejobs_harness import owner, rangejobs_settings, scheduler_over, tg_enter
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -90,15 +89,7 @@ async def test_jobs_are_shared_committed_gap_free_and_a_failed_one_is_redone(
             commits.append((offsets[tp], metadata))
             return await engine.commit(offsets, metadata)
 
-        scheduler = RangeJobScheduler(
-            settings,
-            reader=clients.scheduler_reader,
-            completions=clients.completions,
-            producer=clients.producer,
-            commit=commit,
-            committed=engine.committed_with_metadata,
-            member=lambda: (engine.generation.member_id, engine.generation.generation_id),
-        )
+        scheduler = scheduler_over(settings, clients, engine, commit=commit)
         await scheduler.take(tp)
         workers = await start_workers(tg, settings, flushed, ["w1", "w2"])
         tg.start_soon(scheduler.run)
@@ -142,15 +133,7 @@ async def test_a_new_owner_does_not_redo_jobs_the_metadata_records(
         await engine.commit({tp: 100}, previous)
         assert (await engine.committed_with_metadata([tp]))[tp] == (100, previous)
         clients = await tg_enter(tg, range_job_clients(settings))
-        scheduler = RangeJobScheduler(
-            settings,
-            reader=clients.scheduler_reader,
-            completions=clients.completions,
-            producer=clients.producer,
-            commit=engine.commit,
-            committed=engine.committed_with_metadata,
-            member=lambda: (engine.generation.member_id, engine.generation.generation_id),
-        )
+        scheduler = scheduler_over(settings, clients, engine)
         took = await scheduler.take(tp)
         assert took.window.finished.ranges == ((150, 250),)
         await start_workers(tg, settings, flushed, ["w1"])
