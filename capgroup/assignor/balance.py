@@ -365,6 +365,17 @@ class _State:
         self.ver[i] += 1
 
 
+def _member_class(spec: MemberSpec) -> tuple[object, ...]:
+    """Members with one key share their per-topic costs: the same subscription (none for a
+    draining member, which takes nothing) and the same partition costs."""
+    adv = spec.capacity
+    return (
+        None if adv.draining else spec.topics,
+        tuple(sorted(adv.partition_bytes.items())),
+        adv.default_partition_bytes,
+    )
+
+
 def _capacities(grp: _Members, unit: list[int]) -> _State:
     n = len(grp.specs)
     tindex = {t: k for k, t in enumerate(grp.topic_names)}
@@ -378,11 +389,7 @@ def _capacities(grp: _Members, unit: list[int]) -> _State:
         cap.append(max(0, adv.max_partitions) if eligible else 0)
         budget.append(adv.memory_budget_bytes if eligible else -1)
         weight.append(_clean_weight(adv.weight))
-        key = (
-            spec.topics if eligible else None,
-            tuple(sorted(adv.partition_bytes.items())),
-            adv.default_partition_bytes,
-        )
+        key = _member_class(spec)
         c = classes.get(key)
         if c is None:
             c = classes[key] = len(ccost)

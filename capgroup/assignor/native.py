@@ -31,6 +31,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any
 
+from capgroup.assignor import balance
 from capgroup.assignor.model import MemberSpec, PartitionSpec, PendingMove, Plan
 from capgroup.protocol.capacity import OwnedColumns
 from capgroup.protocol.consumer import MemberSubscription
@@ -171,11 +172,7 @@ def plan(
         adv = spec.capacity
         eligible = not adv.draining
         # The reference's member classes (balance._capacities): same subscription and costs.
-        key = (
-            spec.topics if eligible else None,
-            tuple(sorted(adv.partition_bytes.items())),
-            adv.default_partition_bytes,
-        )
+        key = balance._member_class(spec)
         c = classes.get(key)
         if c is None:
             c = classes[key] = len(class_rows)
