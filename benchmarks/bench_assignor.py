@@ -10,7 +10,10 @@ of a stable assignment died, each on the same input in the same run:
 
 * **leader**: :func:`capgroup.assignor.adapter.plan_group` on every member's JoinGroup
   metadata bytes (encoded beforehand), so decoding the metadata, planning and encoding the
-  assignments are all timed, as the group leader runs them;
+  assignments are all timed, as the group leader runs them. The partitions are what the
+  leader holds from topic metadata, a :class:`~capgroup.assignor.model.PartitionTable` (a
+  partition count per topic), built before the timing as the Java harness builds its
+  ``Cluster``;
 * **assign**: :func:`capgroup.assignor.balance.assign` alone, on decoded members;
 * **gc ms**: garbage-collection time charged to the caller of the leader path, from
   ``gc.callbacks``: collections during the call and while the caller allocates right after
@@ -57,7 +60,7 @@ from java_assignor import (
 from capgroup.assignor import native
 from capgroup.assignor.adapter import plan_group
 from capgroup.assignor.balance import assign
-from capgroup.assignor.model import MemberSpec, PartitionSpec, Plan
+from capgroup.assignor.model import MemberSpec, PartitionSpec, PartitionTable, Plan
 from capgroup.assignor.workloads import (
     after_rebalance,
     synthetic_group,
@@ -224,7 +227,7 @@ def timed_with_gc(fn: Callable[[], object], runs: int) -> tuple[float, float, fl
             result = fn()
             times.append(time.perf_counter() - start)
             clock.mark()
-            caller = [[] for _ in range(CALLER_ALLOCATIONS)]
+            caller: list[list[object]] = [[] for _ in range(CALLER_ALLOCATIONS)]
         paused.append(clock.seconds)
         after.append(clock.after_seconds)
         del result, caller
@@ -271,7 +274,8 @@ def measure(
     java_side: JavaSide,
 ) -> list[Row]:
     """Both cases of one size: fresh, and the stable result minus its middle member."""
-    members, partitions = synthetic_group(n_parts, n_members, seed=1, rates=rates)
+    members, specs = synthetic_group(n_parts, n_members, seed=1, rates=rates)
+    partitions = PartitionTable.of_specs(specs)
     fresh = assign(members, partitions, 1)
     survivors = without_member(after_rebalance(members, fresh, 1), n_members // 2)
     rows = []
@@ -294,7 +298,7 @@ def measure(
 
         def baseline(
             group: Sequence[MemberSpec] = group,
-            partitions: Sequence[PartitionSpec] = partitions,
+            partitions: Sequence[PartitionSpec] = specs,
         ) -> object:
             return round_robin(group, partitions, 0)
 
@@ -305,7 +309,7 @@ def measure(
         plan = plan_group(raw, partitions, generation).plan
         low, high = spread(plan, group)
         # Same members, same owned partitions and generations, same partitions.
-        java = java_side.run(group, partitions, runs)
+        java = java_side.run(group, specs, runs)
         rows.append(
             Row(
                 n_parts,

@@ -18,7 +18,13 @@ if TYPE_CHECKING:
         with_claimed_rates,
     )
     from capgroup.assignor.balance import assign, headroom
-    from capgroup.assignor.model import MemberSpec, PartitionSpec, PendingMove, Plan
+    from capgroup.assignor.model import (
+        MemberSpec,
+        PartitionSpec,
+        PartitionTable,
+        PendingMove,
+        Plan,
+    )
     from capgroup.types import CapacityAdvertisement, OwnedPartition, TopicPartition
 
 __all__ = [
@@ -28,6 +34,7 @@ __all__ = [
     "MemberSpec",
     "OwnedPartition",
     "PartitionSpec",
+    "PartitionTable",
     "PendingMove",
     "Plan",
     "TopicPartition",
@@ -48,6 +55,7 @@ _EXPORTS = {
     "with_claimed_rates": "capgroup.assignor.adapter",
     "MemberSpec": "capgroup.assignor.model",
     "PartitionSpec": "capgroup.assignor.model",
+    "PartitionTable": "capgroup.assignor.model",
     "PendingMove": "capgroup.assignor.model",
     "Plan": "capgroup.assignor.model",
     "CapacityAdvertisement": "capgroup.types",

@@ -14,16 +14,12 @@ names it.
 
 from __future__ import annotations
 
-import itertools
-import math
-import operator
-import statistics
-from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from capgroup.assignor import balance, native
+from capgroup.assignor.figures import EXACT_HEADROOM_MAX_PARTITIONS, assigned_count, group_figures
 from capgroup.assignor.model import (
     MemberSpec,
     PartitionSpec,
@@ -69,12 +65,8 @@ ASSIGNOR_NAME = "capgroup-cooperative"
 #: differential tests hold the two paths to that), faster than numpy's per-call costs at that
 #: size, and a member of a small group never loads numpy (about 0.1 s and 20 MiB).
 SMALL_GROUP_PARTITIONS = 2_000
-_TOPIC_OF = operator.attrgetter("topic")
 #: How many unassigned partitions the shortfall warning lists by name.
 _SAMPLE = 10
-#: Largest group (in partitions) whose headroom is verified by placement when its members
-#: differ in subscriptions or per-topic costs; above it the counting bound is reported.
-EXACT_HEADROOM_MAX_PARTITIONS = 50_000
 
 _log = get_logger("assignor")
 
@@ -166,8 +158,11 @@ def plan_subscriptions(
     specs: list[MemberSpec] = []
     owned: list[OwnedColumns | NativeClaims | None] = []
     rejected: dict[str, str] = {}
-    # Members of one deployment share a subscription: one frozenset for all of them.
+    # Members of one deployment share a subscription: one frozenset for all of them (found by
+    # the identity of the decoded tuple, which the compiled decoder shares too, before its
+    # hash, which costs a pass over the names).
     topic_sets: dict[tuple[str, ...], frozenset[str]] = {}
+    topic_ids: dict[int, frozenset[str]] = {}
     small = len(partitions) < SMALL_GROUP_PARTITIONS
     given = advertisements if advertisements is not None else [None] * len(decoded)
     user_data = [
@@ -207,9 +202,12 @@ def plan_subscriptions(
                 generation=generation,
             )
             continue
-        topics = topic_sets.get(sub.topics)
+        topics = topic_ids.get(id(sub.topics))
         if topics is None:
-            topics = topic_sets[sub.topics] = frozenset(sub.topics)
+            topics = topic_sets.get(sub.topics)
+            if topics is None:
+                topics = topic_sets[sub.topics] = frozenset(sub.topics)
+            topic_ids[id(sub.topics)] = topics
         specs.append(MemberSpec(member_id, topics, adv, instance_id))
         owned.append(claims)
 
@@ -265,242 +263,6 @@ def _encode_for(plan: Plan, member_id: str, info: AssignmentInfo, encoded_info: 
     return encode_member_assignment(plan.assignment.get(member_id, ()), info)
 
 
-def group_figures(
-    plan: Plan,
-    specs: Sequence[MemberSpec],
-    partitions: Sequence[PartitionSpec],
-    generation: int,
-    *,
-    members: int | None = None,
-    headroom: int = 1,
-    per_topic: Mapping[str, int] | None = None,
-) -> AssignmentInfo:
-    """The assignment info of a plan: the unassigned and pending counts and the group figures.
-
-    Definitions (a *live* member is one whose advertisement decoded and that is not
-    draining; its *slots* are ``min(max_partitions, memory_budget_bytes // c)`` with ``c`` the
-    dearest per-partition cost among its subscribed topics that exist, ``max_partitions``
-    when that cost is 0, and 0 when it subscribes to none; the *typical* member's slots ``s``
-    are the upper median of the live members' non-zero slots; ``H`` is ``headroom``):
-
-    * ``unassigned``: partitions neither assigned nor relay-only (``len(plan.unassigned)``);
-      ``relayed``: the relay-only partitions, sent only when the plan has some (None otherwise);
-    * ``members``: members of the generation (``len(specs)`` unless given: the engine counts
-      rejected members too);
-    * ``capacity_partitions``: the sum of the live members' slots;
-      ``demand_partitions``: the partitions of the subscribed topics (``P``);
-    * ``capacity_bytes``: the sum of the live members' budgets; ``demand_bytes``: for every
-      partition, the cost of its topic at the typical subscriber (the upper median of the
-      costs the live subscribers advertise);
-    * ``headroom_members``: how many live members, largest slots first, the group can lose
-      and still place every partition (0 when the plan leaves any unassigned), as
-      :func:`capgroup.assignor.balance.headroom` computes it. Exact when every live member
-      subscribes to every topic with one cost for all of them (the counting bound is then
-      exact), and for up to :data:`EXACT_HEADROOM_MAX_PARTITIONS` partitions (checked by
-      placement). Above that size a group with mixed subscriptions or per-topic costs gets
-      the counting bound, an upper bound, so that the figure never costs more than the plan;
-    * ``replicas_wanted``: how many members the group needs to place every partition and
-      still have ``H`` to spare. With nothing unassigned and ``headroom_members >= H`` the
-      surplus can go: ``L + H - headroom_members`` (``L`` live members; never below ``H``).
-      Otherwise ``L + k`` with ``k`` the largest of ``H - headroom_members``, 1 when
-      partitions are unassigned, and the fewest members of ``s`` slots that, added to the
-      live ones, leave at least ``P`` slots once the ``H`` largest of them all are lost;
-      when no member has slots (``s`` is unknown) that last term is dropped. For ``L``
-      identical members of ``s`` slots both cases give ``ceil(P / s) + H``: a target that
-      does not move when the autoscaler adds the members it asked for, so it does not flap.
-
-    ``per_topic``, when given, is how many distinct partitions each topic of ``partitions``
-    has (the leader's plan knows it; counting a million specs again would not be free).
-    """
-    n_relayed = sum(map(len, plan.relay.values()))
-    n_partitions = _assigned(plan) + len(plan.pending) + len(plan.unassigned) + n_relayed
-    if per_topic is None:
-        per_topic = Counter(map(_TOPIC_OF, partitions))
-        if sum(per_topic.values()) != n_partitions:  # duplicate specs collapse in the plan
-            per_topic = Counter(topic for topic, _ in {(p.topic, p.partition) for p in partitions})
-    costs = _Costs(set(per_topic))
-    live = [m for m in specs if not m.capacity.draining]
-    slots = {m.member_id: costs.slots(m, dearest=True) for m in live}
-    # Largest first, as balance.headroom ranks them.
-    ranked = sorted(
-        live,
-        key=lambda m: (-slots[m.member_id], -balance._clean_weight(m.capacity.weight), m.member_id),
-    )
-    # A plan that leaves partitions unassigned (or only relays them: no batch home) is short:
-    # nothing can be lost.
-    short = bool(plan.unassigned) or n_relayed > 0
-    spare = 0 if short else _headroom(ranked, partitions, costs, n_partitions)
-    sizes = [n for n in slots.values() if n > 0]
-    typical = statistics.median_high(sizes) if sizes else 0
-    if not short and spare >= headroom:
-        wanted = len(live) + headroom - spare
-    else:
-        extra = max(headroom - spare, 1 if short else 0)
-        if typical:
-            sizes_desc = [slots[m.member_id] for m in ranked]
-            extra = max(extra, _typical_members_needed(sizes_desc, typical, n_partitions, headroom))
-        wanted = len(live) + extra
-    typical_cost = costs.typical(live, specs)
-    return AssignmentInfo(
-        generation,
-        len(plan.unassigned),
-        len(plan.pending),
-        members=len(specs) if members is None else members,
-        capacity_partitions=sum(slots.values()),
-        demand_partitions=n_partitions,
-        capacity_bytes=sum(max(0, m.capacity.memory_budget_bytes) for m in live),
-        demand_bytes=sum(n * typical_cost.get(t, 0) for t, n in per_topic.items()),
-        headroom_members=spare,
-        replicas_wanted=wanted,
-        relayed=n_relayed or None,
-    )
-
-
-class _Costs:
-    """Per-partition costs of the topics that exist, computed once per distinct subscription
-    and cost table (the members of one deployment share both)."""
-
-    def __init__(self, present: set[str]) -> None:
-        self.present = present
-        self._cache: dict[tuple[object, ...], dict[str, int]] = {}
-        #: Per cost table (by identity; the tables live in ``_cache``): its cheapest and
-        #: dearest cost and whether it covers every topic at one cost.
-        self._summary: dict[int, tuple[int, int, bool]] = {}
-        #: Per spec (by identity; ``_held`` keeps the ids from being reused): its table and
-        #: the table's summary, so that the several questions asked per member cost one
-        #: look-up each and no pass over its topics.
-        self._per_spec: dict[int, tuple[dict[str, int], int, int, bool]] = {}
-        self._held: list[MemberSpec] = []
-
-    def _entry(self, spec: MemberSpec) -> tuple[dict[str, int], int, int, bool]:
-        found = self._per_spec.get(id(spec))
-        if found is not None:
-            return found
-        adv = spec.capacity
-        key = (spec.topics, tuple(sorted(adv.partition_bytes.items())), adv.default_partition_bytes)
-        table = self._cache.get(key)
-        if table is None:
-            table = self._cache[key] = {
-                t: max(0, adv.cost_of(t)) for t in spec.topics if t in self.present
-            }
-        summary = self._summary.get(id(table))
-        if summary is None:
-            values = table.values()
-            summary = self._summary[id(table)] = (
-                min(values, default=0),
-                max(values, default=0),
-                len(table) == len(self.present) and len(set(values)) <= 1,
-            )
-        found = self._per_spec[id(spec)] = (table, *summary)
-        self._held.append(spec)
-        return found
-
-    def of(self, spec: MemberSpec) -> dict[str, int]:
-        """Clamped cost of each subscribed topic that exists."""
-        return self._entry(spec)[0]
-
-    def slots(self, spec: MemberSpec, *, dearest: bool) -> int:
-        """Partitions ``spec`` can hold, counting by its cap and its budget at the dearest
-        (or cheapest) per-partition cost among its subscribed topics that exist."""
-        adv = spec.capacity
-        costs, cheapest, dearest_cost, _ = self._entry(spec)
-        if adv.draining or not costs or adv.memory_budget_bytes < 0:
-            return 0
-        cost = dearest_cost if dearest else cheapest
-        by_bytes = adv.memory_budget_bytes // cost if cost else adv.max_partitions
-        return max(0, min(adv.max_partitions, by_bytes))
-
-    def uniform(self, spec: MemberSpec) -> bool:
-        """Whether ``spec`` subscribes to every topic that exists, at one cost."""
-        return self._entry(spec)[3]
-
-    def typical(self, live: Sequence[MemberSpec], specs: Sequence[MemberSpec]) -> dict[str, int]:
-        """Per topic, the upper median of the costs its live subscribers advertise (all
-        subscribers when none is live; topics without any are left out)."""
-        found: dict[str, int] = {}
-        for group in (live, specs):
-            tables: dict[int, tuple[dict[str, int], int]] = {}
-            for spec in group:
-                table = self.of(spec)
-                tables[id(table)] = (table, tables.get(id(table), (table, 0))[1] + 1)
-            for topic in self.present - found.keys():
-                weighted = sorted((t[topic], n) for t, n in tables.values() if topic in t)
-                middle = sum(n for _, n in weighted) // 2
-                for cost, n in weighted:
-                    if middle < n:
-                        found[topic] = cost
-                        break
-                    middle -= n
-        return found
-
-
-def _typical_members_needed(sizes: Sequence[int], typical: int, demand: int, lose: int) -> int:
-    """The fewest members of ``typical`` slots to add to members of ``sizes`` (descending)
-    so that, without the ``lose`` largest of them all, the slots still cover ``demand``."""
-    total = sum(sizes)
-    big = sum(1 for n in sizes if n >= typical)  # members ranked before the added ones
-    prefix = [0, *itertools.accumulate(sizes)]
-
-    def enough(k: int) -> bool:
-        from_big = min(lose, big)
-        from_added = min(lose - from_big, k)
-        from_rest = min(lose - from_big - from_added, len(sizes) - big)
-        lost = prefix[from_big] + from_added * typical + prefix[big + from_rest] - prefix[big]
-        return total + k * typical - lost >= demand
-
-    lo, hi = 0, math.ceil(demand / typical) + lose  # hi members of typical size always do
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if enough(mid):
-            hi = mid
-        else:
-            lo = mid + 1
-    return lo
-
-
-def _headroom(
-    ranked: Sequence[MemberSpec],
-    partitions: Sequence[PartitionSpec],
-    costs: _Costs,
-    n_partitions: int,
-) -> int:
-    """``headroom_members`` (see :func:`group_figures`): the counting bound when it is exact
-    or the group too large to afford placement runs, else :func:`balance.headroom`'s search
-    with the bound cutting off every count that cannot fit."""
-    cheap = [costs.slots(m, dearest=False) for m in ranked]
-    remaining = sum(cheap)
-    if remaining < n_partitions:
-        return 0
-    bound = 0
-    while bound < len(ranked) and remaining - cheap[bound] >= n_partitions:
-        remaining -= cheap[bound]
-        bound += 1
-    # With every live member subscribed to every topic at one cost, any partition fits any
-    # free slot: the count is the answer.
-    exact = all(map(costs.uniform, ranked))
-    if exact or n_partitions > EXACT_HEADROOM_MAX_PARTITIONS:
-        return bound
-    with balance._no_gc():
-        grp = balance._normalize(ranked, partitions)
-        index = {member_id: i for i, member_id in enumerate(grp.member_ids)}
-        order = [index[m.member_id] for m in ranked]
-
-        def placeable(lost: int) -> bool:
-            # Beyond the bound the count alone already fails (as it would inside).
-            return lost <= bound and balance._all_placeable(grp, set(order[:lost]))
-
-        if not placeable(0):
-            return 0
-        lo, hi = 0, len(order)
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if placeable(mid):
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
-
-
 def with_claimed_rates(
     partitions: Iterable[PartitionSpec], members: Iterable[MemberSpec]
 ) -> list[PartitionSpec]:
@@ -543,12 +305,6 @@ def _topic_sizes(plan: Plan) -> dict[str, int] | None:
     return columns.topic_sizes() if columns is not None else None
 
 
-def _assigned(plan: Plan) -> int:
-    """How many partitions ``plan`` assigns, without building the fast path's tuples."""
-    columns = _columns(plan)
-    return columns.total() if columns is not None else sum(map(len, plan.assignment.values()))
-
-
 def _grant_pending(plan: Plan) -> Plan:
     if not plan.pending:
         return plan
@@ -589,7 +345,7 @@ def _report(
         members=len(specs) + len(rejected),
         rejected=len(rejected),
         partitions=n_partitions,
-        assigned=_assigned(plan),
+        assigned=assigned_count(plan),
         pending=len(plan.pending),
         unassigned=len(plan.unassigned),
         moved=plan.moved,

@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from capgroup.assignor import balance
-from capgroup.assignor.model import MemberSpec, PartitionSpec, PendingMove, Plan
+from capgroup.assignor.model import MemberSpec, PartitionSpec, PartitionTable, PendingMove, Plan
 from capgroup.types import TopicPartition
 
 if TYPE_CHECKING:
@@ -87,6 +87,8 @@ def _normalize(members: Sequence[MemberSpec], partitions: Sequence[PartitionSpec
     for left, right in itertools.pairwise(specs):
         if left.member_id == right.member_id:
             raise ValueError(f"duplicate member id {left.member_id!r}")
+    if isinstance(partitions, PartitionTable):
+        return _table_columns(specs, source, partitions)
     n = len(partitions)
     # Topic runs (consecutive specs of one topic), counted without a list of a name per spec.
     runs = [(name, len(list(run))) for name, run in itertools.groupby(partitions, _TOPIC_OF)]
@@ -124,6 +126,37 @@ def _normalize(members: Sequence[MemberSpec], partitions: Sequence[PartitionSpec
         number=number,
         spec_rate=rate,
         zero_rate=zero,
+        source=source,
+    )
+
+
+def _table_columns(
+    specs: list[MemberSpec], source: list[int], partitions: PartitionTable
+) -> _Columns:
+    """:func:`_normalize`'s columns of a :class:`PartitionTable` (sorted, without repeats
+    already), read from its columns."""
+    counts = np.array(partitions.counts, dtype=np.int64)
+    n = int(counts.sum())
+    topic = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    if partitions.numbers is None:
+        starts = np.repeat(np.cumsum(counts) - counts, counts)
+        number = np.arange(n, dtype=np.int64) - starts
+    else:
+        number = np.frombuffer(partitions.numbers, dtype=np.int64).copy()
+    raw = (
+        np.zeros(n, dtype=np.float64)
+        if partitions.rates is None
+        else np.frombuffer(partitions.rates, dtype=np.float64).copy()
+    )
+    return _Columns(
+        member_ids=[m.member_id for m in specs],
+        specs=specs,
+        topic_names=list(partitions.topics),
+        ptopic=topic.tolist(),
+        topic=topic,
+        number=number,
+        spec_rate=_clean_rates(raw),
+        zero_rate=raw == 0.0,
         source=source,
     )
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import bisect
+import itertools
+from array import array
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import overload
 
 from capgroup.types import CapacityAdvertisement, OwnedPartition, TopicPartition
 
@@ -12,6 +16,7 @@ __all__ = [
     "MemberSpec",
     "OwnedPartition",
     "PartitionSpec",
+    "PartitionTable",
     "PendingMove",
     "Plan",
 ]
@@ -39,6 +44,157 @@ class PartitionSpec:
     def tp(self) -> TopicPartition:
         """The topic-partition."""
         return TopicPartition(self.topic, self.partition)
+
+
+class PartitionTable(Sequence[PartitionSpec]):
+    """The partitions of some topics held as columns: what a leader learns from topic
+    metadata (a partition count per topic), without an object per partition.
+
+    It is a sequence of :class:`PartitionSpec` (sorted by topic, then partition number,
+    without duplicates), so every caller that takes partitions takes it; the assignor's
+    fast paths read its columns directly, which at a million partitions saves the tens of
+    milliseconds that reading a million objects costs.
+
+    Columns: ``topics`` (strictly ascending names), ``counts`` (partitions per topic),
+    ``numbers`` (every topic's partition numbers, strictly ascending within a topic, as
+    int64; None when each topic is numbered ``0..count-1``, as Kafka numbers them) and
+    ``rates`` (records/s per partition, as float64, in the same order; None when all are 0).
+    Topics without partitions are left out. Build it with :meth:`of_counts`,
+    :meth:`of_numbers` or :meth:`of_specs`.
+    """
+
+    __slots__ = ("_bounds", "counts", "numbers", "rates", "topics")
+
+    topics: tuple[str, ...]
+    counts: tuple[int, ...]
+    numbers: array[int] | None
+    rates: array[float] | None
+
+    def __init__(
+        self,
+        topics: Sequence[str],
+        counts: Sequence[int],
+        numbers: Iterable[int] | None = None,
+        rates: Iterable[float] | None = None,
+    ) -> None:
+        """Columns as described in the class docstring.
+
+        Raises:
+            ValueError: if the columns disagree in length, the topics are not strictly
+                ascending, a count is negative or a topic's numbers are not strictly
+                ascending.
+        """
+        topics = tuple(topics)
+        counts = tuple(int(c) for c in counts)
+        if len(topics) != len(counts):
+            raise ValueError(f"{len(topics)} topics but {len(counts)} counts")
+        if any(a >= b for a, b in itertools.pairwise(topics)):
+            raise ValueError("topics must be strictly ascending")
+        if any(c < 0 for c in counts):
+            raise ValueError("a partition count is negative")
+        # A topic without partitions has nothing to place: as absent as from a list of specs.
+        kept = [k for k, c in enumerate(counts) if c > 0]
+        self.topics = tuple(topics[k] for k in kept)
+        self.counts = tuple(counts[k] for k in kept)
+        self._bounds = [0, *itertools.accumulate(self.counts)]
+        total = self._bounds[-1]
+        self.numbers = None if numbers is None else array("q", numbers)
+        self.rates = None if rates is None else array("d", rates)
+        for name, column in (("numbers", self.numbers), ("rates", self.rates)):
+            if column is not None and len(column) != total:
+                raise ValueError(f"{len(column)} {name} for {total} partitions")
+        if self.numbers is not None:
+            for t, (lo, hi) in enumerate(itertools.pairwise(self._bounds)):
+                run = self.numbers[lo:hi]
+                if any(a >= b for a, b in itertools.pairwise(run)):
+                    raise ValueError(
+                        f"partition numbers of topic {self.topics[t]!r} are not strictly ascending"
+                    )
+
+    @classmethod
+    def of_counts(cls, counts: Mapping[str, int]) -> PartitionTable:
+        """Topic ``t`` with partitions ``0..counts[t]-1``, rates unknown."""
+        topics = sorted(counts)
+        return cls(topics, [counts[t] for t in topics])
+
+    @classmethod
+    def of_numbers(cls, numbers: Mapping[str, Iterable[int]]) -> PartitionTable:
+        """Each topic with the given partition numbers (any order, repeats ignored), rates
+        unknown: what topic metadata gives."""
+        topics = sorted(numbers)
+        runs = [sorted(set(numbers[t])) for t in topics]
+        counts = [len(run) for run in runs]
+        if all(not run or run[-1] == len(run) - 1 for run in runs):  # 0..count-1 (no repeats)
+            return cls(topics, counts)
+        return cls(topics, counts, itertools.chain.from_iterable(runs))
+
+    @classmethod
+    def of_specs(cls, specs: Iterable[PartitionSpec]) -> PartitionTable:
+        """The same partitions as ``specs``, sorted.
+
+        Raises:
+            ValueError: if a partition appears twice (a list of specs may repeat one, and the
+                assignor merges the repeats; a table holds each once).
+        """
+        ordered = sorted(specs, key=lambda p: (p.topic, p.partition))
+        for a, b in itertools.pairwise(ordered):
+            if (a.topic, a.partition) == (b.topic, b.partition):
+                raise ValueError(f"partition {a.topic}-{a.partition} appears twice")
+        topics = sorted({p.topic for p in ordered})
+        counts = [0] * len(topics)
+        code = {t: k for k, t in enumerate(topics)}
+        for p in ordered:
+            counts[code[p.topic]] += 1
+        numbers = [p.partition for p in ordered]
+        dense = all(
+            numbers[lo:hi] == list(range(hi - lo))
+            for lo, hi in itertools.pairwise([0, *itertools.accumulate(counts)])
+        )
+        rates = [p.rate for p in ordered]
+        return cls(
+            topics,
+            counts,
+            None if dense else numbers,
+            rates if any(r != 0.0 for r in rates) else None,
+        )
+
+    def per_topic(self) -> dict[str, int]:
+        """Partitions per topic."""
+        return dict(zip(self.topics, self.counts, strict=True))
+
+    def __len__(self) -> int:
+        return self._bounds[-1]
+
+    def _spec(self, k: int) -> PartitionSpec:
+        t = bisect.bisect_right(self._bounds, k) - 1
+        number = self.numbers[k] if self.numbers is not None else k - self._bounds[t]
+        return PartitionSpec(self.topics[t], number, self.rates[k] if self.rates else 0.0)
+
+    @overload
+    def __getitem__(self, index: int) -> PartitionSpec: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[PartitionSpec]: ...
+
+    def __getitem__(self, index: int | slice) -> PartitionSpec | list[PartitionSpec]:
+        if isinstance(index, slice):
+            return [self._spec(k) for k in range(*index.indices(len(self)))]
+        n = len(self)
+        k = index + n if index < 0 else index
+        if not 0 <= k < n:
+            raise IndexError("partition table index out of range")
+        return self._spec(k)
+
+    def __iter__(self) -> Iterator[PartitionSpec]:
+        k = 0
+        for topic, count in zip(self.topics, self.counts, strict=True):
+            for j in range(count):
+                number = self.numbers[k] if self.numbers is not None else j
+                yield PartitionSpec(topic, number, self.rates[k] if self.rates else 0.0)
+                k += 1
+
+    def __repr__(self) -> str:
+        return f"PartitionTable({len(self.topics)} topics, {len(self)} partitions)"
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,11 @@ The leader's two other per-member steps have a native form too: :func:`decode_me
 :func:`encode_assignments` (every member's assignment bytes in one call). Both leave to the
 Python code whatever they do not reproduce exactly.
 
+The core keeps the large blocks it frees (up to 512 MiB) for its next plan: fresh from the
+kernel, the working memory of a plan of a million partitions cost a third of the call in page
+faults, and a leader plans again at every rebalance. :func:`kept_bytes` says how much it
+holds and :func:`release_memory` gives it back.
+
 The differential tests (``tests/assignor/test_native.py``, and the leader-path tests of
 ``test_differential.py``, which run whichever path ``plan_group`` takes) hold the native
 plans and bytes to the reference's. ``CAPGROUP_ASSIGNOR_NATIVE_TRACE=1`` makes the core print the
@@ -32,7 +37,7 @@ from types import ModuleType
 from typing import Any
 
 from capgroup.assignor import balance
-from capgroup.assignor.model import MemberSpec, PartitionSpec, PendingMove, Plan
+from capgroup.assignor.model import MemberSpec, PartitionSpec, PartitionTable, PendingMove, Plan
 from capgroup.protocol.capacity import OwnedColumns
 from capgroup.protocol.consumer import MemberSubscription
 from capgroup.types import CapacityAdvertisement, TopicPartition
@@ -45,7 +50,9 @@ __all__ = [
     "decode_members",
     "enabled",
     "encode_assignments",
+    "kept_bytes",
     "plan",
+    "release_memory",
 ]
 
 #: ``capgroup._native.Claims``: a member's ownership claims as :func:`decode_members`
@@ -92,13 +99,11 @@ def decode_members(
     ext = _ext
     if ext is None or not enabled():
         return None
-    out: list[tuple[MemberSubscription, CapacityAdvertisement, NativeClaims | None] | None] = []
-    for found in ext.decode_members(datas):
-        if found is None:
-            out.append(None)
-            continue
-        version, topics, cap, budget, default, weight, rack, draining, costs, relay, claims = found
-        adv = CapacityAdvertisement(
+    entries, advertised = ext.decode_members(datas)
+    # One object per distinct advertisement and subscription: members of one deployment
+    # share them, and the steps after this one work per distinct object, not per member.
+    advs = [
+        CapacityAdvertisement(
             max_partitions=cap,
             memory_budget_bytes=budget,
             partition_bytes=dict(costs),
@@ -108,7 +113,19 @@ def decode_members(
             draining=draining,
             relay_partition_bytes=relay,
         )
-        out.append((MemberSubscription(version, topics, b""), adv, claims))
+        for cap, budget, default, weight, rack, draining, costs, relay in advertised
+    ]
+    subscriptions: dict[tuple[int, int], MemberSubscription] = {}
+    out: list[tuple[MemberSubscription, CapacityAdvertisement, NativeClaims | None] | None] = []
+    for found in entries:
+        if found is None:
+            out.append(None)
+            continue
+        version, topics, k, claims = found
+        sub = subscriptions.get((version, id(topics)))
+        if sub is None:
+            sub = subscriptions[version, id(topics)] = MemberSubscription(version, topics, b"")
+        out.append((sub, advs[k], claims))
     return out
 
 
@@ -158,27 +175,40 @@ def plan(
     ext = _ext
     if ext is None or not (force or enabled()):
         return None
-    source = sorted(range(len(members)), key=lambda k: members[k].member_id)
+    ids = [m.member_id for m in members]
+    source = sorted(range(len(members)), key=ids.__getitem__)
     specs = [members[k] for k in source]
-    for left, right in itertools.pairwise(specs):
-        if left.member_id == right.member_id:
-            raise ValueError(f"duplicate member id {left.member_id!r}")
+    if len(set(ids)) != len(ids):
+        for left, right in itertools.pairwise(specs):
+            if left.member_id == right.member_id:
+                raise ValueError(f"duplicate member id {left.member_id!r}")
     if not _INT64[0] <= generation <= _INT64[1]:
         return None
     classes: dict[tuple[object, ...], int] = {}
+    # Members of one deployment share their subscription and advertisement objects (as the
+    # leader decodes them): their class is looked up once per pair of objects.
+    seen: dict[tuple[int, int], int] = {}
     class_rows: list[tuple[bool, object, dict[str, int], int]] = []
     rows: list[tuple[object, ...]] = []
     for k, spec in zip(source, specs, strict=True):
         adv = spec.capacity
-        eligible = not adv.draining
-        # The reference's member classes (balance._capacities): same subscription and costs.
-        key = balance._member_class(spec)
-        c = classes.get(key)
+        c = seen.get((id(spec.topics), id(adv)))
         if c is None:
-            c = classes[key] = len(class_rows)
-            class_rows.append(
-                (eligible, spec.topics, dict(adv.partition_bytes), adv.default_partition_bytes)
-            )
+            # The reference's member classes (balance._capacities): same subscription and
+            # costs.
+            key = balance._member_class(spec)
+            c = classes.get(key)
+            if c is None:
+                c = classes[key] = len(class_rows)
+                class_rows.append(
+                    (
+                        not adv.draining,
+                        spec.topics,
+                        dict(adv.partition_bytes),
+                        adv.default_partition_bytes,
+                    )
+                )
+            seen[id(spec.topics), id(adv)] = c
         claims: object
         if owned is not None:
             cols = owned[k]
@@ -207,10 +237,16 @@ def plan(
                 claims,
             )
         )
-    found = ext.plan(partitions, rows, class_rows, generation, claimed_rates)
+    # A table's columns are read as they are: no object per partition.
+    table = (
+        (partitions.topics, partitions.counts, partitions.numbers, partitions.rates)
+        if isinstance(partitions, PartitionTable)
+        else None
+    )
+    found = ext.plan(partitions, rows, class_rows, generation, claimed_rates, table)
     if found is None:
         return None
-    return _plan_of(found, [s.member_id for s in specs])
+    return _plan_of(found, [ids[k] for k in source])
 
 
 def _plan_of(found: Any, ids: list[str]) -> Plan:
@@ -263,3 +299,15 @@ def encode_assignments(
         return None
     found: list[bytes] | None = ext.encode_assignments(*raw, names, user_data)
     return found
+
+
+def kept_bytes() -> int:
+    """Bytes of freed working memory the compiled core keeps for its next plan (0 without
+    the core)."""
+    return int(_ext.kept_bytes()) if _ext is not None else 0
+
+
+def release_memory() -> int:
+    """Give the working memory the compiled core keeps back to the system; the bytes
+    released (0 without the core)."""
+    return int(_ext.release_memory()) if _ext is not None else 0

@@ -21,7 +21,7 @@ from aiokafka.coordinator.protocol import (
 )
 
 from capgroup.assignor.adapter import ASSIGNOR_NAME, plan_subscriptions
-from capgroup.assignor.model import PartitionSpec
+from capgroup.assignor.model import PartitionTable
 from capgroup.log import get_logger
 from capgroup.protocol import (
     AssignmentInfo,
@@ -103,11 +103,9 @@ class CapacityAwareAssignor(AbstractPartitionAssignor):  # type: ignore[misc]
                 (member_id, None, MemberSubscription(meta.version, sub_topics, user_data))
             )
             topics.update(sub_topics)
-        partitions = [
-            PartitionSpec(topic, p)
-            for topic in sorted(topics)
-            for p in sorted(cluster.partitions_for_topic(topic) or ())
-        ]
+        partitions = PartitionTable.of_numbers(
+            {topic: cluster.partitions_for_topic(topic) or () for topic in topics}
+        )
         group_plan = plan_subscriptions(
             decoded, partitions, _generation_hint(members), cooperative=False
         )

@@ -25,7 +25,7 @@ from aiokafka import errors as Errors  # noqa: N812 (aiokafka's own idiom)
 from anyio.abc import TaskStatus
 
 from capgroup.assignor.adapter import plan_group
-from capgroup.assignor.model import PartitionSpec
+from capgroup.assignor.model import PartitionTable
 from capgroup.errors import (
     CommitFailedError,
     CommitFencedError,
@@ -56,6 +56,7 @@ from capgroup.protocol._wire import MetadataDecodeError
 from capgroup.protocol.capacity import encode_advertisement
 from capgroup.protocol.consumer import (
     AssignmentInfo,
+    SubscriptionCache,
     decode_assignment_info,
     decode_member_metadata,
     encode_member_metadata,
@@ -439,8 +440,9 @@ class MembershipEngine:
         returns the partitions the plan leaves unassigned."""
         entries = [(m[0], m[1], m[2]) for m in members]
         topics: set[str] = set()
+        cache = SubscriptionCache()  # members of one deployment send the same topic list
         for _, _, raw in entries:
-            topics.update(_subscription(raw))
+            topics.update(_subscription(raw, cache))
         partitions = await self._partitions_of(sorted(topics))
         group_plan = plan_group(
             entries,
@@ -460,13 +462,10 @@ class MembershipEngine:
         unassigned = tuple(sorted(group_plan.plan.unassigned))
         return list(group_plan.assignments.items()), unassigned
 
-    async def _partitions_of(self, topics: list[str]) -> list[PartitionSpec]:
+    async def _partitions_of(self, topics: list[str]) -> PartitionTable:
         known = await self._transport.partitions(topics)
-        return [
-            PartitionSpec(topic, partition)
-            for topic in topics
-            for partition in sorted(known.get(topic, ()))
-        ]
+        # Columns, not an object per partition: the assignor reads them as they are.
+        return PartitionTable.of_numbers({topic: known.get(topic, ()) for topic in topics})
 
     async def _apply(
         self,
@@ -1005,12 +1004,12 @@ def _decode_assignment(
     return partitions, info
 
 
-def _subscription(raw: bytes) -> list[str]:
+def _subscription(raw: bytes, cache: SubscriptionCache) -> tuple[str, ...]:
     """Topics a member subscribes to, or none if its metadata does not decode."""
     try:
-        return list(decode_member_metadata(raw).topics)
+        return decode_member_metadata(raw, cache).topics
     except MetadataDecodeError:  # another member's bytes: plan_group reports them
-        return []
+        return ()
 
 
 def _cost(tp: TopicPartition, adv: CapacityAdvertisement, relay: frozenset[TopicPartition]) -> int:

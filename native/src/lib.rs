@@ -14,6 +14,11 @@ use std::collections::{BTreeMap, HashMap};
 
 mod core;
 mod decode;
+mod retain;
+
+/// Large blocks are kept for the next plan (see ``retain``).
+#[global_allocator]
+static ALLOCATOR: retain::Retaining = retain::Retaining;
 #[cfg(feature = "mutants")]
 mod mutants;
 use crate::core::*;
@@ -196,17 +201,97 @@ fn normalize<'py>(py: Python<'py>, partitions: &Bound<'py, PyAny>) -> R<Parts> {
         }
     }
     drop(keep);
+    Ok(finish(table.names, code, number, raw))
+}
+
+/// The partitions of a ``capgroup.assignor.model.PartitionTable``, from its columns
+/// ``(topics, counts, numbers, rates)`` (``numbers`` and ``rates`` buffers or None): no
+/// object per partition is read. What :func:`normalize` makes of the same partitions.
+fn normalize_table<'py>(py: Python<'py>, table: &Bound<'py, PyTuple>) -> R<Parts> {
+    if table.len() != 4 {
+        return Err(Unsupported);
+    }
+    let names: Vec<String> = table.get_item(0)?.extract()?;
+    let counts: Vec<i64> = table.get_item(1)?.extract()?;
+    if names.len() != counts.len()
+        || names.windows(2).any(|w| w[0] >= w[1])
+        || counts.iter().any(|&c| c <= 0)
+    {
+        return Err(Unsupported); // a table leaves out topics without partitions
+    }
+    let n = counts.iter().sum::<i64>() as usize;
+    let mut code: Vec<u32> = Vec::with_capacity(n);
+    for (t, &c) in counts.iter().enumerate() {
+        code.resize(code.len() + c as usize, t as u32);
+    }
+    let numbers = table.get_item(2)?;
+    let number: Vec<i64> = if numbers.is_none() {
+        let mut out = Vec::with_capacity(n);
+        for &c in &counts {
+            out.extend(0..c);
+        }
+        out
+    } else {
+        i64s(py, &numbers)?
+    };
+    let rates = table.get_item(3)?;
+    let (rate, zero) = if rates.is_none() {
+        (vec![0.0; n], vec![true; n])
+    } else {
+        let raw = f64s(py, &rates)?;
+        let zero = raw.iter().map(|&r| r == 0.0).collect();
+        (raw.into_iter().map(clean_rate).collect(), zero)
+    };
+    if number.len() != n || rate.len() != n {
+        return Err(Unsupported);
+    }
+    // Topics are in name order and numbered in order within each: already what ``finish``
+    // makes of a list (checked, not trusted: the columns are plain attributes).
+    let mut first = Vec::with_capacity(counts.len());
+    let mut at = 0usize;
+    for &c in &counts {
+        first.push(at);
+        let run = &number[at..at + c as usize];
+        if run.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(Unsupported);
+        }
+        at += c as usize;
+    }
+    let size: Vec<usize> = counts.iter().map(|&c| c as usize).collect();
+    let dense = dense_topics(&number, &first, &size);
+    Ok(Parts {
+        names,
+        ptopic: code,
+        number,
+        rate,
+        zero,
+        first,
+        size,
+        dense,
+    })
+}
+
+/// Per topic, whether its (ascending, distinct) numbers are ``0..size-1``.
+fn dense_topics(number: &[i64], first: &[usize], size: &[usize]) -> Vec<bool> {
+    (0..size.len())
+        .map(|t| {
+            size[t] > 0
+                && number[first[t]] == 0
+                && number[first[t] + size[t] - 1] == size[t] as i64 - 1
+        })
+        .collect()
+}
+
+/// Sort topic codes by name, then the partitions by (topic, number), merging duplicates.
+fn finish(seen: Vec<String>, code: Vec<u32>, mut number: Vec<i64>, raw: Vec<f64>) -> Parts {
     // Topic codes in name order.
-    let mut by_name: Vec<u32> = (0..table.names.len() as u32).collect();
-    by_name.sort_by(|&a, &b| table.names[a as usize].cmp(&table.names[b as usize]));
+    let mut by_name: Vec<u32> = (0..seen.len() as u32).collect();
+    by_name.sort_by(|&a, &b| seen[a as usize].cmp(&seen[b as usize]));
     let mut remap = vec![0u32; by_name.len()];
     for (k, &c) in by_name.iter().enumerate() {
         remap[c as usize] = k as u32;
     }
-    let names: Vec<String> = by_name
-        .iter()
-        .map(|&c| table.names[c as usize].clone())
-        .collect();
+    let names: Vec<String> = by_name.iter().map(|&c| seen[c as usize].clone()).collect();
     let n = code.len();
     let mut ptopic = code;
     if remap.iter().enumerate().any(|(k, &c)| k as u32 != c) {
@@ -255,14 +340,8 @@ fn normalize<'py>(py: Python<'py>, partitions: &Bound<'py, PyAny>) -> R<Parts> {
         }
         size[t as usize] += 1;
     }
-    let dense = (0..n_topics)
-        .map(|t| {
-            size[t] > 0
-                && number[first[t]] == 0
-                && number[first[t] + size[t] - 1] == size[t] as i64 - 1
-        })
-        .collect();
-    Ok(Parts {
+    let dense = dense_topics(&number, &first, &size);
+    Parts {
         names,
         ptopic,
         number,
@@ -271,7 +350,7 @@ fn normalize<'py>(py: Python<'py>, partitions: &Bound<'py, PyAny>) -> R<Parts> {
         first,
         size,
         dense,
-    })
+    }
 }
 
 impl Parts {
@@ -429,6 +508,7 @@ fn clean_weight(w: f64) -> f64 {
 fn run_plan(
     py: Python<'_>,
     partitions: &Bound<'_, PyAny>,
+    table: Option<&Bound<'_, PyTuple>>,
     members: &Bound<'_, PyList>,
     classes: &Bound<'_, PyList>,
     generation: i64,
@@ -443,7 +523,10 @@ fn run_plan(
             eprintln!("native {what}: {:.2} ms", t0.elapsed().as_secs_f64() * 1e3);
         }
     };
-    let mut parts = normalize(py, partitions)?;
+    let mut parts = match table {
+        Some(columns) => normalize_table(py, columns)?,
+        None => normalize(py, partitions)?,
+    };
     lap("normalize");
     let n_parts = parts.ptopic.len();
     let n_topics = parts.names.len();
@@ -731,8 +814,10 @@ fn run_plan(
 /// memory_budget_bytes, weight, draining, relay_partition_bytes, claims)`` with ``claims``
 /// None, a tuple of ``OwnedPartition`` or ``("columns", topics, counts, partitions,
 /// generations, rates)``; ``classes``: ``(eligible, topics, partition_bytes, default)``.
+/// ``table``, when given, is ``(topics, counts, numbers, rates)``, the columns of a
+/// ``PartitionTable``, read in place of ``partitions``.
 #[pyfunction]
-#[pyo3(signature = (partitions, members, classes, generation, claimed_rates))]
+#[pyo3(signature = (partitions, members, classes, generation, claimed_rates, table=None))]
 fn plan(
     py: Python<'_>,
     partitions: &Bound<'_, PyAny>,
@@ -740,8 +825,17 @@ fn plan(
     classes: &Bound<'_, PyList>,
     generation: i64,
     claimed_rates: bool,
+    table: Option<&Bound<'_, PyTuple>>,
 ) -> PyResult<Option<PyObject>> {
-    match run_plan(py, partitions, members, classes, generation, claimed_rates) {
+    match run_plan(
+        py,
+        partitions,
+        table,
+        members,
+        classes,
+        generation,
+        claimed_rates,
+    ) {
         Ok(obj) => Ok(Some(obj)),
         Err(Unsupported) => Ok(None),
     }
@@ -849,15 +943,38 @@ impl Claims {
     }
 }
 
-/// Each member's JoinGroup metadata decoded, or None where the Python decoders must look:
-/// ``(version, topics, max_partitions, memory_budget_bytes, default_partition_bytes,
-/// weight, rack, draining, partition_bytes, relay_partition_bytes, claims)`` with
-/// ``partition_bytes`` a list of pairs and ``claims`` a :class:`Claims` or None.
+/// An advertisement without its claims, as a key: members of one deployment advertise alike.
+#[derive(Hash, PartialEq, Eq)]
+struct AdvKey {
+    max_partitions: u64,
+    budget: u64,
+    default_cost: u64,
+    weight_bits: u64,
+    rack: Option<String>,
+    draining: bool,
+    partition_bytes: Vec<(String, u64)>,
+    relay_cost: u64,
+}
+
+/// Each member's JoinGroup metadata decoded, or None where the Python decoders must look.
+///
+/// Returns ``(members, advertisements)``: per member None or ``(version, topics, k, claims)``
+/// with ``topics`` a tuple of names (one shared tuple per distinct subscription), ``k`` an
+/// index into ``advertisements`` and ``claims`` a :class:`Claims` or None; per distinct
+/// advertisement (claims aside) ``(max_partitions, memory_budget_bytes,
+/// default_partition_bytes, weight, rack, draining, partition_bytes, relay_partition_bytes)``
+/// with ``partition_bytes`` a list of pairs. Members that advertise alike share one entry, so
+/// the caller builds one object for them all.
 #[pyfunction]
-fn decode_members(py: Python<'_>, datas: &Bound<'_, PyList>) -> PyResult<Vec<PyObject>> {
+fn decode_members(
+    py: Python<'_>,
+    datas: &Bound<'_, PyList>,
+) -> PyResult<(Vec<PyObject>, PyObject)> {
     let mut out = Vec::with_capacity(datas.len());
     // Members of one deployment subscribe alike: one tuple of names per distinct block.
     let mut subscriptions: HashMap<Vec<u8>, Bound<'_, PyTuple>> = HashMap::new();
+    let mut advs: HashMap<AdvKey, usize> = HashMap::new();
+    let advs_out = PyList::empty(py);
     for data in datas.iter() {
         let bytes = data.downcast::<PyBytes>().ok();
         let found = bytes
@@ -885,19 +1002,35 @@ fn decode_members(py: Python<'_>, datas: &Bound<'_, PyList>) -> PyResult<Vec<PyO
                     Some(owned) => Some(Py::new(py, Claims { owned })?),
                     None => None,
                 };
-                (
-                    m.version,
-                    topics,
-                    a.max_partitions,
-                    a.budget,
-                    a.default_cost,
-                    a.weight,
-                    a.rack,
-                    a.draining,
-                    a.partition_bytes,
-                    a.relay_cost,
-                    claims,
-                )
+                let key = AdvKey {
+                    max_partitions: a.max_partitions,
+                    budget: a.budget,
+                    default_cost: a.default_cost,
+                    weight_bits: a.weight.to_bits(),
+                    rack: a.rack,
+                    draining: a.draining,
+                    partition_bytes: a.partition_bytes,
+                    relay_cost: a.relay_cost,
+                };
+                let k = match advs.get(&key) {
+                    Some(&k) => k,
+                    None => {
+                        let k = advs_out.len();
+                        advs_out.append((
+                            key.max_partitions,
+                            key.budget,
+                            key.default_cost,
+                            a.weight,
+                            key.rack.clone(),
+                            key.draining,
+                            key.partition_bytes.clone(),
+                            key.relay_cost,
+                        ))?;
+                        advs.insert(key, k);
+                        k
+                    }
+                };
+                (m.version, topics, k, claims)
                     .into_pyobject(py)?
                     .into_any()
                     .unbind()
@@ -905,11 +1038,25 @@ fn decode_members(py: Python<'_>, datas: &Bound<'_, PyList>) -> PyResult<Vec<PyO
         };
         out.push(obj);
     }
-    Ok(out)
+    Ok((out, advs_out.into_any().unbind()))
+}
+
+/// Bytes of freed large blocks the extension keeps for its next plan.
+#[pyfunction]
+fn kept_bytes() -> usize {
+    retain::kept()
+}
+
+/// Return the blocks the extension keeps to the system; the bytes released.
+#[pyfunction]
+fn release_memory() -> usize {
+    retain::release()
 }
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(kept_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(release_memory, m)?)?;
     m.add_function(wrap_pyfunction!(plan, m)?)?;
     m.add_function(wrap_pyfunction!(encode_assignments, m)?)?;
     m.add_function(wrap_pyfunction!(decode_members, m)?)?;

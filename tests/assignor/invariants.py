@@ -10,9 +10,24 @@ import pytest
 
 from capgroup.assignor import balance, columnar, native
 from capgroup.assignor.model import MemberSpec, OwnedPartition, PartitionSpec, Plan
+from capgroup.protocol.capacity import AdvertisementEncodeError, encode_advertisement
+from capgroup.protocol.consumer import encode_member_metadata
 from capgroup.types import TopicPartition
 
 Assign = Callable[[Sequence[MemberSpec], Sequence[PartitionSpec], int], Plan]
+
+
+def leader_metadata(members: Sequence[MemberSpec]) -> list[tuple[str, str | None, bytes]]:
+    """Each member's JoinGroup metadata as a leader receives it; members whose advertisement
+    does not encode (out of the format's range) are left out."""
+    raw = []
+    for m in members:
+        try:
+            user_data = encode_advertisement(m.capacity)
+        except AdvertisementEncodeError:
+            continue
+        raw.append((m.member_id, m.instance_id, encode_member_metadata(m.topics, user_data)))
+    return raw
 
 
 def native_assign(

@@ -24,17 +24,14 @@ from capgroup.assignor.balance import reference_assign
 from capgroup.assignor.model import MemberSpec, OwnedPartition, PartitionSpec, Plan
 from capgroup.assignor.workloads import after_rebalance, synthetic_group, without_member
 from capgroup.protocol.capacity import (
-    AdvertisementEncodeError,
     OwnedColumns,
     decode_advertisement_columns,
-    encode_advertisement,
 )
 from capgroup.protocol.consumer import (
     decode_member_metadata,
     encode_member_assignment_columns,
-    encode_member_metadata,
 )
-from tests.assignor.invariants import native_assign
+from tests.assignor.invariants import leader_metadata, native_assign
 from tests.assignor.strategies import Case, cases
 from tests.assignor.test_differential import scrambled
 
@@ -218,13 +215,7 @@ def test_bulk_encoding_matches_the_python_encoder(n_partitions: int, n_members: 
 def test_decoded_metadata_equals_the_python_decoders(case: Case) -> None:
     """``decode_members`` returns what the Python decoders return, or None; and a small group
     planned from it (claims moved back onto the advertisements) is the leader's plan."""
-    raw = []
-    for m in case.members:
-        try:
-            user_data = encode_advertisement(m.capacity)
-        except AdvertisementEncodeError:
-            continue
-        raw.append((m.member_id, None, encode_member_metadata(m.topics, user_data)))
+    raw = leader_metadata(case.members)
     datas = [data for _, _, data in raw]
     found = native.decode_members([*datas, b"garbage", datas[0][:-1] if datas else b""])
     assert found is not None
@@ -247,3 +238,21 @@ def test_decoded_metadata_equals_the_python_decoders(case: Case) -> None:
         subs, partitions, case.generation, cooperative=True, advertisements=given_
     )
     assert led.plan == adapter.plan_group(raw, partitions, case.generation).plan
+
+
+def test_the_core_keeps_its_working_memory_within_bounds() -> None:
+    """A large plan's freed blocks are kept for the next plan (no new pages from the kernel),
+    never beyond the bound, and given back on request; plans do not change."""
+    members, partitions = synthetic_group(100_000, 300, seed=5)
+    native.release_memory()
+    first = native_assign(members, partitions, 1)
+    kept = native.kept_bytes()
+    assert kept > 8 * 100_000  # at least the largest per-partition column
+    again = native_assign(members, partitions, 1)
+    # The second plan drew its blocks from what the first left: the total does not grow.
+    assert native.kept_bytes() == kept
+    assert again == first
+    assert kept <= 512 << 20
+    assert native.release_memory() == kept
+    assert native.kept_bytes() == 0
+    assert native_assign(members, partitions, 1) == first
