@@ -434,7 +434,7 @@ class Assignment(Mapping[str, tuple[TopicPartition, ...]]):
         number: _I64,
         names: list[str],
         *,
-        raw: tuple[bytes, bytes, bytes, bytes] | None = None,
+        raw: tuple[object, object, object, object] | None = None,
         sizes: list[int] | None = None,
     ) -> None:
         self._ids = ids
@@ -443,8 +443,8 @@ class Assignment(Mapping[str, tuple[TopicPartition, ...]]):
         self._bounds = bounds
         self._ptopic = topic
         self._number = number
-        #: The int64 columns (topic, number, order, bounds) as bytes, when the compiled
-        #: core made them (``encode_all`` hands them over as they are).
+        #: The int64 columns (topic, number, order, bounds) as the compiled core made them
+        #: (its buffer objects, which ``encode_all`` hands back as they are).
         self._raw = raw
         #: Partitions per topic code, when the maker counted them already.
         self._sizes = sizes

@@ -255,16 +255,17 @@ def _plan_of(found: Any, ids: list[str]) -> Plan:
     from capgroup.assignor import balance
     from capgroup.assignor.columnar import Assignment
 
-    names, topic_b, number_b, order_b, bounds_b, pending, unassigned, relay, counts, sizes = found
+    # The four int64 columns are the core's ``Column`` objects: numpy reads them in place.
+    names, topic_c, number_c, order_c, bounds_c, pending, unassigned, relay, counts, sizes = found
     conflicts, stale, bogus, shed, moved, n_relayed = counts
     assignment = Assignment(
         ids,
-        np.frombuffer(order_b, np.int64),
-        np.frombuffer(bounds_b, np.int64),
-        np.frombuffer(topic_b, np.int64),
-        np.frombuffer(number_b, np.int64),
+        np.frombuffer(order_c, np.int64),
+        np.frombuffer(bounds_c, np.int64),
+        np.frombuffer(topic_c, np.int64),
+        np.frombuffer(number_c, np.int64),
         names,
-        raw=(topic_b, number_b, order_b, bounds_b),
+        raw=(topic_c, number_c, order_c, bounds_c),
         sizes=sizes,
     )
     notes = balance._note_lines(conflicts, stale, bogus, shed)
@@ -287,10 +288,11 @@ def _plan_of(found: Any, ids: list[str]) -> Plan:
 
 
 def encode_assignments(
-    raw: tuple[bytes, bytes, bytes, bytes], names: list[str], user_data: bytes
+    raw: tuple[object, object, object, object], names: list[str], user_data: bytes
 ) -> list[bytes] | None:
     """Every member's ``ConsumerProtocolMemberAssignment`` (in member-id order) with
-    ``user_data``, byte for byte what
+    ``user_data``, from the int64 columns (topic code, number, order, bounds) as the core's
+    columns or as native-endian bytes; byte for byte what
     :func:`capgroup.protocol.consumer.encode_member_assignment_columns` writes; None when
     the core is off or a name or number does not fit the format (the caller then encodes
     member by member, and raises what that raises)."""

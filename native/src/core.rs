@@ -39,6 +39,97 @@ type MinHeap<T> = BinaryHeap<Reverse<T>>;
 /// ``math.fsum``: the correctly rounded sum (CPython's algorithm). None on overflow
 /// (CPython raises OverflowError; the caller then lets the numpy path raise it).
 pub fn fsum(xs: &[f64]) -> Option<f64> {
+    if let Some(sum) = exact_sum_nonnegative(xs) {
+        return Some(sum);
+    }
+    shewchuk_sum(xs)
+}
+
+/// The correctly rounded (half to even) sum of non-negative finite values below 2^1000, as
+/// ``math.fsum`` returns it, in one cheap pass: every value's 53-bit significand is added
+/// into a 128-bit accumulator of its exponent, the accumulators into one exact fixed-point
+/// integer (in units of 2^-1074), which is rounded once. None for any other input (a
+/// negative, too large or non-finite value), which :func:`shewchuk_sum` then adds.
+/// Load units are computed from such values (cleaned rates), a million of them per plan.
+fn exact_sum_nonnegative(xs: &[f64]) -> Option<f64> {
+    const LIMBS: usize = 36; // 2,304 bits: above 2^1000 x 2^64 values in units of 2^-1074
+    let mut acc = [0u128; 2048];
+    for &x in xs {
+        let bits = x.to_bits();
+        let e = (bits >> 52) as usize; // the sign bit makes this at least 2048
+        if e >= 2023 {
+            return None; // negative, 2^1000 or more, infinite or NaN
+        }
+        let m = bits & ((1u64 << 52) - 1);
+        // value = m' x 2^(max(e, 1) - 1075): the significand at bit max(e, 1) - 1.
+        if e == 0 {
+            acc[1] += m as u128;
+        } else {
+            acc[e] += (m | (1u64 << 52)) as u128;
+        }
+    }
+    // The exact sum as a little-endian integer of LIMBS words.
+    let mut n = [0u64; LIMBS];
+    for (e, &a) in acc.iter().enumerate().skip(1) {
+        if a == 0 {
+            continue;
+        }
+        let shift = e - 1;
+        let (word, bit) = (shift / 64, shift % 64);
+        // a < 2^128 shifted by bit < 64: three words.
+        let low = (a << bit) as u64;
+        let mid = ((a << bit) >> 64) as u64; // the bits a << bit loses are above 128
+        let high = if bit == 0 {
+            0
+        } else {
+            (a >> (128 - bit)) as u64
+        };
+        let mut carry = 0u128;
+        for (k, part) in [low, mid, high].into_iter().enumerate() {
+            let total = n[word + k] as u128 + part as u128 + carry;
+            n[word + k] = total as u64;
+            carry = total >> 64;
+        }
+        let mut k = word + 3;
+        while carry != 0 && k < LIMBS {
+            let total = n[k] as u128 + carry;
+            n[k] = total as u64;
+            carry = total >> 64;
+            k += 1;
+        }
+    }
+    let Some(top) = (0..LIMBS).rev().find(|&k| n[k] != 0) else {
+        return Some(0.0);
+    };
+    let h = top * 64 + 63 - n[top].leading_zeros() as usize; // highest set bit
+    let bit = |i: usize| (n[i / 64] >> (i % 64)) & 1;
+    if h <= 52 {
+        // Below 2^-1021: exact on the subnormal grid.
+        return Some(n[0] as f64 * f64::from_bits(1));
+    }
+    let mut mant = 0u64;
+    for i in (h - 52..=h).rev() {
+        mant = (mant << 1) | bit(i);
+    }
+    let round = bit(h - 53) == 1;
+    let sticky = (0..h - 53).any(|i| bit(i) == 1);
+    let mut h = h;
+    if round && (sticky || mant & 1 == 1) {
+        mant += 1;
+        if mant == 1u64 << 53 {
+            mant >>= 1;
+            h += 1;
+        }
+    }
+    let biased = (h - 51) as u64; // the value is mant / 2^52 x 2^(h - 1074)
+    if biased >= 2047 {
+        return None;
+    }
+    Some(f64::from_bits((biased << 52) | (mant & ((1u64 << 52) - 1))))
+}
+
+/// ``math.fsum`` as CPython computes it (Shewchuk's partials), for any input.
+fn shewchuk_sum(xs: &[f64]) -> Option<f64> {
     let mut p: Vec<f64> = Vec::with_capacity(8);
     for &xsave in xs {
         let mut x = xsave;
@@ -415,38 +506,36 @@ impl State {
 // ----------------------------------------------------------------------------- receivers
 
 pub struct Receivers {
-    heaps: HashMap<usize, MinHeap<KeyEntry>>,
-    pushed: HashMap<usize, Vec<i64>>,
+    /// Per topic group (indexed by group: there are few, and the look-up is made once per
+    /// partition placed), its heap of receivers and the version each member was pushed at.
+    heaps: Vec<Option<(MinHeap<KeyEntry>, Vec<i64>)>>,
 }
 
 impl Receivers {
     pub fn new() -> Self {
-        Receivers {
-            heaps: HashMap::new(),
-            pushed: HashMap::new(),
-        }
+        Receivers { heaps: Vec::new() }
     }
 
-    fn ensure(&mut self, st: &State, g: usize) {
-        if self.heaps.contains_key(&g) {
-            return;
+    fn ensure(&mut self, st: &State, g: usize) -> &mut (MinHeap<KeyEntry>, Vec<i64>) {
+        if self.heaps.len() <= g {
+            self.heaps
+                .resize_with(st.gmembers.len().max(g + 1), || None);
         }
-        let mut pushed = vec![-1i64; st.cap.len()];
-        let mut items = Vec::new();
-        for &i in &st.gmembers[g] {
-            if st.fits(i, g) {
-                items.push(Reverse(KeyEntry(st.key(i), i, st.ver[i])));
-                pushed[i] = st.ver[i];
+        self.heaps[g].get_or_insert_with(|| {
+            let mut pushed = vec![-1i64; st.cap.len()];
+            let mut items = Vec::new();
+            for &i in &st.gmembers[g] {
+                if st.fits(i, g) {
+                    items.push(Reverse(KeyEntry(st.key(i), i, st.ver[i])));
+                    pushed[i] = st.ver[i];
+                }
             }
-        }
-        self.heaps.insert(g, BinaryHeap::from(items));
-        self.pushed.insert(g, pushed);
+            (BinaryHeap::from(items), pushed)
+        })
     }
 
     pub fn best(&mut self, st: &State, g: usize, exclude: i64) -> i64 {
-        self.ensure(st, g);
-        let heap = self.heaps.get_mut(&g).unwrap();
-        let pushed = self.pushed.get_mut(&g).unwrap();
+        let (heap, pushed) = self.ensure(st, g);
         let mut held: Option<Reverse<KeyEntry>> = None;
         let mut found = -1i64;
         while let Some(&Reverse(KeyEntry(_, i, v))) = heap.peek() {
@@ -478,9 +567,7 @@ impl Receivers {
 
     /// ``_Receivers.fill``: returns the index in ``run`` from which nothing was placed.
     pub fn fill(&mut self, st: &mut State, g: usize, run: &[usize]) -> usize {
-        self.ensure(st, g);
-        let heap = self.heaps.get_mut(&g).unwrap();
-        let pushed = self.pushed.get_mut(&g).unwrap();
+        let (heap, pushed) = self.ensure(st, g);
         for (pos, &j) in run.iter().enumerate() {
             let i;
             loop {
@@ -511,12 +598,15 @@ impl Receivers {
             st.used[i] += c;
             st.load[i] += st.unit[j];
             st.ver[i] += 1;
+            // heapq.heapreplace: the top entry becomes the taker's new one. As a pop and a
+            // push (the same heap order: entries are totally ordered): the taker's key grew,
+            // so its entry sinks far, which a pop (to the bottom, then up) does in about half
+            // the comparisons of a sift down from the top.
+            heap.pop();
             if st.count[i] < st.cap[i] && st.used[i] + c <= st.budget[i] {
-                // heapq.heapreplace: the top entry becomes the taker's new one.
-                *heap.peek_mut().unwrap() = Reverse(KeyEntry(st.key(i), i, st.ver[i]));
+                heap.push(Reverse(KeyEntry(st.key(i), i, st.ver[i])));
                 pushed[i] = st.ver[i];
             } else {
-                heap.pop();
                 pushed[i] = -1;
             }
         }
@@ -524,20 +614,20 @@ impl Receivers {
     }
 
     fn rose(&mut self, st: &State, i: usize, g: usize) {
-        if let Some(heap) = self.heaps.get_mut(&g) {
+        if let Some(Some((heap, pushed))) = self.heaps.get_mut(g) {
             if st.fits(i, g) {
                 heap.push(Reverse(KeyEntry(st.key(i), i, st.ver[i])));
-                self.pushed.get_mut(&g).unwrap()[i] = st.ver[i];
+                pushed[i] = st.ver[i];
             }
         }
     }
 
     fn fell(&mut self, st: &State, i: usize) {
         for &g in &st.mgroups[i] {
-            if let Some(heap) = self.heaps.get_mut(&g) {
+            if let Some(Some((heap, pushed))) = self.heaps.get_mut(g) {
                 if st.fits(i, g) {
                     heap.push(Reverse(KeyEntry(st.key(i), i, st.ver[i])));
-                    self.pushed.get_mut(&g).unwrap()[i] = st.ver[i];
+                    pushed[i] = st.ver[i];
                 }
             }
         }
@@ -589,13 +679,17 @@ pub fn keep_owned(st: &mut State, mine: &[Vec<usize>]) -> usize {
 
 // ----------------------------------------------------------------------------- place free
 
-fn runs(st: &State, free: &[usize]) -> Vec<Vec<usize>> {
+/// The free partitions in placement order, cut into runs: ``(order, ends)`` with run ``k``
+/// being ``order[ends[k - 1]..ends[k]]`` (one flat array: with ingress rates nearly every run
+/// holds one partition, and a vector per run cost as much as placing it).
+fn runs(st: &State, free: &[usize]) -> (Vec<usize>, Vec<usize>) {
     #[cfg(feature = "mutants")]
     {
         if st.mutant == Some("coldest_first") {
             let mut order = free.to_vec();
             order.sort_by_key(|&j| (st.unit[j], j));
-            return order.into_iter().map(|j| vec![j]).collect();
+            let ends = (1..=order.len()).collect();
+            return (order, ends);
         }
     }
     let scarcity = |g: i64| -> usize {
@@ -615,31 +709,42 @@ fn runs(st: &State, free: &[usize]) -> Vec<Vec<usize>> {
         }
         let mut gs: Vec<i64> = by_group.keys().copied().collect();
         gs.sort_by_key(|&g| (scarcity(g), g));
-        return gs
-            .into_iter()
-            .map(|g| by_group.remove(&g).unwrap())
-            .collect();
+        let mut order = Vec::with_capacity(free.len());
+        let mut ends = Vec::with_capacity(gs.len());
+        for g in gs {
+            order.extend(by_group.remove(&g).unwrap());
+            ends.push(order.len());
+        }
+        return (order, ends);
     }
     let rank: Vec<usize> = st.tgroup.iter().map(|&g| scarcity(g)).collect();
-    let mut order: Vec<(i64, usize, usize, i64)> = free
+    // Heaviest first, then the scarcest group, then the index: (-unit, rank, j) with rank
+    // (a member count) and j (run_plan takes fewer than 2^32 partitions) packed in one word,
+    // which sorts about twice as fast as the tuple.
+    let mut keyed: Vec<(i64, u64)> = free
         .iter()
         .map(|&j| {
             let t = st.ptopic[j] as usize;
-            (-st.unit[j], rank[t], j, st.tgroup[t])
+            (-st.unit[j], ((rank[t] as u64) << 32) | j as u64)
         })
         .collect();
-    order.sort_unstable();
-    let mut out: Vec<Vec<usize>> = Vec::new();
+    keyed.sort_unstable();
+    let mut order = Vec::with_capacity(keyed.len());
+    let mut ends = Vec::new();
     let mut last: Option<(i64, i64)> = None;
-    for (nu, _, j, g) in order {
-        if last == Some((nu, g)) {
-            out.last_mut().unwrap().push(j);
-        } else {
-            out.push(vec![j]);
-            last = Some((nu, g));
+    for (nu, rj) in keyed {
+        let j = (rj & 0xffff_ffff) as usize;
+        let g = st.tgroup[st.ptopic[j] as usize];
+        if last.is_some() && last != Some((nu, g)) {
+            ends.push(order.len());
         }
+        order.push(j);
+        last = Some((nu, g));
     }
-    out
+    if !order.is_empty() {
+        ends.push(order.len());
+    }
+    (order, ends)
 }
 
 fn water_fill(st: &mut State, g: usize, run: &[usize]) -> Option<usize> {
@@ -803,17 +908,21 @@ impl Ord for KeyF {
 pub fn place_free(st: &mut State, free: &[usize]) -> Option<Vec<usize>> {
     let mut recv = Receivers::new();
     let mut unplaced = Vec::new();
-    for run in runs(st, free) {
+    let (order, ends) = runs(st, free);
+    let mut start = 0usize;
+    for end in ends {
+        let run = &order[start..end];
+        start = end;
         let g = st.tgroup[st.ptopic[run[0]] as usize];
         if g < 0 {
-            unplaced.extend_from_slice(&run);
+            unplaced.extend_from_slice(run);
             continue;
         }
         let g = g as usize;
         let done = if run.len() >= st.gmembers[g].len() {
-            water_fill(st, g, &run)?
+            water_fill(st, g, run)?
         } else {
-            recv.fill(st, g, &run)
+            recv.fill(st, g, run)
         };
         unplaced.extend_from_slice(&run[done..]);
     }
@@ -969,6 +1078,57 @@ fn already_balanced(st: &State, recv: &mut Receivers) -> bool {
     true
 }
 
+/// Whether the first pass of :func:`balance` would find no improving move: the same questions
+/// it asks of every donor (the lightest fresh partition of each of its groups, its heaviest
+/// partition where it keeps any), answered from one pass over the partitions instead of the
+/// heaps :struct:`Holdings` builds, which cost most of the step when nothing moves (a fresh
+/// group with ingress rates, placed heaviest first, is usually balanced already). False
+/// when the per-(member, group) table would be too large: the full pass decides.
+fn nothing_to_move(st: &State, owner: &[i64], recv: &mut Receivers) -> bool {
+    let n = st.cap.len();
+    let ng = st.gmembers.len();
+    if n.saturating_mul(ng) > MAX_TABLE {
+        return false;
+    }
+    let mut fresh_min = vec![i64::MAX; n * ng];
+    let mut kept_any = vec![false; n * ng];
+    let mut heaviest = vec![i64::MIN; n];
+    for (j, &i) in st.target.iter().enumerate() {
+        if i < 0 {
+            continue;
+        }
+        let a = i as usize;
+        let k = a * ng + st.tgroup[st.ptopic[j] as usize] as usize;
+        let u = st.unit[j];
+        if owner[j] == i {
+            kept_any[k] = true;
+        } else if u < fresh_min[k] {
+            fresh_min[k] = u;
+        }
+        heaviest[a] = heaviest[a].max(u);
+    }
+    for (a, &heavy) in heaviest.iter().enumerate() {
+        if st.count[a] == 0 {
+            continue;
+        }
+        for g in 0..ng {
+            let k = a * ng + g;
+            let fresh = fresh_min[k] != i64::MAX;
+            if !fresh && !kept_any[k] {
+                continue;
+            }
+            let b = recv.best(st, g, a as i64);
+            if fresh && improves(st, a, b, fresh_min[k]) {
+                return false;
+            }
+            if kept_any[k] && improves(st, a, b, heavy) {
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// Per group, (load unit, partition) entries not yet heapified.
 type Unheaped = BTreeMap<usize, Vec<Reverse<(i64, usize)>>>;
 
@@ -1045,6 +1205,9 @@ pub fn balance(st: &mut State, owner: &[i64]) -> usize {
     }
     let mut recv = Receivers::new();
     if st.uniform && (st.unit.is_empty() || already_balanced(st, &mut recv)) {
+        return 0;
+    }
+    if !st.uniform && nothing_to_move(st, owner, &mut recv) {
         return 0;
     }
     let mut hd = Holdings::build(st, owner);

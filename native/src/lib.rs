@@ -529,9 +529,13 @@ fn run_plan(
     };
     lap("normalize");
     let n_parts = parts.ptopic.len();
+    if n_parts > u32::MAX as usize {
+        return Err(Unsupported); // partition indexes are packed in 32 bits
+    }
     let n_topics = parts.names.len();
     let claims = claims_of(py, &parts, members)?;
-    if claimed_rates {
+    // Only a claim with a rate above 0 can raise a partition's rate.
+    if claimed_rates && claims.iter().any(|c| c.part >= 0 && c.rate > 0.0) {
         let mut claimed = vec![0.0f64; n_parts];
         for c in &claims {
             if c.part >= 0 && c.rate > claimed[c.part as usize] {
@@ -662,6 +666,7 @@ fn run_plan(
     #[cfg(feature = "mutants")]
     let relay_out = early.unwrap_or(relay_out);
 
+    lap("relay");
     // ------------------------------------------------------------------ output
     let target = &st.target;
     let mut relayed = vec![false; if relay_out.is_empty() { 0 } else { n_parts }];
@@ -726,6 +731,7 @@ fn run_plan(
             t as usize + 1
         }
     };
+    lap("moves");
     let mut start = vec![0usize; n + 2];
     for j in 0..n_parts {
         start[holder(j) + 1] += 1;
@@ -733,45 +739,30 @@ fn run_plan(
     for k in 1..n + 2 {
         start[k] += start[k - 1];
     }
-    #[inline]
-    fn put(buf: &mut [u8], k: usize, v: i64) {
-        buf[8 * k..8 * k + 8].copy_from_slice(&v.to_ne_bytes());
+    lap("start");
+    // The output columns stay in this extension's memory (kept for the next plan, see
+    // ``retain``), handed to Python as buffers: no copy, and no fresh pages.
+    let mut order = vec![0i64; n_parts];
+    let mut fill = start.clone();
+    for j in 0..n_parts {
+        let h = holder(j);
+        order[fill[h]] = j as i64;
+        fill[h] += 1;
     }
-    let order_b = PyBytes::new_with(py, n_parts * 8, |buf: &mut [u8]| {
-        let mut fill = start.clone();
-        for j in 0..n_parts {
-            let h = holder(j);
-            put(buf, fill[h], j as i64);
-            fill[h] += 1;
-        }
-        Ok(())
-    })?
-    .into_any()
-    .unbind();
-    let bounds_b = PyBytes::new_with(py, (n + 1) * 8, |buf: &mut [u8]| {
-        for i in 0..=n {
-            put(buf, i, start[i + 1] as i64);
-        }
-        Ok(())
-    })?
-    .into_any()
-    .unbind();
+    let bounds: Vec<i64> = start[1..].iter().map(|&s| s as i64).collect();
     #[cfg(feature = "mutants")]
-    let (order_b, bounds_b) = if mutant == Some("give_one_partition_twice") {
-        mutants::give_one_partition_twice(py, order_b, bounds_b)?
-    } else {
-        (order_b, bounds_b)
-    };
-    let topic_b = PyBytes::new_with(py, n_parts * 8, |buf: &mut [u8]| {
-        for (k, &t) in st.ptopic.iter().enumerate() {
-            put(buf, k, t as i64);
+    let (order, bounds) = {
+        let (mut order, mut bounds) = (order, bounds);
+        if mutant == Some("give_one_partition_twice") {
+            mutants::give_one_partition_twice(&mut order, &mut bounds);
         }
-        Ok(())
-    })?
-    .into_any()
-    .unbind();
-    let number_b = bytes_of(py, &parts.number);
-    let key = |j: usize| (st.ptopic[j], parts.number[j]);
+        (order, bounds)
+    };
+    lap("order");
+    let topic_col: Vec<i64> = st.ptopic.iter().map(|&t| t as i64).collect();
+    let number_col = std::mem::take(&mut parts.number);
+    let key = |j: usize| (st.ptopic[j], number_col[j]);
+    lap("topic+number");
     let pending: Vec<(u32, i64, usize, usize)> = moves
         .iter()
         .map(|(&j, &(a, b))| (key(j).0, key(j).1, a, b))
@@ -794,10 +785,10 @@ fn run_plan(
         .collect();
     let result = (
         parts.names.clone(),
-        topic_b,
-        number_b,
-        order_b,
-        bounds_b,
+        Column::new(py, topic_col)?,
+        Column::new(py, number_col)?,
+        Column::new(py, order)?,
+        Column::new(py, bounds)?,
         pending,
         unassigned,
         relay_list,
@@ -841,42 +832,137 @@ fn plan(
     }
 }
 
+/// An int64 column the core made, kept in the extension's memory and read by Python through
+/// the buffer protocol (``numpy.frombuffer(column, numpy.int64)``, ``memoryview``): handing a
+/// million-row column over costs neither a copy nor fresh pages.
+#[pyclass(frozen, module = "capgroup._native")]
+struct Column {
+    data: Vec<i64>,
+    /// ``shape`` and ``strides`` of the one-dimensional view, pointed to by every buffer.
+    shape: [pyo3::ffi::Py_ssize_t; 1],
+    strides: [pyo3::ffi::Py_ssize_t; 1],
+}
+
+impl Column {
+    fn new(py: Python<'_>, data: Vec<i64>) -> PyResult<Py<Column>> {
+        let len = data.len() as pyo3::ffi::Py_ssize_t;
+        Py::new(
+            py,
+            Column {
+                data,
+                shape: [len],
+                strides: [8],
+            },
+        )
+    }
+}
+
+#[pymethods]
+impl Column {
+    /// A read-only buffer over the column (format ``q``: native int64).
+    unsafe fn __getbuffer__(
+        slf: Bound<'_, Self>,
+        view: *mut pyo3::ffi::Py_buffer,
+        flags: std::os::raw::c_int,
+    ) -> PyResult<()> {
+        use pyo3::ffi;
+        if view.is_null() {
+            return Err(pyo3::exceptions::PyBufferError::new_err("no view to fill"));
+        }
+        if flags & ffi::PyBUF_WRITABLE == ffi::PyBUF_WRITABLE {
+            return Err(pyo3::exceptions::PyBufferError::new_err(
+                "a column of the assignor's core is read-only",
+            ));
+        }
+        let this = slf.get();
+        (*view).buf = this.data.as_ptr() as *mut std::os::raw::c_void;
+        (*view).len = (this.data.len() * 8) as ffi::Py_ssize_t;
+        (*view).readonly = 1;
+        (*view).itemsize = 8;
+        (*view).format = if flags & ffi::PyBUF_FORMAT == ffi::PyBUF_FORMAT {
+            c"q".as_ptr() as *mut std::os::raw::c_char
+        } else {
+            std::ptr::null_mut()
+        };
+        (*view).ndim = 1;
+        (*view).shape = if flags & ffi::PyBUF_ND == ffi::PyBUF_ND {
+            this.shape.as_ptr() as *mut ffi::Py_ssize_t
+        } else {
+            std::ptr::null_mut()
+        };
+        (*view).strides = if flags & ffi::PyBUF_STRIDES == ffi::PyBUF_STRIDES {
+            this.strides.as_ptr() as *mut ffi::Py_ssize_t
+        } else {
+            std::ptr::null_mut()
+        };
+        (*view).suboffsets = std::ptr::null_mut();
+        (*view).internal = std::ptr::null_mut();
+        // The view holds a reference: the column outlives every buffer over it.
+        (*view).obj = slf.into_any().into_ptr();
+        Ok(())
+    }
+
+    unsafe fn __releasebuffer__(&self, _view: *mut pyo3::ffi::Py_buffer) {}
+
+    fn __len__(&self) -> usize {
+        self.data.len()
+    }
+}
+
 /// Every member's ``ConsumerProtocolMemberAssignment`` v0 (as
 /// ``capgroup.protocol.consumer.encode_member_assignment_columns`` writes it), from the
 /// columns :func:`plan` returned; None if a name or number does not fit the format.
 #[pyfunction]
 fn encode_assignments(
     py: Python<'_>,
-    topic: &[u8],
-    number: &[u8],
-    order: &[u8],
-    bounds: &[u8],
+    topic: &Bound<'_, PyAny>,
+    number: &Bound<'_, PyAny>,
+    order: &Bound<'_, PyAny>,
+    bounds: &Bound<'_, PyAny>,
     names: Vec<String>,
     user_data: &[u8],
 ) -> PyResult<Option<Vec<PyObject>>> {
-    #[inline]
-    fn at(b: &[u8], k: usize) -> i64 {
-        i64::from_ne_bytes(b[8 * k..8 * k + 8].try_into().unwrap())
+    /// The int64 column of a :class:`Column` (borrowed) or of native-endian bytes (copied
+    /// only when not aligned); None for anything else.
+    fn column<'a>(obj: &'a Bound<'_, PyAny>) -> Option<std::borrow::Cow<'a, [i64]>> {
+        if let Ok(col) = obj.downcast::<Column>() {
+            return Some(std::borrow::Cow::Borrowed(col.get().data.as_slice()));
+        }
+        let b = obj.downcast::<PyBytes>().ok()?.as_bytes();
+        // SAFETY: every bit pattern is a valid i64; align_to checks the alignment.
+        let (head, body, tail) = unsafe { b.align_to::<i64>() };
+        Some(if head.is_empty() && tail.is_empty() {
+            std::borrow::Cow::Borrowed(body)
+        } else {
+            std::borrow::Cow::Owned(
+                b.chunks_exact(8)
+                    .map(|c| i64::from_ne_bytes(c.try_into().unwrap()))
+                    .collect(),
+            )
+        })
     }
     if names.iter().any(|s| s.len() > i16::MAX as usize) {
         return Ok(None);
     }
-    let n_parts = topic.len() / 8;
-    if number.len() / 8 != n_parts || order.len() / 8 != n_parts {
+    let (Some(topic), Some(number), Some(order), Some(bounds)) =
+        (column(topic), column(number), column(order), column(bounds))
+    else {
+        return Ok(None);
+    };
+    let n_parts = topic.len();
+    if number.len() != n_parts || order.len() != n_parts {
         return Ok(None);
     }
-    let n = (bounds.len() / 8).saturating_sub(1);
+    let n = bounds.len().saturating_sub(1);
     let mut out = Vec::with_capacity(n);
     let mut buf: Vec<u8> = Vec::new();
     for i in 0..n {
-        let (lo, hi) = (at(bounds, i), at(bounds, i + 1));
+        let (lo, hi) = (bounds[i], bounds[i + 1]);
         if lo < 0 || hi < lo || hi as usize > n_parts {
             return Ok(None);
         }
-        let js: Vec<usize> = (lo as usize..hi as usize)
-            .map(|k| at(order, k) as usize)
-            .collect();
-        if js.iter().any(|&j| j >= n_parts) {
+        let js = &order[lo as usize..hi as usize];
+        if js.iter().any(|&j| j < 0 || j as usize >= n_parts) {
             return Ok(None);
         }
         buf.clear();
@@ -886,9 +972,9 @@ fn encode_assignments(
         buf.extend_from_slice(&0i32.to_be_bytes());
         let mut k = 0usize;
         while k < js.len() {
-            let t = at(topic, js[k]);
+            let t = topic[js[k] as usize];
             let mut e = k;
-            while e < js.len() && at(topic, js[e]) == t {
+            while e < js.len() && topic[js[e] as usize] == t {
                 e += 1;
             }
             if t < 0 || t as usize >= names.len() {
@@ -899,7 +985,7 @@ fn encode_assignments(
             buf.extend_from_slice(name);
             buf.extend_from_slice(&((e - k) as i32).to_be_bytes());
             for &j in &js[k..e] {
-                let p = at(number, j);
+                let p = number[j as usize];
                 if p < i32::MIN as i64 || p > i32::MAX as i64 {
                     return Ok(None);
                 }
@@ -973,6 +1059,7 @@ fn decode_members(
     let mut out = Vec::with_capacity(datas.len());
     // Members of one deployment subscribe alike: one tuple of names per distinct block.
     let mut subscriptions: HashMap<Vec<u8>, Bound<'_, PyTuple>> = HashMap::new();
+    let mut last: Option<(Vec<u8>, Bound<'_, PyTuple>)> = None;
     let mut advs: HashMap<AdvKey, usize> = HashMap::new();
     let advs_out = PyList::empty(py);
     for data in datas.iter() {
@@ -982,17 +1069,31 @@ fn decode_members(
             .and_then(|b| decode::decode_metadata(b.as_bytes()));
         let topics = match &found {
             None => None,
-            Some(m) => match subscriptions.get(m.topic_block) {
-                Some(t) => Some(t.clone()),
-                None => match decode::topics_of(m.topic_block, m.n_topics) {
-                    None => None,
-                    Some(names) => {
-                        let t = PyTuple::new(py, names)?;
-                        subscriptions.insert(m.topic_block.to_vec(), t.clone());
-                        Some(t)
-                    }
-                },
-            },
+            // Usually the previous member's subscription: one comparison, no hashing.
+            Some(m)
+                if last
+                    .as_ref()
+                    .is_some_and(|(b, _)| b.as_slice() == m.topic_block) =>
+            {
+                last.as_ref().map(|(_, t)| t.clone())
+            }
+            Some(m) => {
+                let t = match subscriptions.get(m.topic_block) {
+                    Some(t) => Some(t.clone()),
+                    None => match decode::topics_of(m.topic_block, m.n_topics) {
+                        None => None,
+                        Some(names) => {
+                            let t = PyTuple::new(py, names)?;
+                            subscriptions.insert(m.topic_block.to_vec(), t.clone());
+                            Some(t)
+                        }
+                    },
+                };
+                if let Some(t) = &t {
+                    last = Some((m.topic_block.to_vec(), t.clone()));
+                }
+                t
+            }
         };
         let obj = match (found, topics) {
             (None, _) | (_, None) => py.None(),
@@ -1041,6 +1142,14 @@ fn decode_members(
     Ok((out, advs_out.into_any().unbind()))
 }
 
+/// ``math.fsum`` of ``values`` as the core computes it (None where CPython raises
+/// OverflowError): the tests hold it to ``math.fsum``.
+#[pyfunction]
+#[pyo3(name = "fsum")]
+fn exact_sum(values: Vec<f64>) -> Option<f64> {
+    crate::core::fsum(&values)
+}
+
 /// Bytes of freed large blocks the extension keeps for its next plan.
 #[pyfunction]
 fn kept_bytes() -> usize {
@@ -1056,11 +1165,13 @@ fn release_memory() -> usize {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kept_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(exact_sum, m)?)?;
     m.add_function(wrap_pyfunction!(release_memory, m)?)?;
     m.add_function(wrap_pyfunction!(plan, m)?)?;
     m.add_function(wrap_pyfunction!(encode_assignments, m)?)?;
     m.add_function(wrap_pyfunction!(decode_members, m)?)?;
     m.add_class::<Claims>()?;
+    m.add_class::<Column>()?;
     m.add("ABI", 1)?;
     #[cfg(feature = "mutants")]
     {

@@ -8,7 +8,6 @@
 use crate::core::{relay, State};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -91,40 +90,21 @@ pub fn uncharge(st: &mut State, early: &Relayed, relay_bytes: &[i128]) {
     }
 }
 
-fn int64s(obj: &Bound<'_, PyAny>) -> PyResult<Vec<i64>> {
-    let b = obj.downcast::<PyBytes>()?.as_bytes();
-    Ok(b.chunks_exact(8)
-        .map(|c| i64::from_ne_bytes(c.try_into().unwrap()))
-        .collect())
-}
-
-fn bytes(py: Python<'_>, v: &[i64]) -> PyObject {
-    let raw: Vec<u8> = v.iter().flat_map(|x| x.to_ne_bytes()).collect();
-    PyBytes::new(py, &raw).into_any().unbind()
-}
-
 /// ``give_one_partition_twice``: the first partition of the first member holding any is
 /// given to the first other member too (order and bounds as ``run_plan`` writes them:
 /// member ``i`` holds ``order[bounds[i]..bounds[i + 1]]``).
-pub fn give_one_partition_twice(
-    py: Python<'_>,
-    order_b: PyObject,
-    bounds_b: PyObject,
-) -> PyResult<(PyObject, PyObject)> {
-    let mut order = int64s(order_b.bind(py))?;
-    let mut bounds = int64s(bounds_b.bind(py))?;
+pub fn give_one_partition_twice(order: &mut Vec<i64>, bounds: &mut [i64]) {
     let n = bounds.len() - 1;
     let Some(h) = (0..n).find(|&i| bounds[i + 1] > bounds[i]) else {
-        return Ok((order_b, bounds_b));
+        return;
     };
     let other = if h == 0 { 1 } else { 0 };
     if other >= n {
-        return Ok((order_b, bounds_b));
+        return;
     }
     let extra = order[bounds[h] as usize];
     order.insert(bounds[other + 1] as usize, extra);
     for b in &mut bounds[other + 1..] {
         *b += 1;
     }
-    Ok((bytes(py, &order), bytes(py, &bounds)))
 }

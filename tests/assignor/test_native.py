@@ -12,6 +12,7 @@ encoder writes. The extension is optional, so these tests skip without it, excep
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import pytest
@@ -256,3 +257,64 @@ def test_the_core_keeps_its_working_memory_within_bounds() -> None:
     assert native.release_memory() == kept
     assert native.kept_bytes() == 0
     assert native_assign(members, partitions, 1) == first
+
+
+def test_the_plan_columns_are_read_only_buffers_that_outlive_the_plan() -> None:
+    """The core hands its output columns over as int64 buffers (no copy): read-only, of the
+    right length and contents, and alive as long as a view needs them."""
+    members, partitions = synthetic_group(3_000, 7, seed=2)
+    plan = native_assign(members, partitions, 1)
+    columns = adapter._columns(plan)
+    assert columns is not None
+    raw = columns._raw
+    assert raw is not None
+    topic, number, order, bounds = (memoryview(c) for c in raw)  # type: ignore[arg-type]
+    view = number
+    assert (view.readonly, view.format, view.itemsize, view.ndim) == (True, "q", 8, 1)
+    assert view.tolist() == [p.partition for p in partitions]
+    assert len(order) == len(partitions)
+    assert len(bounds) == len(members) + 1
+    with pytest.raises(TypeError):
+        view[0] = 1
+    del plan, columns, raw, topic, order, bounds
+    assert view.tolist() == [p.partition for p in partitions]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.floats(min_value=0.0, allow_infinity=False, allow_nan=False),
+            st.floats(min_value=0.0, max_value=1e-300, allow_subnormal=True),
+            st.floats(min_value=0.0, max_value=1e3),
+            st.integers(0, 2**53).map(float),
+            st.floats(allow_nan=False),  # negatives, infinities and huge values take the other path
+        ),
+        max_size=60,
+    )
+)
+def test_the_cores_fsum_is_math_fsum(values: list[float]) -> None:
+    """Load units rest on an exact, correctly rounded sum of the rates: the core's (a one-pass
+    exact sum for non-negative values, CPython's partials otherwise) is ``math.fsum``, ties
+    and subnormals included; where ``math.fsum`` overflows the core declines."""
+    ext = native._ext
+    assert ext is not None
+    try:
+        expected: float | None = math.fsum(values)
+    except (OverflowError, ValueError):
+        expected = None
+    got = ext.fsum(values)
+    if expected is None or math.isnan(expected) or math.isinf(expected):
+        assert got is None or got == expected or (math.isnan(got) and math.isnan(expected))
+    else:
+        assert got == expected
+        assert math.copysign(1, got) == math.copysign(1, expected)
+
+
+def test_the_cores_fsum_rounds_ties_to_even() -> None:
+    ext = native._ext
+    assert ext is not None
+    for values in ([1.0, 2.0**-53], [1.0 + 2**-52, 2.0**-53], [1.0, 2.0**-53, 2.0**-53]):
+        assert ext.fsum(values) == math.fsum(values)
+    assert ext.fsum([2.0**-1074] * 3) == 3 * 2.0**-1074
+    assert ext.fsum([1e308, 1e308]) is None
