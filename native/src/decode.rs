@@ -100,11 +100,24 @@ impl<'a> Reader<'a> {
 /// A member's claims, as columns (topics in encoding order, ``counts`` claims each).
 #[derive(Default)]
 pub struct Owned {
-    pub topics: Vec<String>,
+    /// The topic names, one after the other (one allocation per member, not per topic).
+    pub names: String,
+    /// Where each topic's name ends in ``names``.
+    pub name_ends: Vec<usize>,
     pub counts: Vec<i64>,
     pub partitions: Vec<i64>,
     pub generations: Vec<i64>,
     pub rates: Vec<f64>,
+}
+
+impl Owned {
+    /// The topic names, in order.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        let starts = std::iter::once(0).chain(self.name_ends.iter().copied());
+        starts
+            .zip(self.name_ends.iter().copied())
+            .map(|(a, b)| &self.names[a..b])
+    }
 }
 
 pub struct Advertisement {
@@ -291,12 +304,22 @@ fn decode_owned(r: &mut Reader<'_>) -> Option<Owned> {
         generations.push(g);
     }
     let n_topics = r.count(4, MAX_ENCODED_BYTES as u128)?;
-    let mut out = Owned::default();
+    // Every claim takes at least a byte: the rest of the data bounds the columns, which are
+    // allocated once and trimmed at the end (growing them claim by claim cost more than
+    // decoding).
+    let bound = r.remaining();
+    let mut out = Owned {
+        names: String::with_capacity(bound),
+        name_ends: Vec::with_capacity(n_topics),
+        counts: Vec::with_capacity(n_topics),
+        partitions: Vec::with_capacity(bound),
+        generations: Vec::with_capacity(bound),
+        rates: Vec::with_capacity(bound),
+    };
+    let mut names: Vec<&str> = Vec::with_capacity(n_topics);
     for _ in 0..n_topics {
         let topic = r.name()?;
-        if out.topics.iter().any(|t| t == topic) {
-            return None;
-        }
+        names.push(topic);
         let per_entry = if n_gen > 1 { 2 } else { 1 };
         let n = r.count(per_entry, MAX_ENCODED_BYTES as u128)?;
         if n > 0 && n_gen == 0 {
@@ -333,11 +356,22 @@ fn decode_owned(r: &mut Reader<'_>) -> Option<Owned> {
             out.rates.extend(std::iter::repeat_n(0.0, n));
         }
         debug_assert_eq!(out.partitions.len() - first, n);
-        out.topics.push(topic.to_owned());
+        out.names.push_str(topic);
+        out.name_ends.push(out.names.len());
         out.counts.push(n as i64);
     }
     if r.remaining() > 0 {
         return None;
     }
+    // A topic listed twice is refused (checked once, sorted: a member of a group with rates
+    // owns partitions of a hundred topics or more).
+    names.sort_unstable();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        return None;
+    }
+    out.names.shrink_to_fit();
+    out.partitions.shrink_to_fit();
+    out.generations.shrink_to_fit();
+    out.rates.shrink_to_fit();
     Some(out)
 }

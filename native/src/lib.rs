@@ -409,8 +409,8 @@ fn claims_of(py: Python<'_>, parts: &Parts, members: &Bound<'_, PyList>) -> R<Ve
         if let Ok(native) = claims.downcast::<Claims>() {
             let o = &native.get().owned;
             let mut k = 0usize;
-            for (t, &cnt) in o.topics.iter().zip(o.counts.iter()) {
-                let c = code.get(t.as_str()).map_or(-1, |&c| c as i64);
+            for (t, &cnt) in o.topics().zip(o.counts.iter()) {
+                let c = code.get(t).map_or(-1, |&c| c as i64);
                 for _ in 0..cnt {
                     let part = if c >= 0 {
                         parts.locate(c as u32, o.partitions[k])
@@ -1016,7 +1016,7 @@ impl Claims {
     fn columns(&self, py: Python<'_>) -> (Vec<String>, PyObject, PyObject, PyObject, PyObject) {
         let o = &self.owned;
         (
-            o.topics.clone(),
+            o.topics().map(str::to_owned).collect(),
             bytes_of(py, &o.counts),
             bytes_of(py, &o.partitions),
             bytes_of(py, &o.generations),
