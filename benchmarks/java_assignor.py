@@ -50,6 +50,8 @@ class JavaResult:
     min_per_member: int
     max_per_member: int
     assigned: int
+    #: How many untimed calls warmed the JIT before the timed ones.
+    warmup_calls: int
     kafka_clients: str
 
 
@@ -129,14 +131,27 @@ def run_group(
     *,
     warmup: int,
     runs: int,
+    warmup_seconds: float = 0.0,
     timeout: float = 1800.0,
 ) -> JavaResult:
-    """Time the group in a fresh JVM: its first call, then ``runs`` calls after ``warmup``."""
+    """Time the group in a fresh JVM: its first call, then ``runs`` calls after at least
+    ``warmup`` calls and ``warmup_seconds`` of warm-up (and as much for the leader path)."""
     case = workdir / "group.txt"
     write_group(case, members, partitions)
     try:
         done = subprocess.run(
-            ["java", "-jar", str(jar), "--warmup", str(warmup), "--runs", str(runs), str(case)],
+            [
+                "java",
+                "-jar",
+                str(jar),
+                "--warmup",
+                str(warmup),
+                "--warmup-seconds",
+                str(warmup_seconds),
+                "--runs",
+                str(runs),
+                str(case),
+            ],
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -164,6 +179,7 @@ def run_group(
         min_per_member=out["min"],
         max_per_member=out["max"],
         assigned=out["assigned"],
+        warmup_calls=out["warmup_calls"],
         kafka_clients=out["kafka_clients"],
     )
 

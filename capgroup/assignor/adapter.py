@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from capgroup.assignor import balance, native
 from capgroup.assignor.figures import EXACT_HEADROOM_MAX_PARTITIONS, assigned_count, group_figures
@@ -117,6 +117,17 @@ def plan_group(
         if len(partitions) >= SMALL_GROUP_PARTITIONS
         else None
     )
+    if fast is not None and None not in fast:
+        # Every member decoded by the compiled core (the usual large group).
+        done = cast("list[tuple[MemberSubscription, CapacityAdvertisement, NativeClaims]]", fast)
+        return plan_subscriptions(
+            [(mid, iid, sub) for (mid, iid, _), (sub, _, _) in zip(members, done, strict=True)],
+            partitions,
+            generation,
+            cooperative=cooperative,
+            headroom_members=headroom_members,
+            advertisements=[(adv, claims) for _, adv, claims in done],
+        )
     given: list[tuple[CapacityAdvertisement, NativeClaims | None] | None] = []
     for k, (member_id, instance_id, raw) in enumerate(members):
         found = fast[k] if fast is not None else None
@@ -155,16 +166,83 @@ def plan_subscriptions(
     :mod:`capgroup.membership.aiokafka_assignor`. ``advertisements[k]``, when given and not
     None, is ``decoded[k]``'s advertisement and claims, decoded already (by the compiled
     core, see :func:`capgroup.assignor.native.decode_members`)."""
+    small = len(partitions) < SMALL_GROUP_PARTITIONS
+    given = advertisements if advertisements is not None else [None] * len(decoded)
+    specs, owned, rejected = _member_specs(decoded, given, small, generation)
+
+    if small:
+        plan = balance.reference_assign(specs, with_claimed_rates(partitions, specs), generation)
+    else:
+        # numpy loads with the first large plan, not with every importer of the adapter.
+        from capgroup.assignor import columnar
+
+        # The plan of assign(specs with their claims, with_claimed_rates(partitions, ...)).
+        plan = columnar.plan(specs, partitions, generation, owned, claimed_rates=True)
+    if not cooperative:
+        plan = _grant_pending(plan)
+    info = group_figures(
+        plan,
+        specs,
+        partitions,
+        generation,
+        members=len(decoded),
+        headroom=headroom_members,
+        per_topic=_topic_sizes(plan),
+    )
+    encoded_info = encode_assignment_info(info)
+    columns = _columns(plan)
+    # Every member's bytes in one call of the compiled core when it is there (relay-only
+    # partitions aside: those members are encoded one by one below).
+    bulk = columns.encode_all(encoded_info) if columns is not None else None
+    assignments = {
+        member_id: (
+            bulk[member_id]
+            if bulk is not None and member_id in bulk and member_id not in plan.relay
+            else _encode_for(plan, member_id, info, encoded_info)
+        )
+        for member_id, _, _ in decoded
+    }
+    _report(plan, specs, rejected, len(partitions), generation)
+    return GroupPlan(plan, assignments, tuple(specs), rejected, info)
+
+
+def _member_specs(
+    decoded: Sequence[tuple[str, str | None, MemberSubscription | MetadataDecodeError]],
+    given: Sequence[tuple[CapacityAdvertisement, NativeClaims | None] | None],
+    small: bool,
+    generation: int,
+) -> tuple[list[MemberSpec], list[OwnedColumns | NativeClaims | None], dict[str, str]]:
+    """Every member whose metadata decoded as the assignor sees it, with its claims (decoded
+    as columns, or ``given`` already), and the reason of every member refused."""
+    # Members of one deployment share a subscription: one frozenset for all of them.
+    topic_sets: dict[tuple[str, ...], frozenset[str]] = {}
+    if (
+        not small
+        and None not in given
+        and not any(isinstance(sub, MetadataDecodeError) for _, _, sub in decoded)
+    ):
+        # Every member decoded by the compiled core (the usual large group): one comprehension
+        # per column, the subscriptions' frozensets made once per distinct decoded tuple.
+        subs = cast("list[MemberSubscription]", [sub for _, _, sub in decoded])
+        distinct = {id(sub.topics): sub.topics for sub in subs}
+        sets = {
+            key: topic_sets.setdefault(topics, frozenset(topics))
+            for key, topics in distinct.items()
+        }
+        ready = cast("Sequence[tuple[CapacityAdvertisement, NativeClaims | None]]", given)
+        members = [
+            MemberSpec(member_id, sets[id(member.topics)], advertised, instance_id)
+            for (member_id, instance_id, _), member, (advertised, _) in zip(
+                decoded, subs, ready, strict=True
+            )
+        ]
+        return members, [held for _, held in ready], {}
     specs: list[MemberSpec] = []
     owned: list[OwnedColumns | NativeClaims | None] = []
     rejected: dict[str, str] = {}
-    # Members of one deployment share a subscription: one frozenset for all of them (found by
-    # the identity of the decoded tuple, which the compiled decoder shares too, before its
-    # hash, which costs a pass over the names).
-    topic_sets: dict[tuple[str, ...], frozenset[str]] = {}
+    # The decoded tuple's identity is looked up before its hash, which costs a pass over the
+    # names (the compiled decoder shares one tuple among the members that subscribe alike).
     topic_ids: dict[int, frozenset[str]] = {}
-    small = len(partitions) < SMALL_GROUP_PARTITIONS
-    given = advertisements if advertisements is not None else [None] * len(decoded)
     user_data = [
         sub.user_data
         for (_, _, sub), pre in zip(decoded, given, strict=True)
@@ -211,40 +289,7 @@ def plan_subscriptions(
         specs.append(MemberSpec(member_id, topics, adv, instance_id))
         owned.append(claims)
 
-    if small:
-        plan = balance.reference_assign(specs, with_claimed_rates(partitions, specs), generation)
-    else:
-        # numpy loads with the first large plan, not with every importer of the adapter.
-        from capgroup.assignor import columnar
-
-        # The plan of assign(specs with their claims, with_claimed_rates(partitions, ...)).
-        plan = columnar.plan(specs, partitions, generation, owned, claimed_rates=True)
-    if not cooperative:
-        plan = _grant_pending(plan)
-    info = group_figures(
-        plan,
-        specs,
-        partitions,
-        generation,
-        members=len(decoded),
-        headroom=headroom_members,
-        per_topic=_topic_sizes(plan),
-    )
-    encoded_info = encode_assignment_info(info)
-    columns = _columns(plan)
-    # Every member's bytes in one call of the compiled core when it is there (relay-only
-    # partitions aside: those members are encoded one by one below).
-    bulk = columns.encode_all(encoded_info) if columns is not None else None
-    assignments = {
-        member_id: (
-            bulk[member_id]
-            if bulk is not None and member_id in bulk and member_id not in plan.relay
-            else _encode_for(plan, member_id, info, encoded_info)
-        )
-        for member_id, _, _ in decoded
-    }
-    _report(plan, specs, rejected, len(partitions), generation)
-    return GroupPlan(plan, assignments, tuple(specs), rejected, info)
+    return specs, owned, rejected
 
 
 def _encode_for(plan: Plan, member_id: str, info: AssignmentInfo, encoded_info: bytes) -> bytes:

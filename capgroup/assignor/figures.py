@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import statistics
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -82,14 +83,10 @@ def group_figures(
     roster = _Roster(specs, set(per_topic))
     live = roster.live
     # Largest first, as balance.headroom ranks them.
-    ranked = sorted(
-        range(len(live)),
-        key=lambda k: (
-            -roster.dear[k],
-            -balance._clean_weight(live[k].capacity.weight),
-            live[k].member_id,
-        ),
+    keys = list(
+        zip(map(operator.neg, roster.dear), roster.neg_weight, roster.live_ids, strict=True)
     )
+    ranked = sorted(range(len(live)), key=keys.__getitem__)
     # A plan that leaves partitions unassigned (or only relays them: no batch home) is short:
     # nothing can be lost.
     short = bool(plan.unassigned) or n_relayed > 0
@@ -112,7 +109,7 @@ def group_figures(
         members=len(specs) if members is None else members,
         capacity_partitions=sum(roster.dear),
         demand_partitions=n_partitions,
-        capacity_bytes=sum(max(0, m.capacity.memory_budget_bytes) for m in live),
+        capacity_bytes=sum(roster.budget),
         demand_bytes=sum(n * typical_cost.get(t, 0) for t, n in per_topic.items()),
         headroom_members=spare,
         replicas_wanted=wanted,
@@ -141,6 +138,19 @@ class _CostClass:
     uniform: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _MemberFigures:
+    """What the figures need of one member (of every member sharing its subscription and
+    advertisement objects)."""
+
+    cost_class: _CostClass
+    dear: int
+    cheap: int
+    neg_weight: float
+    budget: int
+    draining: bool
+
+
 class _Roster:
     """The live members with their cost class and their slots at the dearest and at the
     cheapest of their costs, worked out in one pass."""
@@ -148,31 +158,47 @@ class _Roster:
     def __init__(self, specs: Sequence[MemberSpec], present: set[str]) -> None:
         self.present = present
         self._classes: dict[tuple[object, ...], _CostClass] = {}
+        # Everything below depends on a member's subscription and advertisement only, and
+        # the members of one deployment share those objects (as the leader decodes them):
+        # it is worked out once per distinct pair, then spread over the members by
+        # comprehensions, without a Python-level step per member and figure.
+        keys = [(id(m.topics), id(m.capacity)) for m in specs]
+        per = {
+            key: self._figures_of(spec) for key, spec in dict(zip(keys, specs, strict=True)).items()
+        }
+        rows = list(map(per.__getitem__, keys))
         #: The class of every member of ``specs`` (live or not: ``typical_costs`` falls back
         #: on all of them when none is live).
-        self.cost_class: list[_CostClass] = []
-        self.live: list[MemberSpec] = []
-        self.live_class: list[_CostClass] = []
-        #: Per live member, its slots at the dearest and at the cheapest of its costs.
-        self.dear: list[int] = []
-        self.cheap: list[int] = []
-        # By the identity of a member's subscription and advertisement objects, which the
-        # members of one deployment share as the leader decodes them: one look-up each.
-        seen: dict[tuple[int, int], tuple[_CostClass, int, int]] = {}
-        for spec in specs:
-            adv = spec.capacity
-            found = seen.get((id(spec.topics), id(adv)))
-            if found is None:
-                c = self._class_of(spec)
-                found = (c, _slots(spec, c, c.dearest), _slots(spec, c, c.cheapest))
-                seen[id(spec.topics), id(adv)] = found
-            c, dear, cheap = found
-            self.cost_class.append(c)
-            if not adv.draining:
-                self.live.append(spec)
-                self.live_class.append(c)
-                self.dear.append(dear)
-                self.cheap.append(cheap)
+        self.cost_class: list[_CostClass] = [r.cost_class for r in rows]
+        if any(r.draining for r in per.values()):
+            kept = [k for k, r in enumerate(rows) if not r.draining]
+            self.live = [specs[k] for k in kept]
+            rows = [rows[k] for k in kept]
+        else:
+            self.live = list(specs)
+        self.live_class = [r.cost_class for r in rows]
+        #: Per live member, its slots at the dearest and at the cheapest of its costs, its
+        #: weight (cleaned, negated: the ranking's second key), its budget (at least 0) and its
+        #: member id.
+        self.dear = [r.dear for r in rows]
+        self.cheap = [r.cheap for r in rows]
+        self.neg_weight = [r.neg_weight for r in rows]
+        self.budget = [r.budget for r in rows]
+        self.live_ids = [m.member_id for m in self.live]
+        #: Whether every live member subscribes to every topic at one cost.
+        self.uniform = all(r.cost_class.uniform for r in per.values() if not r.draining)
+
+    def _figures_of(self, spec: MemberSpec) -> _MemberFigures:
+        c = self._class_of(spec)
+        adv = spec.capacity
+        return _MemberFigures(
+            c,
+            _slots(spec, c, c.dearest),
+            _slots(spec, c, c.cheapest),
+            -balance._clean_weight(adv.weight),
+            max(0, adv.memory_budget_bytes),
+            adv.draining,
+        )
 
     def _class_of(self, spec: MemberSpec) -> _CostClass:
         adv = spec.capacity
@@ -262,7 +288,7 @@ def _headroom(
         bound += 1
     # With every live member subscribed to every topic at one cost, any partition fits any
     # free slot: the count is the answer.
-    exact = all(roster.live_class[k].uniform for k in ranked)
+    exact = roster.uniform
     if exact or n_partitions > EXACT_HEADROOM_MAX_PARTITIONS:
         return bound
     members = [roster.live[k] for k in ranked]

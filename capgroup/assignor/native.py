@@ -185,37 +185,48 @@ def plan(
     if not _INT64[0] <= generation <= _INT64[1]:
         return None
     classes: dict[tuple[object, ...], int] = {}
-    # Members of one deployment share their subscription and advertisement objects (as the
-    # leader decodes them): their class is looked up once per pair of objects.
-    seen: dict[tuple[int, int], int] = {}
     class_rows: list[tuple[bool, object, dict[str, int], int]] = []
-    rows: list[tuple[object, ...]] = []
-    for k, spec in zip(source, specs, strict=True):
+
+    def limits(spec: MemberSpec) -> tuple[object, ...]:
+        """A member's row without its claims: its class and its limits."""
         adv = spec.capacity
-        c = seen.get((id(spec.topics), id(adv)))
+        # The reference's member classes (balance._capacities): same subscription and costs.
+        key = balance._member_class(spec)
+        c = classes.get(key)
         if c is None:
-            # The reference's member classes (balance._capacities): same subscription and
-            # costs.
-            key = balance._member_class(spec)
-            c = classes.get(key)
-            if c is None:
-                c = classes[key] = len(class_rows)
-                class_rows.append(
-                    (
-                        not adv.draining,
-                        spec.topics,
-                        dict(adv.partition_bytes),
-                        adv.default_partition_bytes,
-                    )
+            c = classes[key] = len(class_rows)
+            class_rows.append(
+                (
+                    not adv.draining,
+                    spec.topics,
+                    dict(adv.partition_bytes),
+                    adv.default_partition_bytes,
                 )
-            seen[id(spec.topics), id(adv)] = c
-        claims: object
-        if owned is not None:
-            cols = owned[k]
-            claims = (
-                cols
-                if cols is None or not isinstance(cols, OwnedColumns)
-                else (
+            )
+        return (
+            c,
+            adv.max_partitions,
+            adv.memory_budget_bytes,
+            adv.weight,
+            adv.draining,
+            adv.relay_partition_bytes,
+        )
+
+    # Members of one deployment share their subscription and advertisement objects (as the
+    # leader decodes them): their limits are worked out once per pair of objects, and each
+    # member is given the index of its row.
+    keys = [(id(m.topics), id(m.capacity)) for m in specs]
+    first = dict(zip(keys, specs, strict=True))
+    index = {key: k for k, key in enumerate(first)}
+    limit_rows = [limits(spec) for spec in first.values()]
+    rows = list(map(index.__getitem__, keys))
+    if owned is None:
+        claims: list[object] = [spec.capacity.owned or None for spec in specs]
+    else:
+        claims = [owned[k] for k in source]
+        if any(isinstance(cols, OwnedColumns) for cols in claims):
+            claims = [
+                (
                     "columns",
                     cols.topics,
                     cols.counts,
@@ -223,27 +234,19 @@ def plan(
                     cols.generations,
                     cols.rates,
                 )
-            )
-        else:
-            claims = adv.owned or None
-        rows.append(
-            (
-                c,
-                adv.max_partitions,
-                adv.memory_budget_bytes,
-                adv.weight,
-                adv.draining,
-                adv.relay_partition_bytes,
-                claims,
-            )
-        )
+                if isinstance(cols, OwnedColumns)
+                else cols
+                for cols in claims
+            ]
     # A table's columns are read as they are: no object per partition.
     table = (
         (partitions.topics, partitions.counts, partitions.numbers, partitions.rates)
         if isinstance(partitions, PartitionTable)
         else None
     )
-    found = ext.plan(partitions, rows, class_rows, generation, claimed_rates, table)
+    found = ext.plan(
+        partitions, limit_rows, rows, claims, class_rows, generation, claimed_rates, table
+    )
     if found is None:
         return None
     return _plan_of(found, [ids[k] for k in source])

@@ -794,25 +794,28 @@ fn water_fill(st: &mut State, g: usize, run: &[usize]) -> Option<usize> {
         if step.iter().any(|&d| !(d > 0.0 && d.is_finite())) {
             return None; // Python would divide by zero here: leave it to the Python path
         }
+        /// How many of its ``r`` free slots a member at key ``a`` (``d`` per partition) takes
+        /// below ``level``: min(r, max(0, floor + 1)), with Python's exact integers.
+        fn below(level: f64, a: f64, d: f64, r: i64) -> i64 {
+            let f = ((level - a) / d).floor();
+            if f + 1.0 <= 0.0 {
+                0
+            } else if f + 1.0 >= r as f64 {
+                r
+            } else {
+                (f as i64 + 1).min(r)
+            }
+        }
+        let members = || first.iter().zip(&step).zip(&caps);
         let taken = |level: f64| -> Vec<i64> {
-            first
-                .iter()
-                .zip(&step)
-                .zip(&caps)
-                .map(|((&a, &d), &r)| {
-                    let f = ((level - a) / d).floor();
-                    // min(r, max(0, floor + 1)), with Python's exact integers.
-                    if f + 1.0 <= 0.0 {
-                        0
-                    } else if f + 1.0 >= r as f64 {
-                        r
-                    } else {
-                        (f as i64 + 1).min(r)
-                    }
-                })
+            members()
+                .map(|((&a, &d), &r)| below(level, a, d, r))
                 .collect()
         };
         let sum = |v: &[i64]| -> i64 { v.iter().sum() };
+        // sum(&taken(level)) without building the vector: the bisection asks it ~50 times.
+        let taken_sum =
+            |level: f64| -> i64 { members().map(|((&a, &d), &r)| below(level, a, d, r)).sum() };
         let mut lo = first.iter().copied().fold(f64::INFINITY, f64::min) - 1.0;
         let mut hi = first
             .iter()
@@ -834,7 +837,7 @@ fn water_fill(st: &mut State, g: usize, run: &[usize]) -> Option<usize> {
                 .iter()
                 .copied()
                 .fold(f64::NEG_INFINITY, |m, x| if x > m { x } else { m });
-        if sum(&taken(guess - near)) <= want && want < sum(&taken(guess + near)) {
+        if taken_sum(guess - near) <= want && want < taken_sum(guess + near) {
             lo = guess - near;
             hi = guess + near;
         }
@@ -847,7 +850,7 @@ fn water_fill(st: &mut State, g: usize, run: &[usize]) -> Option<usize> {
             if mid == lo || mid == hi {
                 break;
             }
-            if sum(&taken(mid)) <= want {
+            if taken_sum(mid) <= want {
                 lo = mid;
             } else {
                 hi = mid;

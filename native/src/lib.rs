@@ -381,6 +381,7 @@ fn f64s(py: Python<'_>, obj: &Bound<'_, PyAny>) -> R<Vec<f64>> {
 
 /// Every member's claims, with partition indexes.
 fn claims_of(py: Python<'_>, parts: &Parts, members: &Bound<'_, PyList>) -> R<Vec<Claim>> {
+    // ``members``: per member its claims (see :func:`plan`).
     let code: HashMap<&str, u32> = parts
         .names
         .iter()
@@ -398,11 +399,7 @@ fn claims_of(py: Python<'_>, parts: &Parts, members: &Bound<'_, PyList>) -> R<Ve
     let mut out = Vec::new();
     let mut attrs: Option<Attrs<'_>> = None;
     let mut keep: Vec<Bound<'_, PyAny>> = Vec::new();
-    for (i, m) in members.iter().enumerate() {
-        let claims = m
-            .downcast::<PyTuple>()
-            .map_err(|_| Unsupported)?
-            .get_item(6)?;
+    for (i, claims) in members.iter().enumerate() {
         if claims.is_none() {
             continue;
         }
@@ -505,11 +502,18 @@ fn clean_weight(w: f64) -> f64 {
     }
 }
 
+/// The members as :func:`plan` takes them: distinct limit rows, a row per member, claims.
+struct MemberInput<'a, 'py> {
+    limits: &'a Bound<'py, PyList>,
+    rows: Vec<usize>,
+    claims: &'a Bound<'py, PyList>,
+}
+
 fn run_plan(
     py: Python<'_>,
     partitions: &Bound<'_, PyAny>,
     table: Option<&Bound<'_, PyTuple>>,
-    members: &Bound<'_, PyList>,
+    members: MemberInput<'_, '_>,
     classes: &Bound<'_, PyList>,
     generation: i64,
     claimed_rates: bool,
@@ -533,7 +537,10 @@ fn run_plan(
         return Err(Unsupported); // partition indexes are packed in 32 bits
     }
     let n_topics = parts.names.len();
-    let claims = claims_of(py, &parts, members)?;
+    if members.claims.len() != members.rows.len() {
+        return Err(Unsupported);
+    }
+    let claims = claims_of(py, &parts, members.claims)?;
     // Only a claim with a rate above 0 can raise a partition's rate.
     if claimed_rates && claims.iter().any(|c| c.part >= 0 && c.rate > 0.0) {
         let mut claimed = vec![0.0f64; n_parts];
@@ -593,8 +600,29 @@ fn run_plan(
         }
         ccost.push(row);
     }
-    // Members: (class, max_partitions, budget, weight, draining, relay bytes, claims).
-    let n = members.len();
+    // Limit rows: (class, max_partitions, budget, weight, draining, relay bytes), read once
+    // per distinct row (the members of one deployment share theirs).
+    let mut rows: Vec<(usize, i64, i128, f64, bool, i128)> =
+        Vec::with_capacity(members.limits.len());
+    for m in members.limits.iter() {
+        let m = m.downcast::<PyTuple>().map_err(|_| Unsupported)?;
+        let cls: usize = m.get_item(0)?.extract()?;
+        if cls >= ccost.len() {
+            return Err(Unsupported);
+        }
+        let draining: bool = m.get_item(4)?.extract()?;
+        #[cfg(feature = "mutants")]
+        let draining = draining && mutant != Some("ignore_draining");
+        rows.push((
+            cls,
+            m.get_item(1)?.extract()?,
+            m.get_item(2)?.extract()?,
+            m.get_item(3)?.extract()?,
+            draining,
+            m.get_item(5)?.extract()?,
+        ));
+    }
+    let n = members.rows.len();
     let mut lim = Limits {
         cap: Vec::with_capacity(n),
         budget: Vec::with_capacity(n),
@@ -603,19 +631,9 @@ fn run_plan(
         ccost,
     };
     let mut relay_bytes: Vec<i128> = Vec::with_capacity(n);
-    for m in members.iter() {
-        let m = m.downcast::<PyTuple>().map_err(|_| Unsupported)?;
-        let cls: usize = m.get_item(0)?.extract()?;
-        if cls >= lim.ccost.len() {
-            return Err(Unsupported);
-        }
-        let max_partitions: i64 = m.get_item(1)?.extract()?;
-        let budget: i128 = m.get_item(2)?.extract()?;
-        let weight: f64 = m.get_item(3)?.extract()?;
-        let draining: bool = m.get_item(4)?.extract()?;
-        #[cfg(feature = "mutants")]
-        let draining = draining && mutant != Some("ignore_draining");
-        let relay: i128 = m.get_item(5)?.extract()?;
+    for &r in &members.rows {
+        let &(cls, max_partitions, budget, weight, draining, relay) =
+            rows.get(r).ok_or(Unsupported)?;
         lim.cap
             .push(if draining { 0 } else { max_partitions.max(0) });
         lim.budget.push(if draining { -1 } else { budget });
@@ -801,23 +819,32 @@ fn run_plan(
 
 /// The whole assignor pipeline; None when this input is left to the Python path.
 ///
-/// ``members``: per member in member-id order, ``(class, max_partitions,
-/// memory_budget_bytes, weight, draining, relay_partition_bytes, claims)`` with ``claims``
-/// None, a tuple of ``OwnedPartition`` or ``("columns", topics, counts, partitions,
-/// generations, rates)``; ``classes``: ``(eligible, topics, partition_bytes, default)``.
-/// ``table``, when given, is ``(topics, counts, numbers, rates)``, the columns of a
-/// ``PartitionTable``, read in place of ``partitions``.
+/// The members, in member-id order: ``rows[k]`` indexes member ``k``'s limits in ``limits``,
+/// ``(class, max_partitions, memory_budget_bytes, weight, draining,
+/// relay_partition_bytes)`` (members that advertise alike share a row), and ``claims[k]`` is
+/// None, a tuple of ``OwnedPartition``, a :class:`Claims` or ``("columns", topics, counts,
+/// partitions, generations, rates)``; ``classes``: ``(eligible, topics, partition_bytes,
+/// default)``. ``table``, when given, is ``(topics, counts, numbers, rates)``, the columns of
+/// a ``PartitionTable``, read in place of ``partitions``.
 #[pyfunction]
-#[pyo3(signature = (partitions, members, classes, generation, claimed_rates, table=None))]
+#[pyo3(signature = (partitions, limits, rows, claims, classes, generation, claimed_rates, table=None))]
+#[allow(clippy::too_many_arguments)] // the Python wrapper is the one caller
 fn plan(
     py: Python<'_>,
     partitions: &Bound<'_, PyAny>,
-    members: &Bound<'_, PyList>,
+    limits: &Bound<'_, PyList>,
+    rows: Vec<usize>,
+    claims: &Bound<'_, PyList>,
     classes: &Bound<'_, PyList>,
     generation: i64,
     claimed_rates: bool,
     table: Option<&Bound<'_, PyTuple>>,
 ) -> PyResult<Option<PyObject>> {
+    let members = MemberInput {
+        limits,
+        rows,
+        claims,
+    };
     match run_plan(
         py,
         partitions,
