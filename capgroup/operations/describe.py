@@ -27,8 +27,9 @@ from typing import Any, TypeVar
 
 import anyio
 
-from capgroup.assignor.adapter import ASSIGNOR_NAME, group_figures
+from capgroup.assignor.adapter import ASSIGNOR_NAME
 from capgroup.assignor.balance import assign, headroom
+from capgroup.assignor.figures import group_figures
 from capgroup.assignor.model import MemberSpec, PartitionSpec
 from capgroup.connection import ClientRole, client_options
 from capgroup.errors import CapgroupError
@@ -265,7 +266,7 @@ def replicas_wanted(
     """How many members the group needs to place every partition and still do so after
     losing ``headroom_members`` of its largest, adding members of its typical size: the
     figure a leader sends in its assignment info
-    (:func:`capgroup.assignor.adapter.group_figures`), here worked out from the members'
+    (:func:`capgroup.assignor.figures.group_figures`), here worked out from the members'
     advertisements for a leader that sends none."""
     specs = [replace(m, capacity=replace(m.capacity, owned=())) for m in members]
     plan = assign(specs, partitions, 0)

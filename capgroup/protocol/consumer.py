@@ -107,7 +107,7 @@ class AssignmentInfo:
     they move between live members, i.e. another rebalance is due.
 
     The group figures (1.1) are None when the leader did not send them (a 1.0 leader); their
-    exact definitions are in :func:`capgroup.assignor.adapter.group_figures`:
+    exact definitions are in :func:`capgroup.assignor.figures.group_figures`:
 
     * ``members``: members in the generation (draining and rejected ones included);
     * ``capacity_partitions`` / ``demand_partitions``: partitions the live members can hold /

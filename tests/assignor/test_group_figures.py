@@ -1,4 +1,4 @@
-"""The group figures the leader computes with each plan (``adapter.group_figures``): what
+"""The group figures the leader computes with each plan (``figures.group_figures``): what
 every member exports as ``capgroup_group_*`` and what an autoscaler follows."""
 
 from __future__ import annotations
@@ -11,9 +11,11 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from capgroup.assignor import adapter, balance
-from capgroup.assignor.adapter import EXACT_HEADROOM_MAX_PARTITIONS, group_figures, plan_group
+from capgroup.assignor import balance
+from capgroup.assignor import figures as figures_module
+from capgroup.assignor.adapter import plan_group
 from capgroup.assignor.balance import assign, headroom
+from capgroup.assignor.figures import EXACT_HEADROOM_MAX_PARTITIONS, group_figures
 from capgroup.assignor.model import CapacityAdvertisement, MemberSpec, PartitionSpec, Plan
 from capgroup.protocol import (
     AssignmentInfo,
@@ -246,6 +248,6 @@ def test_figures_cost_little_next_to_the_plan(n_members: int) -> None:
     plan = assign(members, partitions, 1)
     planned = time.perf_counter() - t0
     t0 = time.perf_counter()
-    adapter.group_figures(plan, members, partitions, 1)
+    figures_module.group_figures(plan, members, partitions, 1)
     figured = time.perf_counter() - t0
     assert figured < max(planned, 0.05)
