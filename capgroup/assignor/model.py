@@ -124,7 +124,8 @@ class PartitionTable(Sequence[PartitionSpec]):
         topics = sorted(numbers)
         runs = [sorted(set(numbers[t])) for t in topics]
         counts = [len(run) for run in runs]
-        if all(not run or run[-1] == len(run) - 1 for run in runs):  # 0..count-1 (no repeats)
+        # Sorted and distinct: 0..count-1 exactly when it starts at 0 and ends at count-1.
+        if all(not run or (run[0] == 0 and run[-1] == len(run) - 1) for run in runs):
             return cls(topics, counts)
         return cls(topics, counts, itertools.chain.from_iterable(runs))
 

@@ -62,13 +62,20 @@ def test_a_table_is_its_specs_sorted(partitions: list[PartitionSpec]) -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(st.text(min_size=1, max_size=5), st.sets(st.integers(0, 30))))
+@given(st.dictionaries(st.text(min_size=1, max_size=5), st.sets(st.integers(-3, 30))))
 def test_of_numbers_is_what_metadata_lists(numbers: dict[str, set[int]]) -> None:
     table = PartitionTable.of_numbers({t: list(ns) + list(ns) for t, ns in numbers.items()})
     expected = [PartitionSpec(t, n) for t in sorted(numbers) for n in sorted(numbers[t])]
     assert list(table) == expected
     # A topic without partitions has nothing to place: left out, as from a list of specs.
     assert table.topics == tuple(t for t in sorted(numbers) if numbers[t])
+
+
+def test_of_numbers_keeps_numbers_that_only_end_like_a_dense_run() -> None:
+    """{-1, 1} ends at count - 1 but is not 0..1: the numbers column stays."""
+    table = PartitionTable.of_numbers({"a": [1, -1]})
+    assert table.numbers is not None
+    assert list(table) == [PartitionSpec("a", -1), PartitionSpec("a", 1)]
 
 
 def test_of_counts_numbers_each_topic_from_zero() -> None:
