@@ -8,6 +8,10 @@
 For each (partitions, members) it times a fresh assignment and a rebalance after one member
 of a stable assignment died, each on the same input in the same run:
 
+Every Python timing is the median of timed calls, each right after a full collection
+(``gc.collect()``), after untimed warm-up calls (at least 3, and for at least a second;
+Java's are warmed for three seconds):
+
 * **leader**: :func:`capgroup.assignor.adapter.plan_group` on every member's JoinGroup
   metadata bytes (encoded beforehand), so decoding the metadata, planning and encoding the
   assignments are all timed, as the group leader runs them. The partitions are what the
@@ -93,6 +97,17 @@ ISSUE = [(10_000, 100), (100_000, 1_000), (1_000_000, 2_000)]
 #: call's own share in a full collection of the benchmark's heap).
 CALLER_ALLOCATIONS = 1_000
 JAVA_WARMUP = 5
+#: Untimed calls of each Python timing before its timed ones, as Java's are warmed: at least
+#: :data:`WARMUP_CALLS`, and more (up to :data:`WARMUP_MAX_CALLS`) until
+#: :data:`WARMUP_SECONDS` have passed. The first calls pay one-time costs a leader pays once
+#: per process, not per rebalance (CPython 3.11 specialises a function's bytecode after its
+#: first runs; the extension sets up its types on first use), and this VM runs the first
+#: second of a measurement up to 1.7 times slower than the next ones (the pure-Python
+#: round-robin of 10,000 partitions: 15 ms in the first second, 9 ms after it), which Java's
+#: three seconds of warm-up never see. Every timed call still follows a full collection.
+WARMUP_CALLS = 3
+WARMUP_SECONDS = 1.0
+WARMUP_MAX_CALLS = 200
 #: Java warms up for at least this long as well: a few calls of a small group leave
 #: ``assign()`` to the interpreter and C1 (10k partitions: 5.9 ms after 5 calls, 1.25 ms after
 #: 200), which would flatter capgroup.
@@ -207,8 +222,18 @@ def core_note() -> str:
     return "numpy (capgroup._native not built)"
 
 
+def warm_up(fn: Callable[[], object]) -> None:
+    """Untimed calls of ``fn``: see :data:`WARMUP_CALLS`."""
+    until = time.perf_counter() + WARMUP_SECONDS
+    calls = 0
+    while calls < WARMUP_CALLS or (time.perf_counter() < until and calls < WARMUP_MAX_CALLS):
+        fn()
+        calls += 1
+
+
 def median_seconds(fn: Callable[[], object], runs: int) -> float:
-    """Median wall time of ``runs`` calls, each after a full collection."""
+    """Median wall time of ``runs`` calls, each after a full collection (after warm-up)."""
+    warm_up(fn)
     times = []
     for _ in range(runs):
         gc.collect()
@@ -219,14 +244,15 @@ def median_seconds(fn: Callable[[], object], runs: int) -> float:
 
 
 def timed_with_gc(fn: Callable[[], object], runs: int) -> tuple[float, float, float]:
-    """Median wall time of ``fn``, and the median GC time charged to its caller, in all and
-    after the call returned, in seconds.
+    """Median wall time of ``fn`` (after warm-up), and the median GC time charged to its
+    caller, in all and after the call returned, in seconds.
 
     GC time is what ``gc.callbacks`` saw from the call's start until the caller has allocated
     :data:`CALLER_ALLOCATIONS` containers after it, holding on to the result meanwhile: a
     collection the call put off (by disabling the collector, say) is paid there. The
     allocation after the call is not part of the wall time.
     """
+    warm_up(fn)
     times = []
     paused = []
     after = []

@@ -14,12 +14,18 @@ names it.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, cast, overload
 
 from capgroup.assignor import balance, native
-from capgroup.assignor.figures import EXACT_HEADROOM_MAX_PARTITIONS, assigned_count, group_figures
+from capgroup.assignor.figures import (
+    EXACT_HEADROOM_MAX_PARTITIONS,
+    assigned_count,
+    group_figures,
+    profile_figures,
+)
 from capgroup.assignor.model import (
     MemberSpec,
     PartitionSpec,
@@ -65,6 +71,8 @@ ASSIGNOR_NAME = "capgroup-cooperative"
 #: differential tests hold the two paths to that), faster than numpy's per-call costs at that
 #: size, and a member of a small group never loads numpy (about 0.1 s and 20 MiB).
 SMALL_GROUP_PARTITIONS = 2_000
+_MEMBER_ID = operator.itemgetter(0)
+_METADATA = operator.itemgetter(2)
 #: How many unassigned partitions the shortfall warning lists by name.
 _SAMPLE = 10
 
@@ -85,7 +93,7 @@ class GroupPlan:
     #: The members whose metadata decoded, as planned. Their ownership claims went to the
     #: assignor as columns (:class:`~capgroup.protocol.capacity.OwnedColumns`), so each
     #: ``capacity.owned`` here is empty.
-    members: tuple[MemberSpec, ...] = ()
+    members: Sequence[MemberSpec] = ()
     rejected: Mapping[str, str] = field(default_factory=dict)
     #: What every member was told with its assignment (the group figures included).
     info: AssignmentInfo | None = None
@@ -108,6 +116,15 @@ def plan_group(
     handed to its new owner at once. ``headroom_members`` is the spare the group figures'
     ``replicas_wanted`` asks for (``CAPGROUP_AUTOSCALE_HEADROOM_MEMBERS``).
     """
+    if len(partitions) >= SMALL_GROUP_PARTITIONS and native.enabled():
+        # The usual large group: every member decoded by the compiled core, as profiles.
+        group = native.decode_group(list(map(_METADATA, members)), force=True)
+        if group is not None:
+            planned = _plan_profiles(
+                members, group, partitions, generation, cooperative, headroom_members
+            )
+            if planned is not None:
+                return planned
     decoded: list[tuple[str, str | None, MemberSubscription | MetadataDecodeError]] = []
     cache = SubscriptionCache()
     # A large group's metadata goes through the compiled core when it is built: what it
@@ -189,21 +206,134 @@ def plan_subscriptions(
         headroom=headroom_members,
         per_topic=_topic_sizes(plan),
     )
+    return _finish(plan, info, decoded, tuple(specs), rejected, len(partitions))
+
+
+def _plan_profiles(
+    members: Sequence[tuple[str, str | None, bytes]],
+    group: native.DecodedGroup,
+    partitions: Sequence[PartitionSpec],
+    generation: int,
+    cooperative: bool,
+    headroom_members: int,
+) -> GroupPlan | None:
+    """:func:`plan_group` of members the compiled core decoded as profiles: the plan and the
+    figures are worked out per profile, and no object is built per member (``members`` of
+    the result builds them when read). None when the core leaves this input to the numpy
+    path."""
+    ids = list(map(_MEMBER_ID, members))
+    with balance._no_gc():  # as columnar.plan: nothing to collect in the core's call
+        plan = native.plan_profiles(
+            ids,
+            group.profiles,
+            group.rows,
+            group.claims,
+            partitions,
+            generation,
+            claimed_rates=True,
+            force=True,  # the core is on: it decoded the group
+        )
+    if plan is None:
+        return None
+    if not cooperative:
+        plan = _grant_pending(plan)
+    info = profile_figures(
+        plan,
+        group.profiles,
+        group.rows,
+        ids,
+        partitions,
+        generation,
+        members=len(members),
+        headroom=headroom_members,
+        per_topic=_topic_sizes(plan),
+    )
+    specs = _ProfileMembers(members, group.profiles, group.rows)
+    return _finish(plan, info, members, specs, {}, len(partitions), force=True)
+
+
+def _finish(
+    plan: Plan,
+    info: AssignmentInfo,
+    members: Sequence[tuple[str, str | None, object]],
+    specs: Sequence[MemberSpec],
+    rejected: dict[str, str],
+    n_partitions: int,
+    *,
+    force: bool = False,
+) -> GroupPlan:
+    """The group plan: every member's assignment bytes (``members`` in input order), and the
+    plan reported in the log. ``force``: the compiled core encodes whatever
+    ``CAPGROUP_ASSIGNOR_NATIVE`` says now (it planned already)."""
     encoded_info = encode_assignment_info(info)
     columns = _columns(plan)
     # Every member's bytes in one call of the compiled core when it is there (relay-only
     # partitions aside: those members are encoded one by one below).
-    bulk = columns.encode_all(encoded_info) if columns is not None else None
-    assignments = {
-        member_id: (
-            bulk[member_id]
-            if bulk is not None and member_id in bulk and member_id not in plan.relay
-            else _encode_for(plan, member_id, info, encoded_info)
-        )
-        for member_id, _, _ in decoded
-    }
-    _report(plan, specs, rejected, len(partitions), generation)
-    return GroupPlan(plan, assignments, tuple(specs), rejected, info)
+    bulk = columns.encode_all(encoded_info, force=force) if columns is not None else None
+    if bulk is not None and not plan.relay and len(bulk) == len(members):
+        # The usual plan: every member planned (none rejected), none relays.
+        assignments = bulk
+    else:
+        assignments = {
+            member_id: (
+                bulk[member_id]
+                if bulk is not None and member_id in bulk and member_id not in plan.relay
+                else _encode_for(plan, member_id, info, encoded_info)
+            )
+            for member_id, _, _ in members
+        }
+    _report(plan, specs, rejected, n_partitions, info.generation)
+    return GroupPlan(plan, assignments, specs, rejected, info)
+
+
+class _ProfileMembers(Sequence[MemberSpec]):
+    """``GroupPlan.members`` of a plan made from profiles: a tuple of members built the first
+    time it is read (a leader that only sends the assignments never pays for it)."""
+
+    __slots__ = ("_built", "_members", "_profiles", "_rows")
+
+    def __init__(
+        self,
+        members: Sequence[tuple[str, str | None, bytes]],
+        profiles: Sequence[MemberSpec],
+        rows: Sequence[int],
+    ) -> None:
+        self._members = members
+        self._profiles = profiles
+        self._rows = rows
+        self._built: tuple[MemberSpec, ...] | None = None
+
+    def _all(self) -> tuple[MemberSpec, ...]:
+        if self._built is None:
+            self._built = tuple(
+                MemberSpec(member_id, profile.topics, profile.capacity, instance_id)
+                for (member_id, instance_id, _), profile in zip(
+                    self._members, map(self._profiles.__getitem__, self._rows), strict=True
+                )
+            )
+        return self._built
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, k: int) -> MemberSpec: ...
+
+    @overload
+    def __getitem__(self, k: slice) -> tuple[MemberSpec, ...]: ...
+
+    def __getitem__(self, k: int | slice) -> MemberSpec | tuple[MemberSpec, ...]:
+        return self._all()[k]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes)):
+            return self._all() == tuple(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return repr(self._all())
 
 
 def _member_specs(
@@ -370,8 +500,8 @@ def _report(
     n_partitions: int,
     generation: int,
 ) -> None:
-    live = [m for m in specs if not m.capacity.draining]
     if plan.unassigned:
+        live = [m for m in specs if not m.capacity.draining]
         _log.warning(
             "plan_has_unassigned_partitions",
             generation=generation,

@@ -438,7 +438,9 @@ class Assignment(Mapping[str, tuple[TopicPartition, ...]]):
         sizes: list[int] | None = None,
     ) -> None:
         self._ids = ids
-        self._index = {mid: i for i, mid in enumerate(ids)}
+        # Member id -> position, built when a member is first looked up (the leader's bulk
+        # encoding never does).
+        self._index: dict[str, int] | None = None
         self._order = order
         self._bounds = bounds
         self._ptopic = topic
@@ -453,9 +455,14 @@ class Assignment(Mapping[str, tuple[TopicPartition, ...]]):
         self._cache: dict[str, tuple[TopicPartition, ...]] = {}
         self._runs: tuple[list[str], list[int], list[int]] | None = None
 
+    def _positions(self) -> dict[str, int]:
+        if self._index is None:
+            self._index = dict(zip(self._ids, range(len(self._ids)), strict=True))
+        return self._index
+
     def columns(self, member_id: str) -> tuple[_I64, _I64]:
         """A member's partitions as (topic code, partition number) columns, sorted."""
-        i = self._index[member_id]
+        i = self._positions()[member_id]
         js = self._order[self._bounds[i] : self._bounds[i + 1]]
         return self._ptopic[js], self._number[js]
 
@@ -477,19 +484,20 @@ class Assignment(Mapping[str, tuple[TopicPartition, ...]]):
                 starts.tolist(),
             )
         names, counts, per_member = self._runs
-        i = self._index[member_id]
+        i = self._positions()[member_id]
         lo, hi = per_member[i], per_member[i + 1]
         numbers = self._number[self._order[self._bounds[i] : self._bounds[i + 1]]]
         return names[lo:hi], counts[lo:hi], numbers
 
-    def encode_all(self, user_data: bytes) -> dict[str, bytes] | None:
+    def encode_all(self, user_data: bytes, *, force: bool = False) -> dict[str, bytes] | None:
         """Every member's encoded assignment with ``user_data`` (see
         :func:`capgroup.protocol.consumer.encode_member_assignment_columns`, which
         :meth:`by_topic` feeds with the same bytes), written by the compiled core in one
-        call; None when the core is off or declines (the caller then encodes one by one)."""
+        call; None when the core is off (with ``force``: not built) or declines (the caller
+        then encodes one by one)."""
         from capgroup.assignor import native
 
-        if not native.enabled():
+        if not (native.available() if force else native.enabled()):
             return None
         raw = self._raw
         if raw is None:
@@ -499,7 +507,7 @@ class Assignment(Mapping[str, tuple[TopicPartition, ...]]):
                 self._order.astype(np.int64).tobytes(),
                 self._bounds.astype(np.int64).tobytes(),
             )
-        found = native.encode_assignments(raw, self.names, user_data)
+        found = native.encode_assignments(raw, self.names, user_data, force=force)
         return None if found is None else dict(zip(self._ids, found, strict=True))
 
     def topic_sizes(self) -> dict[str, int]:
@@ -529,7 +537,7 @@ class Assignment(Mapping[str, tuple[TopicPartition, ...]]):
         return found
 
     def __contains__(self, member_id: object) -> bool:
-        return member_id in self._index
+        return member_id in self._positions()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._ids)

@@ -10,6 +10,7 @@ a few milliseconds here, not a multiple of the plan.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import operator
@@ -17,12 +18,20 @@ import statistics
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from capgroup.assignor import balance
-from capgroup.assignor.model import MemberSpec, PartitionSpec, PartitionTable, Plan
+from capgroup.assignor.model import MemberSpec, PartitionSpec, PartitionTable, Plan, profiles_of
 from capgroup.protocol.consumer import AssignmentInfo
 
-__all__ = ["EXACT_HEADROOM_MAX_PARTITIONS", "assigned_count", "group_figures"]
+__all__ = [
+    "EXACT_HEADROOM_MAX_PARTITIONS",
+    "assigned_count",
+    "group_figures",
+    "profile_figures",
+]
+
+_T = TypeVar("_T")
 
 #: Largest group (in partitions) whose headroom is verified by placement when its members
 #: differ in subscriptions or per-topic costs; above it the counting bound is reported.
@@ -76,17 +85,46 @@ def group_figures(
     ``per_topic``, when given, is how many distinct partitions each topic of ``partitions``
     has (the leader's plan knows it; counting a million specs again would not be free).
     """
+    profiles, rows = profiles_of(specs)
+    return profile_figures(
+        plan,
+        profiles,
+        rows,
+        [m.member_id for m in specs],
+        partitions,
+        generation,
+        members=members,
+        headroom=headroom,
+        per_topic=per_topic,
+    )
+
+
+def profile_figures(
+    plan: Plan,
+    profiles: Sequence[MemberSpec],
+    rows: Sequence[int],
+    ids: Sequence[str],
+    partitions: Sequence[PartitionSpec],
+    generation: int,
+    *,
+    members: int | None = None,
+    headroom: int = 1,
+    per_topic: Mapping[str, int] | None = None,
+) -> AssignmentInfo:
+    """:func:`group_figures` of the members ``ids[k]`` with subscription and advertisement
+    ``profiles[rows[k]]`` (a profile's member id is ignored): a leader whose members share a
+    few profiles works out each once."""
     n_relayed = sum(map(len, plan.relay.values()))
     n_partitions = assigned_count(plan) + len(plan.pending) + len(plan.unassigned) + n_relayed
     if per_topic is None:
         per_topic = _per_topic(partitions, n_partitions)
-    roster = _Roster(specs, set(per_topic))
-    live = roster.live
+    roster = _Roster(profiles, rows, ids, set(per_topic))
+    n_live = len(roster.live_ids)
     # Largest first, as balance.headroom ranks them.
     keys = list(
         zip(map(operator.neg, roster.dear), roster.neg_weight, roster.live_ids, strict=True)
     )
-    ranked = sorted(range(len(live)), key=keys.__getitem__)
+    ranked = sorted(range(n_live), key=keys.__getitem__)
     # A plan that leaves partitions unassigned (or only relays them: no batch home) is short:
     # nothing can be lost.
     short = bool(plan.unassigned) or n_relayed > 0
@@ -94,19 +132,19 @@ def group_figures(
     sizes = [n for n in roster.dear if n > 0]
     typical = statistics.median_high(sizes) if sizes else 0
     if not short and spare >= headroom:
-        wanted = len(live) + headroom - spare
+        wanted = n_live + headroom - spare
     else:
         extra = max(headroom - spare, 1 if short else 0)
         if typical:
             sizes_desc = [roster.dear[k] for k in ranked]
             extra = max(extra, _typical_members_needed(sizes_desc, typical, n_partitions, headroom))
-        wanted = len(live) + extra
+        wanted = n_live + extra
     typical_cost = roster.typical_costs()
     return AssignmentInfo(
         generation,
         len(plan.unassigned),
         len(plan.pending),
-        members=len(specs) if members is None else members,
+        members=len(ids) if members is None else members,
         capacity_partitions=sum(roster.dear),
         demand_partitions=n_partitions,
         capacity_bytes=sum(roster.budget),
@@ -155,38 +193,55 @@ class _Roster:
     """The live members with their cost class and their slots at the dearest and at the
     cheapest of their costs, worked out in one pass."""
 
-    def __init__(self, specs: Sequence[MemberSpec], present: set[str]) -> None:
+    def __init__(
+        self,
+        profiles: Sequence[MemberSpec],
+        rows: Sequence[int],
+        ids: Sequence[str],
+        present: set[str],
+    ) -> None:
         self.present = present
         self._classes: dict[tuple[object, ...], _CostClass] = {}
         # Everything below depends on a member's subscription and advertisement only, and
-        # the members of one deployment share those objects (as the leader decodes them):
-        # it is worked out once per distinct pair, then spread over the members by
-        # comprehensions, without a Python-level step per member and figure.
-        keys = [(id(m.topics), id(m.capacity)) for m in specs]
-        per = {
-            key: self._figures_of(spec) for key, spec in dict(zip(keys, specs, strict=True)).items()
-        }
-        rows = list(map(per.__getitem__, keys))
-        #: The class of every member of ``specs`` (live or not: ``typical_costs`` falls back
-        #: on all of them when none is live).
-        self.cost_class: list[_CostClass] = [r.cost_class for r in rows]
-        if any(r.draining for r in per.values()):
-            kept = [k for k, r in enumerate(rows) if not r.draining]
-            self.live = [specs[k] for k in kept]
-            rows = [rows[k] for k in kept]
+        # the members of one deployment share those (one profile): it is worked out once per
+        # profile, then spread over the members by comprehensions, without a Python-level
+        # step per member and figure.
+        per = [self._figures_of(spec) for spec in profiles]
+        self._profiles = profiles
+        #: How many members have each profile, in all and among the live ones (the cost
+        #: classes' weights in ``typical_costs``).
+        # One profile (one deployment): counted without a pass over the members.
+        self._count_all = Counter({0: len(rows)}) if len(per) == 1 and rows else Counter(rows)
+        if any(r.draining for r in per):
+            self._live_rows = [r for r in rows if not per[r].draining]
+            self.live_ids = [ids[k] for k, r in enumerate(rows) if not per[r].draining]
+            self._count_live = Counter(self._live_rows)
         else:
-            self.live = list(specs)
-        self.live_class = [r.cost_class for r in rows]
+            self._live_rows = list(rows)
+            self.live_ids = list(ids)
+            self._count_live = self._count_all
+        self._per = per
+
+        def spread(values: list[_T]) -> list[_T]:
+            """A per-profile figure, per live member (C-level: no Python step per member)."""
+            if len(values) == 1:  # one deployment
+                return values * len(self._live_rows)
+            return list(map(values.__getitem__, self._live_rows))
+
         #: Per live member, its slots at the dearest and at the cheapest of its costs, its
-        #: weight (cleaned, negated: the ranking's second key), its budget (at least 0) and its
-        #: member id.
-        self.dear = [r.dear for r in rows]
-        self.cheap = [r.cheap for r in rows]
-        self.neg_weight = [r.neg_weight for r in rows]
-        self.budget = [r.budget for r in rows]
-        self.live_ids = [m.member_id for m in self.live]
+        #: weight (cleaned, negated: the ranking's second key) and its budget (at least 0);
+        #: ``live_ids`` has its member id.
+        self.dear = spread([r.dear for r in per])
+        self.cheap = spread([r.cheap for r in per])
+        self.neg_weight = spread([r.neg_weight for r in per])
+        self.budget = spread([r.budget for r in per])
         #: Whether every live member subscribes to every topic at one cost.
-        self.uniform = all(r.cost_class.uniform for r in per.values() if not r.draining)
+        self.uniform = all(r.cost_class.uniform for r in per if not r.draining)
+
+    def live_member(self, k: int) -> MemberSpec:
+        """Live member ``k`` as the assignor sees it."""
+        profile = self._profiles[self._live_rows[k]]
+        return MemberSpec(self.live_ids[k], profile.topics, profile.capacity)
 
     def _figures_of(self, spec: MemberSpec) -> _MemberFigures:
         c = self._class_of(spec)
@@ -206,7 +261,9 @@ class _Roster:
         key = (spec.topics, tuple(sorted(pb.items())) if pb else (), adv.default_partition_bytes)
         found = self._classes.get(key)
         if found is None:
-            table = {t: max(0, adv.cost_of(t)) for t in spec.topics if t in self.present}
+            # adv.cost_of(t), without a method call per topic.
+            costs, default = adv.partition_bytes, adv.default_partition_bytes
+            table = {t: max(0, costs.get(t, default)) for t in spec.topics if t in self.present}
             values = table.values()
             found = self._classes[key] = _CostClass(
                 table,
@@ -220,10 +277,19 @@ class _Roster:
         """Per topic, the upper median of the costs its live subscribers advertise (all
         subscribers when none is live; topics without any are left out)."""
         found: dict[str, int] = {}
-        distinct = list(self._classes.values())
-        for classes in (self.live_class, self.cost_class):
-            counted = Counter(map(id, classes))
-            tables = [(c.table, counted[id(c)]) for c in distinct if id(c) in counted]
+        for counted in (self._count_live, self._count_all):
+            # Members per cost class: the profiles' counts, summed by class.
+            weights: dict[int, tuple[dict[str, int], int]] = {}
+            for r, n in counted.items():
+                c = self._per[r].cost_class
+                table, m = weights.get(id(c), (c.table, 0))
+                weights[id(c)] = (table, m + n)
+            tables = list(weights.values())
+            if len(tables) == 1:
+                # One cost class (one deployment): its costs are the medians.
+                table = tables[0][0]
+                found.update({t: table[t] for t in self.present - found.keys() if t in table})
+                continue
             for topic in self.present - found.keys():
                 weighted = sorted((t[topic], n) for t, n in tables if topic in t)
                 middle = sum(n for _, n in weighted) // 2
@@ -278,20 +344,19 @@ def _headroom(
     or the group too large to afford placement runs, else :func:`balance.headroom`'s search
     with the bound cutting off every count that cannot fit. ``ranked``: indexes of the
     roster's live members, largest first."""
-    cheap = [roster.cheap[k] for k in ranked]
-    remaining = sum(cheap)
-    if remaining < n_partitions:
+    cheap = list(map(roster.cheap.__getitem__, ranked))
+    lost = list(itertools.accumulate(cheap))  # slots lost with the k + 1 largest members
+    if not lost or lost[-1] < n_partitions:
         return 0
-    bound = 0
-    while bound < len(ranked) and remaining - cheap[bound] >= n_partitions:
-        remaining -= cheap[bound]
-        bound += 1
+    # How many of the largest members can go with the rest's slots still covering every
+    # partition (``lost`` never falls: slots are at least 0).
+    bound = bisect.bisect_right(lost, lost[-1] - n_partitions)
     # With every live member subscribed to every topic at one cost, any partition fits any
     # free slot: the count is the answer.
     exact = roster.uniform
     if exact or n_partitions > EXACT_HEADROOM_MAX_PARTITIONS:
         return bound
-    members = [roster.live[k] for k in ranked]
+    members = [roster.live_member(k) for k in ranked]
     with balance._no_gc():
         grp = balance._normalize(members, partitions)
         index = {member_id: i for i, member_id in enumerate(grp.member_ids)}

@@ -19,6 +19,7 @@ __all__ = [
     "PartitionTable",
     "PendingMove",
     "Plan",
+    "profiles_of",
 ]
 
 
@@ -30,6 +31,18 @@ class MemberSpec:
     topics: frozenset[str]
     capacity: CapacityAdvertisement
     instance_id: str | None = None
+
+
+def profiles_of(members: Sequence[MemberSpec]) -> tuple[list[MemberSpec], list[int]]:
+    """``members``' distinct profiles (the first member with each subscription and
+    advertisement object) and, per member, the index of its profile.
+
+    Members of one deployment share those objects as the leader decodes them, so whatever
+    depends on them alone is worked out once per profile."""
+    keys = [(id(m.topics), id(m.capacity)) for m in members]
+    first = dict(zip(keys, members, strict=True))
+    index = {key: k for k, key in enumerate(first)}
+    return list(first.values()), list(map(index.__getitem__, keys))
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,25 +33,36 @@ import importlib
 import itertools
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 from capgroup.assignor import balance
-from capgroup.assignor.model import MemberSpec, PartitionSpec, PartitionTable, PendingMove, Plan
+from capgroup.assignor.model import (
+    MemberSpec,
+    PartitionSpec,
+    PartitionTable,
+    PendingMove,
+    Plan,
+    profiles_of,
+)
 from capgroup.protocol.capacity import OwnedColumns
 from capgroup.protocol.consumer import MemberSubscription
-from capgroup.types import CapacityAdvertisement, TopicPartition
+from capgroup.types import CapacityAdvertisement, OwnedPartition, TopicPartition
 
 __all__ = [
     "ENV",
+    "DecodedGroup",
     "NativeClaims",
     "as_columns",
     "available",
+    "decode_group",
     "decode_members",
     "enabled",
     "encode_assignments",
     "kept_bytes",
     "plan",
+    "plan_profiles",
     "release_memory",
 ]
 
@@ -100,21 +111,7 @@ def decode_members(
     if ext is None or not enabled():
         return None
     entries, advertised = ext.decode_members(datas)
-    # One object per distinct advertisement and subscription: members of one deployment
-    # share them, and the steps after this one work per distinct object, not per member.
-    advs = [
-        CapacityAdvertisement(
-            max_partitions=cap,
-            memory_budget_bytes=budget,
-            partition_bytes=dict(costs),
-            default_partition_bytes=default,
-            weight=weight,
-            rack=rack,
-            draining=draining,
-            relay_partition_bytes=relay,
-        )
-        for cap, budget, default, weight, rack, draining, costs, relay in advertised
-    ]
+    advs = _advertisements(advertised)
     subscriptions: dict[tuple[int, int], MemberSubscription] = {}
     out: list[tuple[MemberSubscription, CapacityAdvertisement, NativeClaims | None] | None] = []
     for found in entries:
@@ -127,6 +124,62 @@ def decode_members(
             sub = subscriptions[version, id(topics)] = MemberSubscription(version, topics, b"")
         out.append((sub, advs[k], claims))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedGroup:
+    """A group's JoinGroup metadata as :func:`decode_group` decoded it: per *profile* (the
+    members of one deployment share theirs) a member as the assignor sees it, with an empty
+    member id; per member the index of its profile and its claims."""
+
+    #: ``MemberSpec("", topics, advertisement)`` per distinct subscription and advertisement.
+    profiles: list[MemberSpec]
+    #: Per member, the index of its profile.
+    rows: list[int]
+    #: Per member, its ownership claims as the core decoded them (None when it lists none).
+    claims: list[NativeClaims | None]
+
+
+def decode_group(datas: list[bytes], *, force: bool = False) -> DecodedGroup | None:
+    """Every member's JoinGroup metadata decoded by the compiled core, as profiles; None
+    when the core is off or any member's metadata is left to the Python decoders (then
+    :func:`decode_members` tells them apart). A profile's advertisement and subscription are
+    what :func:`decode_members` returns for its members. ``force`` skips the check of
+    :data:`ENV` (for a caller that checked it already)."""
+    ext = _ext
+    if ext is None or not (force or enabled()):
+        return None
+    found = ext.decode_group(datas)
+    if found is None:
+        return None
+    profiles, rows, claims, advertised = found
+    advs = _advertisements(advertised)
+    sets: dict[int, frozenset[str]] = {}
+    specs = []
+    for _, topics, k in profiles:
+        names = sets.get(id(topics))
+        if names is None:
+            names = sets[id(topics)] = frozenset(topics)
+        specs.append(MemberSpec("", names, advs[k]))
+    return DecodedGroup(specs, rows, claims)
+
+
+def _advertisements(advertised: list[tuple[Any, ...]]) -> list[CapacityAdvertisement]:
+    """One object per distinct advertisement the core decoded (members of one deployment
+    share it: the steps after decoding work per distinct object, not per member)."""
+    return [
+        CapacityAdvertisement(
+            max_partitions=cap,
+            memory_budget_bytes=budget,
+            partition_bytes=dict(costs),
+            default_partition_bytes=default,
+            weight=weight,
+            rack=rack,
+            draining=draining,
+            relay_partition_bytes=relay,
+        )
+        for cap, budget, default, weight, rack, draining, costs, relay in advertised
+    ]
 
 
 def as_columns(
@@ -172,23 +225,58 @@ def plan(
     Raises:
         ValueError: if two members share a member id.
     """
+    if _ext is None or not (force or enabled()):
+        return None
+    # Members of one deployment share their subscription and advertisement objects (as the
+    # leader decodes them): their limits are worked out once per profile.
+    profiles, rows = profiles_of(members)
+    claims = [m.capacity.owned or None for m in members] if owned is None else list(owned)
+    return plan_profiles(
+        [m.member_id for m in members],
+        profiles,
+        rows,
+        claims,
+        partitions,
+        generation,
+        claimed_rates=claimed_rates,
+        force=force,
+    )
+
+
+def plan_profiles(
+    ids: list[str],
+    profiles: Sequence[MemberSpec],
+    rows: Sequence[int],
+    claims: Sequence[OwnedColumns | NativeClaims | tuple[OwnedPartition, ...] | None],
+    partitions: Sequence[PartitionSpec],
+    generation: int,
+    *,
+    claimed_rates: bool = False,
+    force: bool = False,
+) -> Plan | None:
+    """:func:`plan` of the members ``ids[k]`` with subscription and advertisement
+    ``profiles[rows[k]]`` (the member id of a profile is ignored) and claims ``claims[k]``
+    (None, the core's claims, columns or ``OwnedPartition`` objects): a leader whose members
+    share a few profiles reads each once.
+
+    Raises:
+        ValueError: if two members share a member id.
+    """
     ext = _ext
     if ext is None or not (force or enabled()):
         return None
-    ids = [m.member_id for m in members]
-    source = sorted(range(len(members)), key=ids.__getitem__)
-    specs = [members[k] for k in source]
+    source = sorted(range(len(ids)), key=ids.__getitem__)
     if len(set(ids)) != len(ids):
-        for left, right in itertools.pairwise(specs):
-            if left.member_id == right.member_id:
-                raise ValueError(f"duplicate member id {left.member_id!r}")
+        for left, right in itertools.pairwise(source):
+            if ids[left] == ids[right]:
+                raise ValueError(f"duplicate member id {ids[left]!r}")
     if not _INT64[0] <= generation <= _INT64[1]:
         return None
     classes: dict[tuple[object, ...], int] = {}
     class_rows: list[tuple[bool, object, dict[str, int], int]] = []
 
     def limits(spec: MemberSpec) -> tuple[object, ...]:
-        """A member's row without its claims: its class and its limits."""
+        """A profile's row without its claims: its class and its limits."""
         adv = spec.capacity
         # The reference's member classes (balance._capacities): same subscription and costs.
         key = balance._member_class(spec)
@@ -212,32 +300,19 @@ def plan(
             adv.relay_partition_bytes,
         )
 
-    # Members of one deployment share their subscription and advertisement objects (as the
-    # leader decodes them): their limits are worked out once per pair of objects, and each
-    # member is given the index of its row.
-    keys = [(id(m.topics), id(m.capacity)) for m in specs]
-    first = dict(zip(keys, specs, strict=True))
-    index = {key: k for k, key in enumerate(first)}
-    limit_rows = [limits(spec) for spec in first.values()]
-    rows = list(map(index.__getitem__, keys))
-    if owned is None:
-        claims: list[object] = [spec.capacity.owned or None for spec in specs]
-    else:
-        claims = [owned[k] for k in source]
-        if any(isinstance(cols, OwnedColumns) for cols in claims):
-            claims = [
-                (
-                    "columns",
-                    cols.topics,
-                    cols.counts,
-                    cols.partitions,
-                    cols.generations,
-                    cols.rates,
-                )
-                if isinstance(cols, OwnedColumns)
-                else cols
-                for cols in claims
-            ]
+    # Profiles (and so classes) numbered as the members, in member-id order, first meet
+    # them: the numbering the reference gives its classes.
+    member_rows = [rows[k] for k in source]
+    seen = {r: k for k, r in enumerate(dict.fromkeys(member_rows))}
+    limit_rows = [limits(profiles[r]) for r in seen]
+    held: list[object] = [claims[k] for k in source]
+    if any(issubclass(kind, OwnedColumns) for kind in set(map(type, held))):
+        held = [
+            ("columns", cols.topics, cols.counts, cols.partitions, cols.generations, cols.rates)
+            if isinstance(cols, OwnedColumns)
+            else cols
+            for cols in held
+        ]
     # A table's columns are read as they are: no object per partition.
     table = (
         (partitions.topics, partitions.counts, partitions.numbers, partitions.rates)
@@ -245,7 +320,14 @@ def plan(
         else None
     )
     found = ext.plan(
-        partitions, limit_rows, rows, claims, class_rows, generation, claimed_rates, table
+        partitions,
+        limit_rows,
+        list(map(seen.__getitem__, member_rows)),
+        held,
+        class_rows,
+        generation,
+        claimed_rates,
+        table,
     )
     if found is None:
         return None
@@ -255,7 +337,6 @@ def plan(
 def _plan_of(found: Any, ids: list[str]) -> Plan:
     import numpy as np
 
-    from capgroup.assignor import balance
     from capgroup.assignor.columnar import Assignment
 
     # The four int64 columns are the core's ``Column`` objects: numpy reads them in place.
@@ -291,16 +372,20 @@ def _plan_of(found: Any, ids: list[str]) -> Plan:
 
 
 def encode_assignments(
-    raw: tuple[object, object, object, object], names: list[str], user_data: bytes
+    raw: tuple[object, object, object, object],
+    names: list[str],
+    user_data: bytes,
+    *,
+    force: bool = False,
 ) -> list[bytes] | None:
     """Every member's ``ConsumerProtocolMemberAssignment`` (in member-id order) with
     ``user_data``, from the int64 columns (topic code, number, order, bounds) as the core's
     columns or as native-endian bytes; byte for byte what
     :func:`capgroup.protocol.consumer.encode_member_assignment_columns` writes; None when
-    the core is off or a name or number does not fit the format (the caller then encodes
-    member by member, and raises what that raises)."""
+    the core is off (``force`` ignores :data:`ENV`) or a name or number does not fit the
+    format (the caller then encodes member by member, and raises what that raises)."""
     ext = _ext
-    if ext is None or not enabled():
+    if ext is None or not (force or enabled()):
         return None
     found: list[bytes] | None = ext.encode_assignments(*raw, names, user_data)
     return found

@@ -268,34 +268,41 @@ def encode_member_assignment_columns(
 
 def encode_assignment_info(info: AssignmentInfo) -> bytes:
     """Encode :class:`AssignmentInfo` for the assignment's ``user_data``."""
-    out = Writer()
-    out.buf += INFO_MAGIC + bytes((INFO_MAJOR_VERSION, INFO_MINOR_VERSION))
-    for tag, value in (
-        (_TAG_GENERATION, None),
-        (_TAG_UNASSIGNED, info.unassigned),
-        (_TAG_PENDING, info.pending),
-    ):
-        field = Writer()
-        if value is None:
-            field.svarint(info.generation)
-        else:
-            field.uvarint(value)
-        out.field(tag, field.buf)
+    # Nothing of 1.2 in it: byte for byte a 1.1 encoding.
+    minor = INFO_MINOR_VERSION if info.relay_only or info.relayed is not None else 1
+    parts = [
+        INFO_MAGIC,
+        bytes((INFO_MAJOR_VERSION, minor)),
+        _varint_field(_TAG_GENERATION, (info.generation << 1) ^ (info.generation >> 63)),
+        _varint_field(_TAG_UNASSIGNED, info.unassigned),
+        _varint_field(_TAG_PENDING, info.pending),
+    ]
     for name, tag in _FIGURE_TAGS.items():
         figure = getattr(info, name)
         if figure is not None:
-            field = Writer()
-            field.uvarint(figure)
-            out.field(tag, field.buf)
+            parts.append(_varint_field(tag, figure))
     if info.relay_only:
+        out = Writer()
         out.field(_TAG_RELAY_ONLY, _encode_partitions(info.relay_only))
+        parts.append(bytes(out.buf))
     if info.relayed is not None:
-        field = Writer()
-        field.uvarint(info.relayed)
-        out.field(_TAG_RELAYED, field.buf)
-    if not info.relay_only and info.relayed is None:
-        out.buf[3] = 1  # nothing of 1.2 in it: byte for byte a 1.1 encoding
-    return bytes(out.buf)
+        parts.append(_varint_field(_TAG_RELAYED, info.relayed))
+    return b"".join(parts)
+
+
+def _varint_field(tag: int, value: int) -> bytes:
+    """One tagged field holding the unsigned varint ``value`` (``Writer.field`` of it; every
+    info tag and such a payload's length are below 0x80, a byte each). A leader writes one
+    info per plan: a few bytes, without a :class:`Writer` per field.
+
+    Raises:
+        ValueError: if ``value`` is negative.
+    """
+    if 0 <= value < 0x80:
+        return bytes((tag, 1, value))
+    out = Writer()
+    out.uvarint(value)
+    return bytes((tag, len(out.buf))) + out.buf
 
 
 def _encode_partitions(partitions: Iterable[TopicPartition]) -> bytearray:

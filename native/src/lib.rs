@@ -670,7 +670,8 @@ fn run_plan(
     lap("capacities");
     let shed = keep_owned(&mut st, &mine);
     lap("keep");
-    let free: Vec<usize> = (0..n_parts).filter(|&j| st.target[j] < 0).collect();
+    let mut free: Vec<usize> = Vec::with_capacity(n_parts);
+    free.extend((0..n_parts).filter(|&j| st.target[j] < 0));
     #[cfg(feature = "mutants")]
     let (free, early) = mutants::relay_early(&mut st, free, &relay_bytes, &owner, &conflicts);
     let unplaced = place_free(&mut st, &free).ok_or(Unsupported)?;
@@ -1069,24 +1070,21 @@ struct AdvKey {
     relay_cost: u64,
 }
 
-/// Each member's JoinGroup metadata decoded, or None where the Python decoders must look.
-///
-/// Returns ``(members, advertisements)``: per member None or ``(version, topics, k, claims)``
-/// with ``topics`` a tuple of names (one shared tuple per distinct subscription), ``k`` an
-/// index into ``advertisements`` and ``claims`` a :class:`Claims` or None; per distinct
-/// advertisement (claims aside) ``(max_partitions, memory_budget_bytes,
-/// default_partition_bytes, weight, rack, draining, partition_bytes, relay_partition_bytes)``
-/// with ``partition_bytes`` a list of pairs. Members that advertise alike share one entry, so
-/// the caller builds one object for them all.
-#[pyfunction]
-fn decode_members(
-    py: Python<'_>,
-    datas: &Bound<'_, PyList>,
-) -> PyResult<(Vec<PyObject>, PyObject)> {
+/// One member's metadata as the compiled decoder read it: its version, its topics (one
+/// shared tuple per distinct subscription), the index of its advertisement among the
+/// distinct ones, and its claims.
+type Decoded<'py> = (i16, Bound<'py, PyTuple>, usize, Option<Py<Claims>>);
+
+/// Every member's metadata decoded (None where the Python decoders must look), and the
+/// distinct advertisements, claims aside, as :func:`decode_members` describes them.
+fn decode_all<'py>(
+    py: Python<'py>,
+    datas: &Bound<'py, PyList>,
+) -> PyResult<(Vec<Option<Decoded<'py>>>, Bound<'py, PyList>)> {
     let mut out = Vec::with_capacity(datas.len());
     // Members of one deployment subscribe alike: one tuple of names per distinct block.
-    let mut subscriptions: HashMap<Vec<u8>, Bound<'_, PyTuple>> = HashMap::new();
-    let mut last: Option<(Vec<u8>, Bound<'_, PyTuple>)> = None;
+    let mut subscriptions: HashMap<Vec<u8>, Bound<'py, PyTuple>> = HashMap::new();
+    let mut last: Option<(Vec<u8>, Bound<'py, PyTuple>)> = None;
     let mut advs: HashMap<AdvKey, usize> = HashMap::new();
     let advs_out = PyList::empty(py);
     for data in datas.iter() {
@@ -1122,51 +1120,110 @@ fn decode_members(
                 t
             }
         };
-        let obj = match (found, topics) {
-            (None, _) | (_, None) => py.None(),
-            (Some(m), Some(topics)) => {
-                let a = m.adv;
-                let claims = match a.owned {
-                    Some(owned) => Some(Py::new(py, Claims { owned })?),
-                    None => None,
-                };
-                let key = AdvKey {
-                    max_partitions: a.max_partitions,
-                    budget: a.budget,
-                    default_cost: a.default_cost,
-                    weight_bits: a.weight.to_bits(),
-                    rack: a.rack,
-                    draining: a.draining,
-                    partition_bytes: a.partition_bytes,
-                    relay_cost: a.relay_cost,
-                };
-                let k = match advs.get(&key) {
-                    Some(&k) => k,
-                    None => {
-                        let k = advs_out.len();
-                        advs_out.append((
-                            key.max_partitions,
-                            key.budget,
-                            key.default_cost,
-                            a.weight,
-                            key.rack.clone(),
-                            key.draining,
-                            key.partition_bytes.clone(),
-                            key.relay_cost,
-                        ))?;
-                        advs.insert(key, k);
-                        k
-                    }
-                };
-                (m.version, topics, k, claims)
-                    .into_pyobject(py)?
-                    .into_any()
-                    .unbind()
+        let (Some(m), Some(topics)) = (found, topics) else {
+            out.push(None);
+            continue;
+        };
+        let a = m.adv;
+        let claims = match a.owned {
+            Some(owned) => Some(Py::new(py, Claims { owned })?),
+            None => None,
+        };
+        let key = AdvKey {
+            max_partitions: a.max_partitions,
+            budget: a.budget,
+            default_cost: a.default_cost,
+            weight_bits: a.weight.to_bits(),
+            rack: a.rack,
+            draining: a.draining,
+            partition_bytes: a.partition_bytes,
+            relay_cost: a.relay_cost,
+        };
+        let k = match advs.get(&key) {
+            Some(&k) => k,
+            None => {
+                let k = advs_out.len();
+                advs_out.append((
+                    key.max_partitions,
+                    key.budget,
+                    key.default_cost,
+                    a.weight,
+                    key.rack.clone(),
+                    key.draining,
+                    key.partition_bytes.clone(),
+                    key.relay_cost,
+                ))?;
+                advs.insert(key, k);
+                k
             }
         };
-        out.push(obj);
+        out.push(Some((m.version, topics, k, claims)));
     }
-    Ok((out, advs_out.into_any().unbind()))
+    Ok((out, advs_out))
+}
+
+/// Each member's JoinGroup metadata decoded, or None where the Python decoders must look.
+///
+/// Returns ``(members, advertisements)``: per member None or ``(version, topics, k, claims)``
+/// with ``topics`` a tuple of names (one shared tuple per distinct subscription), ``k`` an
+/// index into ``advertisements`` and ``claims`` a :class:`Claims` or None; per distinct
+/// advertisement (claims aside) ``(max_partitions, memory_budget_bytes,
+/// default_partition_bytes, weight, rack, draining, partition_bytes, relay_partition_bytes)``
+/// with ``partition_bytes`` a list of pairs. Members that advertise alike share one entry, so
+/// the caller builds one object for them all.
+#[pyfunction]
+fn decode_members(
+    py: Python<'_>,
+    datas: &Bound<'_, PyList>,
+) -> PyResult<(Vec<PyObject>, PyObject)> {
+    let (found, advs) = decode_all(py, datas)?;
+    let mut out = Vec::with_capacity(found.len());
+    for member in found {
+        out.push(match member {
+            None => py.None(),
+            Some(d) => d.into_pyobject(py)?.into_any().unbind(),
+        });
+    }
+    Ok((out, advs.into_any().unbind()))
+}
+
+/// A group's JoinGroup metadata decoded as profiles, or None when any member's metadata is
+/// left to the Python decoders.
+///
+/// Returns ``(profiles, rows, claims, advertisements)``: the distinct ``(version, topics,
+/// k)`` of the members (``topics`` and ``k`` as :func:`decode_members` gives them), per
+/// member the index of its profile and its claims (a :class:`Claims` or None), and the
+/// distinct advertisements. A group's members mostly share one profile: the caller works per
+/// profile, and per member only with the indexes.
+#[pyfunction]
+fn decode_group(py: Python<'_>, datas: &Bound<'_, PyList>) -> PyResult<Option<PyObject>> {
+    let (found, advs) = decode_all(py, datas)?;
+    let mut profiles: Vec<(i16, Bound<'_, PyTuple>, usize)> = Vec::new();
+    let mut index: HashMap<(i16, usize, usize), usize> = HashMap::new();
+    let mut rows = Vec::with_capacity(found.len());
+    let mut claims = Vec::with_capacity(found.len());
+    for member in found {
+        let Some((version, topics, k, held)) = member else {
+            return Ok(None);
+        };
+        // The topics tuple is shared per distinct subscription: its address is its identity.
+        let key = (version, topics.as_ptr() as usize, k);
+        let row = *index.entry(key).or_insert_with(|| {
+            profiles.push((version, topics, k));
+            profiles.len() - 1
+        });
+        rows.push(row);
+        claims.push(match held {
+            Some(c) => c.into_any(),
+            None => py.None(),
+        });
+    }
+    Ok(Some(
+        (profiles, rows, claims, advs)
+            .into_pyobject(py)?
+            .into_any()
+            .unbind(),
+    ))
 }
 
 /// ``math.fsum`` of ``values`` as the core computes it (None where CPython raises
@@ -1197,6 +1254,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(plan, m)?)?;
     m.add_function(wrap_pyfunction!(encode_assignments, m)?)?;
     m.add_function(wrap_pyfunction!(decode_members, m)?)?;
+    m.add_function(wrap_pyfunction!(decode_group, m)?)?;
     m.add_class::<Claims>()?;
     m.add_class::<Column>()?;
     m.add("ABI", 1)?;

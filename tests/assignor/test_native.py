@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
@@ -30,6 +31,7 @@ from capgroup.protocol.capacity import (
 )
 from capgroup.protocol.consumer import (
     decode_member_metadata,
+    encode_member_assignment,
     encode_member_assignment_columns,
 )
 from tests.assignor.invariants import leader_metadata, native_assign
@@ -239,6 +241,46 @@ def test_decoded_metadata_equals_the_python_decoders(case: Case) -> None:
         subs, partitions, case.generation, cooperative=True, advertisements=given_
     )
     assert led.plan == adapter.plan_group(raw, partitions, case.generation).plan
+
+
+@settings(max_examples=100, deadline=None)
+@given(cases(relay=True), st.booleans(), st.integers(0, 3))
+def test_a_group_decoded_as_profiles_is_planned_as_member_by_member(
+    case: Case, cooperative: bool, headroom: int
+) -> None:
+    """``plan_group`` of a group the core decodes as profiles (per distinct subscription and
+    advertisement, ``_plan_profiles``) is the whole ``GroupPlan`` the member-by-member path
+    makes: plan, bytes, figures and members (built when read, equal to that path's tuple)."""
+    raw = leader_metadata(case.members)
+    partitions = list(case.partitions)
+    with mock.patch.object(adapter, "SMALL_GROUP_PARTITIONS", 0):
+        by_profile = adapter.plan_group(
+            raw, partitions, case.generation, cooperative=cooperative, headroom_members=headroom
+        )
+        with mock.patch.object(native, "decode_group", return_value=None):
+            by_member = adapter.plan_group(
+                raw, partitions, case.generation, cooperative=cooperative, headroom_members=headroom
+            )
+    assert isinstance(by_profile.members, adapter._ProfileMembers)
+    assert by_profile == by_member
+    assert len(by_profile.members) == len(by_member.members)
+    assert list(by_profile.members) == list(by_member.members)
+    assert by_member.members == by_profile.members  # either side of ==
+    if by_member.members:
+        assert by_profile.members[-1] == by_member.members[-1]
+        assert by_profile.members[:2] == by_member.members[:2]
+
+
+def test_a_group_with_undecodable_metadata_is_not_planned_as_profiles() -> None:
+    """One member the core leaves to the Python decoders (garbage here) sends the whole
+    group down the member-by-member path, which rejects that member alone."""
+    members, partitions = synthetic_group(3_000, 4, seed=2)
+    raw = [*leader_metadata(members), ("bad", None, b"garbage")]
+    assert native.decode_group([data for _, _, data in raw]) is None
+    led = adapter.plan_group(raw, partitions, 1)
+    assert set(led.rejected) == {"bad"}
+    assert led.assignments["bad"] == encode_member_assignment((), led.info)
+    assert sum(len(led.plan.assignment.get(m.member_id, ())) for m in members) == 3_000
 
 
 def test_the_core_keeps_its_working_memory_within_bounds() -> None:
