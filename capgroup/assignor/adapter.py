@@ -14,6 +14,7 @@ names it.
 
 from __future__ import annotations
 
+import gc
 import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,6 +24,7 @@ from capgroup.assignor import balance, native
 from capgroup.assignor.figures import (
     EXACT_HEADROOM_MAX_PARTITIONS,
     assigned_count,
+    columns_of,
     group_figures,
     profile_figures,
 )
@@ -50,7 +52,6 @@ from capgroup.protocol.consumer import (
 from capgroup.types import CapacityAdvertisement, TopicPartition
 
 if TYPE_CHECKING:
-    from capgroup.assignor.columnar import Assignment
     from capgroup.assignor.native import NativeClaims
 
 __all__ = [
@@ -222,7 +223,10 @@ def _plan_profiles(
     the result builds them when read). None when the core leaves this input to the numpy
     path."""
     ids = list(map(_MEMBER_ID, members))
-    with balance._no_gc():  # as columnar.plan: nothing to collect in the core's call
+    # As columnar.plan: the collector has nothing to find in the core's call.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
         plan = native.plan_profiles(
             ids,
             group.profiles,
@@ -233,6 +237,9 @@ def _plan_profiles(
             claimed_rates=True,
             force=True,  # the core is on: it decoded the group
         )
+    finally:
+        if collecting:
+            gc.enable()
     if plan is None:
         return None
     if not cooperative:
@@ -464,14 +471,7 @@ def _decode_one(
         return exc
 
 
-def _columns(plan: Plan) -> Assignment | None:
-    """``plan.assignment`` if the fast path made it (it answers from its arrays)."""
-    if isinstance(plan.assignment, dict):
-        return None  # the reference pipeline's: no need to load numpy to find that out
-    from capgroup.assignor.columnar import Assignment
-
-    found = plan.assignment
-    return found if isinstance(found, Assignment) else None
+_columns = columns_of
 
 
 def _topic_sizes(plan: Plan) -> dict[str, int] | None:

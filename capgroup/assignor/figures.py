@@ -14,19 +14,23 @@ import bisect
 import itertools
 import math
 import operator
-import statistics
+import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from capgroup.assignor import balance
 from capgroup.assignor.model import MemberSpec, PartitionSpec, PartitionTable, Plan, profiles_of
 from capgroup.protocol.consumer import AssignmentInfo
 
+if TYPE_CHECKING:
+    from capgroup.assignor.columnar import Assignment
+
 __all__ = [
     "EXACT_HEADROOM_MAX_PARTITIONS",
     "assigned_count",
+    "columns_of",
     "group_figures",
     "profile_figures",
 ]
@@ -120,17 +124,19 @@ def profile_figures(
         per_topic = _per_topic(partitions, n_partitions)
     roster = _Roster(profiles, rows, ids, set(per_topic))
     n_live = len(roster.live_ids)
-    # Largest first, as balance.headroom ranks them.
-    keys = list(
-        zip(map(operator.neg, roster.dear), roster.neg_weight, roster.live_ids, strict=True)
-    )
-    ranked = sorted(range(n_live), key=keys.__getitem__)
+    # Largest first, as balance.headroom ranks them: by slots, weight, then member id.
+    if roster.ranked_alike():
+        ranked = sorted(range(n_live), key=roster.live_ids.__getitem__)
+    else:
+        keys = list(
+            zip(map(operator.neg, roster.dear), roster.neg_weight, roster.live_ids, strict=True)
+        )
+        ranked = sorted(range(n_live), key=keys.__getitem__)
     # A plan that leaves partitions unassigned (or only relays them: no batch home) is short:
     # nothing can be lost.
     short = bool(plan.unassigned) or n_relayed > 0
     spare = 0 if short else _headroom(roster, ranked, partitions, n_partitions)
-    sizes = [n for n in roster.dear if n > 0]
-    typical = statistics.median_high(sizes) if sizes else 0
+    typical = roster.typical_slots()
     if not short and spare >= headroom:
         wanted = n_live + headroom - spare
     else:
@@ -237,6 +243,24 @@ class _Roster:
         self.budget = spread([r.budget for r in per])
         #: Whether every live member subscribes to every topic at one cost.
         self.uniform = all(r.cost_class.uniform for r in per if not r.draining)
+
+    def ranked_alike(self) -> bool:
+        """Whether every live member has the same slots and weight (one deployment): ranked
+        by member id alone."""
+        return len({(self._per[r].dear, self._per[r].neg_weight) for r in self._count_live}) <= 1
+
+    def typical_slots(self) -> int:
+        """The upper median of the live members' non-zero slots (``statistics.median_high``),
+        from the profiles' counts; 0 when no live member has slots."""
+        pairs = sorted(
+            (self._per[r].dear, n) for r, n in self._count_live.items() if self._per[r].dear > 0
+        )
+        middle = sum(n for _, n in pairs) // 2
+        for slots, n in pairs:
+            if middle < n:
+                return slots
+            middle -= n
+        return 0
 
     def live_member(self, k: int) -> MemberSpec:
         """Live member ``k`` as the assignor sees it."""
@@ -380,11 +404,18 @@ def _headroom(
 
 def assigned_count(plan: Plan) -> int:
     """How many partitions ``plan`` assigns, without building the fast path's tuples."""
-    if isinstance(plan.assignment, dict):
-        return sum(map(len, plan.assignment.values()))
-    from capgroup.assignor.columnar import Assignment
+    columns = columns_of(plan)
+    if columns is not None:
+        return columns.total()
+    return sum(map(len, plan.assignment.values()))
 
+
+def columns_of(plan: Plan) -> Assignment | None:
+    """``plan.assignment`` if the fast path made it (it answers from its arrays). A plan made
+    without it never loads numpy to find that out, and one made with it does not import
+    anything (the leader asks several times per plan)."""
+    columnar = sys.modules.get("capgroup.assignor.columnar")
+    if columnar is None:
+        return None  # no fast path has run in this process
     found = plan.assignment
-    if isinstance(found, Assignment):
-        return found.total()
-    return sum(map(len, found.values()))
+    return found if isinstance(found, columnar.Assignment) else None

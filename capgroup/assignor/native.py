@@ -32,6 +32,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -335,9 +336,12 @@ def plan_profiles(
 
 
 def _plan_of(found: Any, ids: list[str]) -> Plan:
-    import numpy as np
-
-    from capgroup.assignor.columnar import Assignment
+    # Both are loaded after the first plan: looked up, not imported, on every call.
+    np = sys.modules.get("numpy") or importlib.import_module("numpy")
+    columnar = sys.modules.get("capgroup.assignor.columnar") or importlib.import_module(
+        "capgroup.assignor.columnar"
+    )
+    Assignment = columnar.Assignment  # noqa: N806 (the class)
 
     # The four int64 columns are the core's ``Column`` objects: numpy reads them in place.
     names, topic_c, number_c, order_c, bounds_c, pending, unassigned, relay, counts, sizes = found

@@ -35,7 +35,23 @@ impl<'a> Reader<'a> {
         Some(self.raw(1)?[0])
     }
 
+    /// An unsigned LEB128 varint of at most ``max``. Most are one byte (partition gaps,
+    /// generation indexes): that case is read inline.
+    #[inline]
     fn uvarint(&mut self, max: u128) -> Option<u128> {
+        if self.pos < self.end {
+            let b = self.buf[self.pos];
+            if b < 0x80 {
+                self.pos += 1;
+                let value = b as u128;
+                return if value > max { None } else { Some(value) };
+            }
+        }
+        self.uvarint_long(max)
+    }
+
+    #[inline(never)]
+    fn uvarint_long(&mut self, max: u128) -> Option<u128> {
         let mut value: u128 = 0;
         for k in 0..10 {
             let b = self.u8()?;
@@ -369,9 +385,13 @@ fn decode_owned(r: &mut Reader<'_>) -> Option<Owned> {
     if names.windows(2).any(|w| w[0] == w[1]) {
         return None;
     }
+    // Trimmed where the bound was loose (claims with rates take five bytes or more each):
+    // the columns live until the plan is made.
     out.names.shrink_to_fit();
-    out.partitions.shrink_to_fit();
-    out.generations.shrink_to_fit();
-    out.rates.shrink_to_fit();
+    if out.partitions.capacity() > 2 * out.partitions.len() {
+        out.partitions.shrink_to_fit();
+        out.generations.shrink_to_fit();
+        out.rates.shrink_to_fit();
+    }
     Some(out)
 }

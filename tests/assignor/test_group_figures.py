@@ -3,6 +3,7 @@ every member exports as ``capgroup_group_*`` and what an autoscaler follows."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from typing import Any
@@ -251,3 +252,31 @@ def test_figures_cost_little_next_to_the_plan(n_members: int) -> None:
     figures_module.group_figures(plan, members, partitions, 1)
     figured = time.perf_counter() - t0
     assert figured < max(planned, 0.05)
+
+
+@settings(max_examples=200, deadline=None)
+@given(cases(relay=True), st.integers(0, 3), st.integers(1, 4))
+def test_the_figures_do_not_depend_on_how_members_share_profiles(
+    case: Case, spare: int, copies: int
+) -> None:
+    """The figures are worked out once per profile (members sharing their subscription and
+    advertisement objects, as the leader decodes one deployment) and spread by counts: the
+    same figures as with every member a profile of its own."""
+    shared = [
+        MemberSpec(f"{m.member_id}~{k}", m.topics, m.capacity, m.instance_id)
+        for m in case.members
+        for k in range(copies)
+    ]
+    alone = [
+        MemberSpec(
+            m.member_id, frozenset(set(m.topics)), dataclasses.replace(m.capacity), m.instance_id
+        )
+        for m in shared
+    ]
+    assert len(figures_module.profiles_of(shared)[0]) <= len(case.members)
+    assert len(figures_module.profiles_of(alone)[0]) == len(alone)
+    partitions = list(case.partitions)
+    plan = assign(shared, partitions, case.generation)
+    by_profile = group_figures(plan, shared, partitions, case.generation, headroom=spare)
+    by_member = group_figures(plan, alone, partitions, case.generation, headroom=spare)
+    assert by_profile == by_member
