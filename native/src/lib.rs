@@ -151,6 +151,8 @@ struct Parts {
     first: Vec<usize>,
     size: Vec<usize>,
     dense: Vec<bool>,
+    /// Known to carry no rate at all (a table without a rates column).
+    no_rates: bool,
 }
 
 fn normalize<'py>(py: Python<'py>, partitions: &Bound<'py, PyAny>) -> R<Parts> {
@@ -268,6 +270,7 @@ fn normalize_table<'py>(py: Python<'py>, table: &Bound<'py, PyTuple>) -> R<Parts
         first,
         size,
         dense,
+        no_rates: rates.is_none(),
     })
 }
 
@@ -350,6 +353,7 @@ fn finish(seen: Vec<String>, code: Vec<u32>, mut number: Vec<i64>, raw: Vec<f64>
         first,
         size,
         dense,
+        no_rates: false,
     }
 }
 
@@ -572,7 +576,13 @@ fn run_plan(
     // A fresh group (nobody claims a partition here) skips the passes over the owners.
     let owned_any = claims.iter().any(|c| c.part >= 0);
     drop(claims);
-    let unit = load_units(&parts.rate, &resolved.owner_rate).ok_or(Unsupported)?;
+    // No rate anywhere (none in the table, no claim): every partition weighs the same,
+    // as ``load_units`` finds after a pass over both.
+    let unit = if parts.no_rates && !owned_any {
+        vec![LOAD_BASE; n_parts]
+    } else {
+        load_units(&parts.rate, &resolved.owner_rate).ok_or(Unsupported)?
+    };
     lap("claims+units");
 
     // Classes: (eligible, topics, partition_bytes dict, default cost).
