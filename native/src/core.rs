@@ -8,29 +8,37 @@ use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 
 pub const LOAD_BASE: i64 = 1000;
 
-/// Heap entry of the receivers: (key, member, version), ordered like a Python tuple.
-#[derive(Clone, Copy, Debug)]
-pub struct KeyEntry(pub f64, pub usize, pub i64);
+/// Heap entry of the receivers: (key, member, version), ordered like the Python tuple, packed
+/// in two words that compare as integers: the key's bits mapped to an order-preserving
+/// unsigned (keys are never NaN: loads are finite, weights positive and finite), then the
+/// member in the high half of the second word and the version in the low half (both below
+/// 2^32: members are counted in 32 bits, and a version counts one member's changes). A
+/// receiver heap pops once per partition placed, and its comparisons were most of placing a
+/// group with ingress rates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KeyEntry(u64, u64);
 
-impl PartialEq for KeyEntry {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
+impl KeyEntry {
+    #[inline]
+    pub fn new(key: f64, member: usize, version: i64) -> Self {
+        let bits = key.to_bits();
+        // Non-negative floats order as their bits; negative ones in reverse, below them.
+        let key = if bits >> 63 == 0 {
+            bits | 1 << 63
+        } else {
+            !bits
+        };
+        KeyEntry(key, (member as u64) << 32 | (version as u64 & 0xffff_ffff))
     }
-}
-impl Eq for KeyEntry {}
-impl PartialOrd for KeyEntry {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
+
+    #[inline]
+    pub fn member(self) -> usize {
+        (self.1 >> 32) as usize
     }
-}
-impl Ord for KeyEntry {
-    fn cmp(&self, other: &Self) -> Ordering {
-        // Keys are never NaN (loads are finite, weights positive and finite).
-        self.0
-            .partial_cmp(&other.0)
-            .unwrap_or(Ordering::Equal)
-            .then(self.1.cmp(&other.1))
-            .then(self.2.cmp(&other.2))
+
+    #[inline]
+    pub fn version(self) -> i64 {
+        (self.1 & 0xffff_ffff) as i64
     }
 }
 
@@ -526,7 +534,7 @@ impl Receivers {
             let mut items = Vec::new();
             for &i in &st.gmembers[g] {
                 if st.fits(i, g) {
-                    items.push(Reverse(KeyEntry(st.key(i), i, st.ver[i])));
+                    items.push(Reverse(KeyEntry::new(st.key(i), i, st.ver[i])));
                     pushed[i] = st.ver[i];
                 }
             }
@@ -538,11 +546,12 @@ impl Receivers {
         let (heap, pushed) = self.ensure(st, g);
         let mut held: Option<Reverse<KeyEntry>> = None;
         let mut found = -1i64;
-        while let Some(&Reverse(KeyEntry(_, i, v))) = heap.peek() {
+        while let Some(&Reverse(top)) = heap.peek() {
+            let (i, v) = (top.member(), top.version());
             if v != st.ver[i] {
                 heap.pop();
                 if pushed[i] != st.ver[i] && st.fits(i, g) {
-                    heap.push(Reverse(KeyEntry(st.key(i), i, st.ver[i])));
+                    heap.push(Reverse(KeyEntry::new(st.key(i), i, st.ver[i])));
                     pushed[i] = st.ver[i];
                 }
                 continue;
@@ -575,13 +584,13 @@ impl Receivers {
                     Some(&Reverse(e)) => e,
                     None => return pos,
                 };
-                let (ii, v) = (top.1, top.2);
+                let (ii, v) = (top.member(), top.version());
                 let c = st.gcost[g][st.mcls[ii]];
                 let fits = st.count[ii] < st.cap[ii] && st.used[ii] + c <= st.budget[ii];
                 if v != st.ver[ii] {
                     heap.pop();
                     if pushed[ii] != st.ver[ii] && fits {
-                        heap.push(Reverse(KeyEntry(st.key(ii), ii, st.ver[ii])));
+                        heap.push(Reverse(KeyEntry::new(st.key(ii), ii, st.ver[ii])));
                         pushed[ii] = st.ver[ii];
                     }
                 } else if !fits {
@@ -604,7 +613,7 @@ impl Receivers {
             // the comparisons of a sift down from the top.
             heap.pop();
             if st.count[i] < st.cap[i] && st.used[i] + c <= st.budget[i] {
-                heap.push(Reverse(KeyEntry(st.key(i), i, st.ver[i])));
+                heap.push(Reverse(KeyEntry::new(st.key(i), i, st.ver[i])));
                 pushed[i] = st.ver[i];
             } else {
                 pushed[i] = -1;
@@ -616,7 +625,7 @@ impl Receivers {
     fn rose(&mut self, st: &State, i: usize, g: usize) {
         if let Some(Some((heap, pushed))) = self.heaps.get_mut(g) {
             if st.fits(i, g) {
-                heap.push(Reverse(KeyEntry(st.key(i), i, st.ver[i])));
+                heap.push(Reverse(KeyEntry::new(st.key(i), i, st.ver[i])));
                 pushed[i] = st.ver[i];
             }
         }
@@ -626,7 +635,7 @@ impl Receivers {
         for &g in &st.mgroups[i] {
             if let Some(Some((heap, pushed))) = self.heaps.get_mut(g) {
                 if st.fits(i, g) {
-                    heap.push(Reverse(KeyEntry(st.key(i), i, st.ver[i])));
+                    heap.push(Reverse(KeyEntry::new(st.key(i), i, st.ver[i])));
                     pushed[i] = st.ver[i];
                 }
             }
@@ -732,28 +741,30 @@ fn runs(st: &State, free: &[usize]) -> (Vec<usize>, Vec<usize>) {
         return (order, ends);
     }
     let rank: Vec<usize> = st.tgroup.iter().map(|&g| scarcity(g)).collect();
-    // Heaviest first, then the scarcest group, then the index: (-unit, rank, j) with rank
-    // (a member count) and j (run_plan takes fewer than 2^32 partitions) packed in one word,
-    // which sorts about twice as fast as the tuple.
-    let mut keyed: Vec<(i64, u64)> = free
+    // Heaviest first, then the scarcest group, then the index: (-unit, rank, j) as one
+    // 128-bit integer, -unit in the high word (its sign bit flipped: the order of an i64 as
+    // an unsigned), then rank (a member count) and j (run_plan takes fewer than 2^32
+    // partitions) in the low word: integers sort faster than the tuple.
+    let mut keyed: Vec<u128> = free
         .iter()
         .map(|&j| {
             let t = st.ptopic[j] as usize;
-            (-st.unit[j], ((rank[t] as u64) << 32) | j as u64)
+            let heaviest = (st.unit[j].wrapping_neg() as u64) ^ (1 << 63);
+            (heaviest as u128) << 64 | (((rank[t] as u64) << 32) | j as u64) as u128
         })
         .collect();
     keyed.sort_unstable();
+    let in_order = keyed.iter().map(|&key| (key as u64 & 0xffff_ffff) as usize);
     let mut order = Vec::with_capacity(keyed.len());
     let mut ends = Vec::new();
     let mut last: Option<(i64, i64)> = None;
-    for (nu, rj) in keyed {
-        let j = (rj & 0xffff_ffff) as usize;
+    for j in in_order {
         let g = st.tgroup[st.ptopic[j] as usize];
-        if last.is_some() && last != Some((nu, g)) {
+        if last.is_some() && last != Some((st.unit[j], g)) {
             ends.push(order.len());
         }
         order.push(j);
-        last = Some((nu, g));
+        last = Some((st.unit[j], g));
     }
     if !order.is_empty() {
         ends.push(order.len());
@@ -926,22 +937,43 @@ pub fn place_free(st: &mut State, free: &[usize]) -> Option<Vec<usize>> {
     let mut recv = Receivers::new();
     let mut unplaced = Vec::new();
     let (order, ends) = runs(st, free);
+    let group_of = |st: &State, run: &[usize]| st.tgroup[st.ptopic[run[0]] as usize];
     let mut start = 0usize;
-    for end in ends {
-        let run = &order[start..end];
-        start = end;
-        let g = st.tgroup[st.ptopic[run[0]] as usize];
+    let mut k = 0usize;
+    while k < ends.len() {
+        let run = &order[start..ends[k]];
+        let g = group_of(st, run);
         if g < 0 {
             unplaced.extend_from_slice(run);
+            start = ends[k];
+            k += 1;
             continue;
         }
         let g = g as usize;
-        let done = if run.len() >= st.gmembers[g].len() {
-            water_fill(st, g, run)?
-        } else {
-            recv.fill(st, g, run)
-        };
-        unplaced.extend_from_slice(&run[done..]);
+        let members = st.gmembers[g].len();
+        if run.len() >= members {
+            let done = water_fill(st, g, run)?;
+            unplaced.extend_from_slice(&run[done..]);
+            start = ends[k];
+            k += 1;
+            continue;
+        }
+        // The short runs that follow in the same group go to the receivers in one call:
+        // they take the partitions one by one in this order either way (with ingress rates
+        // nearly every run is one partition, and a call per partition cost a tenth of it).
+        let mut last = k + 1;
+        while last < ends.len() {
+            let next = &order[ends[last - 1]..ends[last]];
+            if group_of(st, next) != g as i64 || next.len() >= members {
+                break;
+            }
+            last += 1;
+        }
+        let runs = &order[start..ends[last - 1]];
+        let done = recv.fill(st, g, runs);
+        unplaced.extend_from_slice(&runs[done..]);
+        start = ends[last - 1];
+        k = last;
     }
     Some(unplaced)
 }

@@ -2,13 +2,17 @@
 running the chaos service with one ``CHAOS_PLANT`` switched on, and the verdict that must fail.
 
 The plants live in :mod:`tests.chaos.service` only. Each run is short (one fault to give the
-plant something to break) and must also show the named evidence, not just any failure.
+plant something to break) and must also show the named evidence, not just any failure. The
+member-level plants run side by side (:data:`CONCURRENT` at a time), each on its own topic
+and group.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
 from tests.brokers import KafkaEndpoint
@@ -21,7 +25,10 @@ from tests.chaos.driver import (
 )
 from tests.chaos.report import summary
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+#: Plant -> its run's report.
+Reports = dict[str, dict[str, Any]]
 
 #: plant -> (faults to inject, invariant numbers that must fail)
 PLANTED = {
@@ -49,21 +56,61 @@ RANGE_JOBS_PLANTED = {
 }
 
 
+#: How many planted runs share the broker at a time. A run is mostly waiting (warm-up, the
+#: schedule, the drain), so three side by side take about as long as one alone on the
+#: 2-core CI machine, and the plants are caught all the same (their evidence is the plant's
+#: own commits and relays, not timing): the module takes about half as long.
+CONCURRENT = 3
+
+
+@pytest.fixture(scope="module")
+def planted_reports(kafka: KafkaEndpoint, tmp_path_factory: pytest.TempPathFactory) -> Reports:
+    """The report of every plant of :data:`PLANTED` and :data:`RELAY_PLANTED`, run
+    :data:`CONCURRENT` at a time (each on its own topic and group)."""
+    configs = {
+        plant: ChaosConfig(
+            seed=11,
+            duration_s=20,
+            run_dir=tmp_path_factory.mktemp(plant),
+            faults=faults,
+            plant=plant,
+            warmup_s=8.0,
+            drain_s=30.0,
+        )
+        for plant, (faults, _) in PLANTED.items()
+    } | {
+        plant: relay_config(
+            tmp_path_factory.mktemp(plant),
+            seed=11,
+            duration_s=20,
+            faults=faults,
+            plant=plant,
+            drain_s=30.0,
+        )
+        for plant, (faults, _) in RELAY_PLANTED.items()
+    }
+    reports: Reports = {}
+
+    async def run_all() -> None:
+        limit = anyio.Semaphore(CONCURRENT)
+
+        async def one(plant: str, config: ChaosConfig) -> None:
+            async with limit:
+                reports[plant] = await run_chaos(config, kafka.bootstrap_servers, kafka.cluster)
+
+        async with anyio.create_task_group() as tg:
+            for plant, config in configs.items():
+                tg.start_soon(one, plant, config)
+
+    anyio.run(run_all)
+    return reports
+
+
+@pytest.mark.timeout(900)  # the first test waits for every planted run
 @pytest.mark.parametrize("plant", sorted(PLANTED))
-async def test_invariant_catches_planted_fault(
-    plant: str, kafka: KafkaEndpoint, tmp_path: Path
-) -> None:
-    faults, expected = PLANTED[plant]
-    config = ChaosConfig(
-        seed=11,
-        duration_s=20,
-        run_dir=tmp_path,
-        faults=faults,
-        plant=plant,
-        warmup_s=8.0,
-        drain_s=30.0,
-    )
-    report = await run_chaos(config, kafka.bootstrap_servers, kafka.cluster)
+def test_invariant_catches_planted_fault(plant: str, planted_reports: Reports) -> None:
+    _, expected = PLANTED[plant]
+    report = planted_reports[plant]
     text = summary(report)
     print(text)
     failed = {v["number"] for v in report["verdicts"] if not v["passed"]}
@@ -73,15 +120,11 @@ async def test_invariant_catches_planted_fault(
             assert v["evidence"], text
 
 
+@pytest.mark.timeout(900)
 @pytest.mark.parametrize("plant", sorted(RELAY_PLANTED))
-async def test_relay_invariant_catches_planted_fault(
-    plant: str, kafka: KafkaEndpoint, tmp_path: Path
-) -> None:
-    faults, expected = RELAY_PLANTED[plant]
-    config = relay_config(
-        tmp_path, seed=11, duration_s=20, faults=faults, plant=plant, drain_s=30.0
-    )
-    report = await run_chaos(config, kafka.bootstrap_servers, kafka.cluster)
+def test_relay_invariant_catches_planted_fault(plant: str, planted_reports: Reports) -> None:
+    _, expected = RELAY_PLANTED[plant]
+    report = planted_reports[plant]
     text = summary(report)
     print(text)
     failed = {v["number"] for v in report["verdicts"] if not v["passed"]}
@@ -102,6 +145,7 @@ async def test_relay_invariant_catches_planted_fault(
 RANGE_JOBS_ATTEMPTS = 4
 
 
+@pytest.mark.anyio
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("plant", sorted(RANGE_JOBS_PLANTED))
 async def test_range_jobs_invariant_catches_planted_fault(
