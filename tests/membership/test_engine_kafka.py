@@ -166,6 +166,23 @@ async def test_killed_member_partitions_go_to_survivors_within_budget(
     assert recovered_at - killed_at < FAST["session_timeout_ms"] / 1000 + 20
 
 
+def _uncommitted(events: list[dict[str, Any]], generation: int) -> list[tuple[int, int]]:
+    """The (partition, offset) of every record a member processed in ``generation`` or
+    before, at or past its last commit there."""
+    last_commit: dict[int, int] = {}
+    for e in events:
+        if e["event"] == "committed" and e["generation"] <= generation:
+            for _, p, off in e["offsets"]:
+                last_commit[p] = max(last_commit.get(p, 0), off)
+    return [
+        (e["partition"], e["offset"])
+        for e in events
+        if e["event"] == "record"
+        and e["generation"] <= generation
+        and e["offset"] >= last_commit.get(e["partition"], 0)
+    ]
+
+
 async def test_frozen_member_never_commits_after_waking(
     kafka: Any, topic_factory: Any, unique_id: Any, tmp_path: Path
 ) -> None:
@@ -190,6 +207,13 @@ async def test_frozen_member_never_commits_after_waking(
                 lambda: len(current_assignment(heir.events())[1]) == 2, 60, "heir gets its share"
             )
             frozen_generation = last_generation(zombie.events())
+            # Freeze it holding processed records it has not committed yet (it commits every
+            # 2 s): right after a commit there may be none, and the test would prove nothing.
+            await wait_until(
+                lambda: bool(_uncommitted(zombie.events(), frozen_generation)),
+                10,
+                "the zombie to hold uncommitted records",
+            )
             zombie.signal(signal.SIGSTOP)
             frozen_at = now()
             await wait_until(
@@ -214,19 +238,8 @@ async def test_frozen_member_never_commits_after_waking(
     assert not late_commits, f"the zombie committed after waking: {late_commits[:3]}"
     # What the zombie processed in its frozen generation after its last commit there is
     # re-delivered to the heir. (After waking it may rejoin and own partitions again.)
-    last_commit: dict[int, int] = {}
-    for e in zombie_events:
-        if e["event"] == "committed" and e["generation"] <= frozen_generation:
-            for _, p, off in e["offsets"]:
-                last_commit[p] = max(last_commit.get(p, 0), off)
     heir_seen = {(e["partition"], e["offset"]) for e in heir_events if e["event"] == "record"}
-    uncommitted = [
-        (e["partition"], e["offset"])
-        for e in zombie_events
-        if e["event"] == "record"
-        and e["generation"] <= frozen_generation
-        and e["offset"] >= last_commit.get(e["partition"], 0)
-    ]
+    uncommitted = _uncommitted(zombie_events, frozen_generation)
     assert uncommitted, "the zombie froze with nothing uncommitted: the test proves nothing"
     not_redelivered = [r for r in uncommitted if r not in heir_seen]
     assert not not_redelivered, f"processed but uncommitted records lost: {not_redelivered[:5]}"
