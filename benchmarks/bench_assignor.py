@@ -24,6 +24,9 @@ Java's are warmed for three seconds):
   (**gc after**: that last part, a collection the call put off);
 * **rr**: a capacity-blind round-robin baseline (Kafka's RoundRobinAssignor: sorted
   partitions dealt to sorted members, no limits, no stickiness);
+* **rates vs count** (``--rates`` only, printed after the table): the leader path on the
+  same sizes with and without ingress rates, their calls alternating in one loop, and the
+  ratio of the two medians (the issue's target: at most 3x);
 * **core**: the header says whether the compiled core (``capgroup._native``) planned or
   the numpy path did (``CAPGROUP_ASSIGNOR_NATIVE=0``, or the extension not built);
 * **java warm / java 1st**: Kafka's CooperativeStickyAssignor (kafka-clients 4.1.2, the
@@ -132,6 +135,9 @@ class Row:
     min_per_member: int
     max_per_member: int
     java: JavaResult | None
+    #: With ``--rates``: the leader path with and without ingress rates on the same sizes,
+    #: their calls alternating, as (rates ms, count ms); None without ``--rates``.
+    rates_vs_count: tuple[float, float] | None = None
 
 
 class JavaSide:
@@ -243,6 +249,24 @@ def median_seconds(fn: Callable[[], object], runs: int) -> float:
     return statistics.median(times)
 
 
+def paired_medians(
+    first: Callable[[], object], second: Callable[[], object], runs: int
+) -> tuple[float, float]:
+    """Median wall times of ``first`` and ``second``, their calls alternating (each after a
+    full collection, after warm-up of both): a ratio of the two that the machine's load at
+    the moment does not move."""
+    warm_up(first)
+    warm_up(second)
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(runs):
+        for fn, out in zip((first, second), times, strict=True):
+            gc.collect()
+            start = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def timed_with_gc(fn: Callable[[], object], runs: int) -> tuple[float, float, float]:
     """Median wall time of ``fn`` (after warm-up), and the median GC time charged to its
     caller, in all and after the call returned, in seconds.
@@ -312,10 +336,25 @@ def measure(
     """Both cases of one size: fresh, and the stable result minus its middle member."""
     members, specs = synthetic_group(n_parts, n_members, seed=1, rates=rates)
     partitions = PartitionTable.of_specs(specs)
-    fresh = assign(members, partitions, 1)
-    survivors = without_member(after_rebalance(members, fresh, 1), n_members // 2)
+    survivors = without_member(
+        after_rebalance(members, assign(members, partitions, 1), 1), n_members // 2
+    )
+    # With rates, the same sizes without them: the count path, timed side by side.
+    counted: list[tuple[Sequence[tuple[str, str | None, bytes]], PartitionTable]] = []
+    if rates:
+        plain, plain_specs = synthetic_group(n_parts, n_members, seed=1, rates=False)
+        plain_table = PartitionTable.of_specs(plain_specs)
+        plain_survivors = without_member(
+            after_rebalance(plain, assign(plain, plain_table, 1), 1), n_members // 2
+        )
+        counted = [
+            (join_metadata(plain), plain_table),
+            (join_metadata(plain_survivors), plain_table),
+        ]
     rows = []
-    for case, group, generation in (("fresh", members, 1), ("remove1", survivors, 2)):
+    for k, (case, group, generation) in enumerate(
+        (("fresh", members, 1), ("remove1", survivors, 2))
+    ):
         raw = join_metadata(group)
 
         def leader(
@@ -339,6 +378,19 @@ def measure(
             return round_robin(group, partitions, 0)
 
         t_leader, t_gc, t_gc_after = timed_with_gc(leader, runs)
+        rates_vs_count = None
+        if counted:
+            plain_raw, plain_table = counted[k]
+
+            def count_leader(
+                raw: Sequence[tuple[str, str | None, bytes]] = plain_raw,
+                partitions: PartitionTable = plain_table,
+                generation: int = generation,
+            ) -> object:
+                return plan_group(raw, partitions, generation)
+
+            with_rates, without = paired_medians(leader, count_leader, runs)
+            rates_vs_count = (with_rates * 1e3, without * 1e3)
         t_assign = median_seconds(ours, runs)
         t_rr = median_seconds(baseline, runs)
         peak = peak_mib(leader) if memory else float("nan")
@@ -362,6 +414,7 @@ def measure(
                 low,
                 high,
                 java,
+                rates_vs_count,
             )
         )
     return rows
@@ -491,6 +544,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             for row in measured:
                 print(format_row(row), flush=True)
             rows += measured
+    for row in rows:
+        if row.rates_vs_count is not None:
+            with_rates, without = row.rates_vs_count
+            print(
+                f"rates vs count path, side by side (alternating calls): {row.partitions:,}/"
+                f"{row.members:,} {row.case} {with_rates:.1f} ms with rates, {without:.1f} ms "
+                f"without: {with_rates / without:.2f}x"
+            )
     for row in rows:
         if row.java is not None:
             print(

@@ -221,7 +221,25 @@ pub struct Claim {
 pub fn resolve_claims(n_parts: usize, claims: &[Claim], generation: i64) -> Claims {
     let mut owner = vec![-1i64; n_parts];
     let mut owner_rate = vec![0.0f64; n_parts];
-    if claims.iter().all(|c| c.part < 0) {
+    // A group at rest (or a fresh one): every partition claimed once at most, and no claim
+    // from the future.
+    // Then each claim names the owner and nothing is stale or tied: two columns to write,
+    // not six to keep (with ingress rates a member's claims lie far apart, and each column
+    // missed the cache once per claim).
+    let mut once = true;
+    for c in claims {
+        if c.part < 0 {
+            continue;
+        }
+        let j = c.part as usize;
+        if c.gen > generation || owner[j] >= 0 {
+            once = false;
+            break;
+        }
+        owner[j] = c.member as i64;
+        owner_rate[j] = clean_rate(c.rate);
+    }
+    if once {
         return Claims {
             owner,
             owner_rate,
@@ -230,6 +248,8 @@ pub fn resolve_claims(n_parts: usize, claims: &[Claim], generation: i64) -> Clai
             bogus: 0,
         };
     }
+    owner.fill(-1);
+    owner_rate.fill(0.0);
     let mut top_gen = vec![i64::MIN; n_parts];
     let mut top_count = vec![0u32; n_parts];
     let mut total = vec![0u32; n_parts];
@@ -497,6 +517,18 @@ impl State {
         self.ver[i] += 1;
     }
 
+    /// Member ``i`` takes the free partition ``j`` (load unit ``unit``, costing it ``c``):
+    /// whether it has room for another at that cost.
+    #[inline]
+    fn take(&mut self, i: usize, j: usize, unit: i64, c: i128) -> bool {
+        self.target[j] = i as i64;
+        self.count[i] += 1;
+        self.used[i] += c;
+        self.load[i] += unit;
+        self.ver[i] += 1;
+        self.count[i] < self.cap[i] && self.used[i] + c <= self.budget[i]
+    }
+
     fn remove(&mut self, i: usize, j: usize) {
         self.target[j] = -1;
         self.count[i] -= 1;
@@ -517,11 +549,16 @@ pub struct Receivers {
     /// Per topic group (indexed by group: there are few, and the look-up is made once per
     /// partition placed), its heap of receivers and the version each member was pushed at.
     heaps: Vec<Option<(MinHeap<KeyEntry>, Vec<i64>)>>,
+    /// Per topic group, whether all its members have one weight (see :meth:`fill_alike`).
+    alike: Vec<Option<bool>>,
 }
 
 impl Receivers {
     pub fn new() -> Self {
-        Receivers { heaps: Vec::new() }
+        Receivers {
+            heaps: Vec::new(),
+            alike: Vec::new(),
+        }
     }
 
     fn ensure(&mut self, st: &State, g: usize) -> &mut (MinHeap<KeyEntry>, Vec<i64>) {
@@ -575,7 +612,12 @@ impl Receivers {
     }
 
     /// ``_Receivers.fill``: returns the index in ``run`` from which nothing was placed.
-    pub fn fill(&mut self, st: &mut State, g: usize, run: &[usize]) -> usize {
+    /// ``units`` holds the load unit of each partition in ``run`` (or is empty: then
+    /// ``st.unit`` has it).
+    pub fn fill(&mut self, st: &mut State, g: usize, run: &[usize], units: &[i64]) -> usize {
+        if let Some(done) = self.fill_alike(st, g, run, units) {
+            return done;
+        }
         let (heap, pushed) = self.ensure(st, g);
         for (pos, &j) in run.iter().enumerate() {
             let i;
@@ -602,17 +644,13 @@ impl Receivers {
                 }
             }
             let c = st.gcost[g][st.mcls[i]];
-            st.target[j] = i as i64;
-            st.count[i] += 1;
-            st.used[i] += c;
-            st.load[i] += st.unit[j];
-            st.ver[i] += 1;
+            let room = st.take(i, j, unit_of(st, run, units, pos), c);
             // heapq.heapreplace: the top entry becomes the taker's new one. As a pop and a
             // push (the same heap order: entries are totally ordered): the taker's key grew,
             // so its entry sinks far, which a pop (to the bottom, then up) does in about half
             // the comparisons of a sift down from the top.
             heap.pop();
-            if st.count[i] < st.cap[i] && st.used[i] + c <= st.budget[i] {
+            if room {
                 heap.push(Reverse(KeyEntry::new(st.key(i), i, st.ver[i])));
                 pushed[i] = st.ver[i];
             } else {
@@ -620,6 +658,105 @@ impl Receivers {
             }
         }
         run.len()
+    }
+
+    /// :meth:`fill` when every member of group ``g`` has the same weight: then a member's
+    /// key ``(load + ubar) / weight`` orders as its integer ``load + ubar`` does (below
+    /// 2^51 the division of two different integers by one weight never rounds them to one
+    /// float), so the receivers are integers, ``(load + ubar) << bits | k`` for the group's
+    /// ``k``-th member (members are in ascending order: ties go to the lower one, as in the
+    /// heap), in a tournament tree built here from the state: exact and current, and only
+    /// the taker's entry changes. The lazy heap of :meth:`ensure`, if built, stays valid:
+    /// loads only grow while free partitions are placed, so its stale entries surface early
+    /// and are refreshed. None (nothing done) for any other group, or loads too large.
+    fn fill_alike(
+        &mut self,
+        st: &mut State,
+        g: usize,
+        run: &[usize],
+        units: &[i64],
+    ) -> Option<usize> {
+        if self.alike.len() <= g {
+            self.alike.resize(st.gmembers.len().max(g + 1), None);
+        }
+        let alike = *self.alike[g].get_or_insert_with(|| {
+            let ms = &st.gmembers[g];
+            let w = ms.first().map_or(1.0, |&i| st.weight[i]);
+            // Far from the float range's ends: no key overflows or underflows.
+            (1e-250..1e250).contains(&w)
+                && ms.iter().all(|&i| st.weight[i].to_bits() == w.to_bits())
+        });
+        if !alike {
+            return None;
+        }
+        let members = std::mem::take(&mut st.gmembers[g]);
+        let done = Self::fill_tournament(st, g, &members, run, units);
+        st.gmembers[g] = members;
+        done
+    }
+
+    /// The placing loop of :meth:`fill_alike`, with the group's members taken out of
+    /// ``st`` (None: loads or units this packing cannot hold; nothing was placed then).
+    fn fill_tournament(
+        st: &mut State,
+        g: usize,
+        members: &[usize],
+        run: &[usize],
+        units: &[i64],
+    ) -> Option<usize> {
+        let leaves = members.len().next_power_of_two();
+        let bits = leaves.trailing_zeros().max(1);
+        let limit: i128 = 1i128 << 51.min(64 - bits);
+        let (mut added, mut lightest) = (0i128, 0i64);
+        for pos in 0..run.len() {
+            let unit = unit_of(st, run, units, pos);
+            added += unit as i128;
+            lightest = lightest.min(unit);
+        }
+        if lightest < 0 {
+            return None; // loads must only grow (see fill_alike)
+        }
+        const NOBODY: u64 = u64::MAX;
+        // tree[leaves + k]: member k's entry; tree[p]: the least of tree[2p] and tree[2p + 1].
+        let mut tree = vec![NOBODY; 2 * leaves];
+        for (k, &i) in members.iter().enumerate() {
+            let base = (st.load[i] + st.ubar) as i128;
+            if base < 0 || base + added >= limit {
+                return None;
+            }
+            if st.fits(i, g) {
+                tree[leaves + k] = (base as u64) << bits | k as u64;
+            }
+        }
+        for p in (1..leaves).rev() {
+            tree[p] = tree[2 * p].min(tree[2 * p + 1]);
+        }
+        let row = st.gcost[g].clone();
+        for (pos, &j) in run.iter().enumerate() {
+            // Every entry in the tree is of a member that fits: checked when it was made.
+            let top = tree[1];
+            if top == NOBODY {
+                return Some(pos);
+            }
+            let k = (top & ((1 << bits) - 1)) as usize;
+            let i = members[k];
+            let unit = unit_of(st, run, units, pos);
+            let mut entry = if st.take(i, j, unit, row[st.mcls[i]]) {
+                top + ((unit as u64) << bits)
+            } else {
+                NOBODY
+            };
+            // Replay the taker's way up: the siblings' winners do not depend on each other,
+            // so the loads run ahead of the chain of minimums.
+            let mut at = leaves + k;
+            tree[at] = entry;
+            while at > 1 {
+                entry = entry.min(tree[at ^ 1]);
+                at >>= 1;
+                tree[at] = entry;
+            }
+        }
+        Some(run.len())
     }
 
     fn rose(&mut self, st: &State, i: usize, g: usize) {
@@ -640,6 +777,16 @@ impl Receivers {
                 }
             }
         }
+    }
+}
+
+/// The load unit of ``run[pos]``: ``units[pos]``, or ``st.unit`` when ``units`` is empty.
+#[inline]
+fn unit_of(st: &State, run: &[usize], units: &[i64], pos: usize) -> i64 {
+    if units.is_empty() {
+        st.unit[run[pos]]
+    } else {
+        units[pos]
     }
 }
 
@@ -688,17 +835,46 @@ pub fn keep_owned(st: &mut State, mine: &[Vec<usize>]) -> usize {
 
 // ----------------------------------------------------------------------------- place free
 
-/// The free partitions in placement order, cut into runs: ``(order, ends)`` with run ``k``
-/// being ``order[ends[k - 1]..ends[k]]`` (one flat array: with ingress rates nearly every run
-/// holds one partition, and a vector per run cost as much as placing it).
-fn runs(st: &State, free: &[usize]) -> (Vec<usize>, Vec<usize>) {
+/// The free partitions in placement order, cut into runs of one load unit and one topic
+/// group: run ``k`` is ``order[ends[k - 1]..ends[k]]``, in group ``groups[k]`` (one flat
+/// array: with ingress rates nearly every run holds one partition, and a vector per run cost
+/// as much as placing it). ``units`` holds each placed partition's load unit, in ``order``
+/// (empty when every unit is the same): the receivers read it in sequence, where looking
+/// ``unit`` up by partition missed the cache on nearly every one.
+pub struct Runs {
+    pub order: Vec<usize>,
+    pub units: Vec<i64>,
+    pub ends: Vec<usize>,
+    pub groups: Vec<i64>,
+}
+
+impl Runs {
+    fn unit(&self, st: &State, pos: usize) -> i64 {
+        if self.units.is_empty() {
+            st.unit[self.order[pos]]
+        } else {
+            self.units[pos]
+        }
+    }
+}
+
+fn runs(st: &State, free: &[usize]) -> Runs {
     #[cfg(feature = "mutants")]
     {
         if st.mutant == Some("coldest_first") {
             let mut order = free.to_vec();
             order.sort_by_key(|&j| (st.unit[j], j));
             let ends = (1..=order.len()).collect();
-            return (order, ends);
+            let groups = order
+                .iter()
+                .map(|&j| st.tgroup[st.ptopic[j] as usize])
+                .collect();
+            return Runs {
+                order,
+                units: Vec::new(),
+                ends,
+                groups,
+            };
         }
     }
     let scarcity = |g: i64| -> usize {
@@ -729,16 +905,26 @@ fn runs(st: &State, free: &[usize]) -> (Vec<usize>, Vec<usize>) {
             end += count[(g + 1) as usize];
             ends.push(end);
         }
-        if gs.len() == 1 {
-            return (free.to_vec(), ends); // one group: the free partitions as they are
-        }
-        let mut order = vec![0usize; free.len()];
-        for &j in free {
-            let b = bucket_of[st.ptopic[j] as usize];
-            order[at[b]] = j;
-            at[b] += 1;
-        }
-        return (order, ends);
+        let order = if gs.len() == 1 {
+            free.to_vec() // one group: the free partitions as they are
+        } else {
+            let mut order = vec![0usize; free.len()];
+            for &j in free {
+                let b = bucket_of[st.ptopic[j] as usize];
+                order[at[b]] = j;
+                at[b] += 1;
+            }
+            order
+        };
+        return Runs {
+            order,
+            units: Vec::new(),
+            ends,
+            groups: gs,
+        };
+    }
+    if let Some(runs) = runs_of_one_group(st, free) {
+        return runs;
     }
     let rank: Vec<usize> = st.tgroup.iter().map(|&g| scarcity(g)).collect();
     // Heaviest first, then the scarcest group, then the index: (-unit, rank, j) as one
@@ -754,25 +940,122 @@ fn runs(st: &State, free: &[usize]) -> (Vec<usize>, Vec<usize>) {
         })
         .collect();
     keyed.sort_unstable();
-    let in_order = keyed.iter().map(|&key| (key as u64 & 0xffff_ffff) as usize);
-    let mut order = Vec::with_capacity(keyed.len());
-    let mut ends = Vec::new();
-    let mut last: Option<(i64, i64)> = None;
-    for j in in_order {
+    let mut runs = Runs::with_capacity(keyed.len());
+    for key in keyed {
+        let j = (key as u64 & 0xffff_ffff) as usize;
+        let unit = (((key >> 64) as u64) ^ (1 << 63)).wrapping_neg() as i64;
         let g = st.tgroup[st.ptopic[j] as usize];
-        if last.is_some() && last != Some((st.unit[j], g)) {
-            ends.push(order.len());
-        }
-        order.push(j);
-        last = Some((st.unit[j], g));
+        runs.push(j, unit, g);
     }
-    if !order.is_empty() {
-        ends.push(order.len());
-    }
-    (order, ends)
+    runs.close();
+    runs
 }
 
-fn water_fill(st: &mut State, g: usize, run: &[usize]) -> Option<usize> {
+impl Runs {
+    /// No runs yet, with room for ``n`` partitions.
+    fn with_capacity(n: usize) -> Self {
+        Runs {
+            order: Vec::with_capacity(n),
+            units: Vec::with_capacity(n),
+            ends: Vec::new(),
+            groups: Vec::new(),
+        }
+    }
+
+    /// Appends partition ``j`` (its unit and group given), starting a run when either
+    /// differs from the last one's.
+    #[inline]
+    fn push(&mut self, j: usize, unit: i64, g: i64) {
+        if let (Some(&last_unit), Some(&last_g)) = (self.units.last(), self.groups.last()) {
+            if last_unit != unit || last_g != g {
+                self.ends.push(self.order.len());
+                self.groups.push(g);
+            }
+        } else {
+            self.groups.push(g);
+        }
+        self.order.push(j);
+        self.units.push(unit);
+    }
+
+    fn close(&mut self) {
+        if !self.order.is_empty() {
+            self.ends.push(self.order.len());
+        }
+    }
+}
+
+/// :func:`runs` when every topic is in one group (every member of a deployment subscribes
+/// alike), every unit fits in 32 bits and ``free`` ascends: then the placement order is
+/// the heaviest first, ties by index, which a stable radix sort by unit alone gives (the
+/// partitions come in index order). None otherwise.
+fn runs_of_one_group(st: &State, free: &[usize]) -> Option<Runs> {
+    let g = *st.tgroup.first()?;
+    if g < 0 || st.tgroup.iter().any(|&t| t != g) || free.len() > u32::MAX as usize {
+        return None;
+    }
+    let mut heaviest = 0i64;
+    let mut ascending = true;
+    let mut prev = None;
+    for &j in free {
+        let u = st.unit[j];
+        if u < 0 || j > u32::MAX as usize {
+            return None;
+        }
+        heaviest = heaviest.max(u);
+        ascending &= prev.is_none_or(|p| p < j);
+        prev = Some(j);
+    }
+    if !ascending || heaviest > u32::MAX as i64 {
+        return None;
+    }
+    // (heaviest - unit) in the high word, the index in the low one: sorted by the high
+    // word alone (stable), the order is by (-unit, j).
+    let keys: Vec<u64> = free
+        .iter()
+        .map(|&j| ((heaviest - st.unit[j]) as u64) << 32 | j as u64)
+        .collect();
+    let keys = radix_sort_high_words(keys, 64 - (heaviest as u64).leading_zeros());
+    let mut runs = Runs::with_capacity(keys.len());
+    for key in keys {
+        runs.push(
+            (key & 0xffff_ffff) as usize,
+            heaviest - (key >> 32) as i64,
+            g,
+        );
+    }
+    runs.close();
+    Some(runs)
+}
+
+/// Sorts ``keys`` stably by their high 32-bit words, of which only the low ``bits`` are
+/// ever set: a least-significant-digit radix sort, 11 bits at a time.
+fn radix_sort_high_words(mut keys: Vec<u64>, bits: u32) -> Vec<u64> {
+    const DIGIT: u32 = 11;
+    let mut spare = vec![0u64; keys.len()];
+    let mut shift = 0;
+    while shift < bits {
+        let digit = |k: u64| ((k >> (32 + shift)) & ((1 << DIGIT) - 1)) as usize;
+        let mut at = [0usize; 1 << DIGIT];
+        for &k in &keys {
+            at[digit(k)] += 1;
+        }
+        let mut sum = 0;
+        for slot in at.iter_mut() {
+            (*slot, sum) = (sum, sum + *slot);
+        }
+        for &k in &keys {
+            let d = digit(k);
+            spare[at[d]] = k;
+            at[d] += 1;
+        }
+        std::mem::swap(&mut keys, &mut spare);
+        shift += DIGIT;
+    }
+    keys
+}
+
+fn water_fill(st: &mut State, g: usize, run: &[usize], u: i64) -> Option<usize> {
     #[cfg(feature = "mutants")]
     {
         if st.mutant == Some("first_fit_without_balance") {
@@ -788,7 +1071,6 @@ fn water_fill(st: &mut State, g: usize, run: &[usize]) -> Option<usize> {
             return Some(pos);
         }
     }
-    let u = st.unit[run[0]];
     let ubar = st.ubar;
     let rooms: Vec<(usize, i64)> = st.gmembers[g]
         .iter()
@@ -936,13 +1218,13 @@ impl Ord for KeyF {
 pub fn place_free(st: &mut State, free: &[usize]) -> Option<Vec<usize>> {
     let mut recv = Receivers::new();
     let mut unplaced = Vec::new();
-    let (order, ends) = runs(st, free);
-    let group_of = |st: &State, run: &[usize]| st.tgroup[st.ptopic[run[0]] as usize];
+    let runs = runs(st, free);
+    let (order, ends) = (&runs.order, &runs.ends);
     let mut start = 0usize;
     let mut k = 0usize;
     while k < ends.len() {
         let run = &order[start..ends[k]];
-        let g = group_of(st, run);
+        let g = runs.groups[k];
         if g < 0 {
             unplaced.extend_from_slice(run);
             start = ends[k];
@@ -952,7 +1234,7 @@ pub fn place_free(st: &mut State, free: &[usize]) -> Option<Vec<usize>> {
         let g = g as usize;
         let members = st.gmembers[g].len();
         if run.len() >= members {
-            let done = water_fill(st, g, run)?;
+            let done = water_fill(st, g, run, runs.unit(st, start))?;
             unplaced.extend_from_slice(&run[done..]);
             start = ends[k];
             k += 1;
@@ -962,17 +1244,21 @@ pub fn place_free(st: &mut State, free: &[usize]) -> Option<Vec<usize>> {
         // they take the partitions one by one in this order either way (with ingress rates
         // nearly every run is one partition, and a call per partition cost a tenth of it).
         let mut last = k + 1;
-        while last < ends.len() {
-            let next = &order[ends[last - 1]..ends[last]];
-            if group_of(st, next) != g as i64 || next.len() >= members {
-                break;
-            }
+        while last < ends.len()
+            && runs.groups[last] == g as i64
+            && ends[last] - ends[last - 1] < members
+        {
             last += 1;
         }
-        let runs = &order[start..ends[last - 1]];
-        let done = recv.fill(st, g, runs);
-        unplaced.extend_from_slice(&runs[done..]);
-        start = ends[last - 1];
+        let end = ends[last - 1];
+        let units = if runs.units.is_empty() {
+            &[][..]
+        } else {
+            &runs.units[start..end]
+        };
+        let done = recv.fill(st, g, &order[start..end], units);
+        unplaced.extend_from_slice(&order[start + done..end]);
+        start = end;
         k = last;
     }
     Some(unplaced)

@@ -420,8 +420,17 @@ fn claims_of(py: Python<'_>, parts: &Parts, members: &Bound<'_, PyList>) -> R<Ve
         if let Ok(native) = claims.downcast::<Claims>() {
             let o = &native.get().owned;
             let mut k = 0usize;
+            let mut c = -1i64;
             for (t, &cnt) in o.topics().zip(o.counts.iter()) {
-                let c = code.get(t).map_or(-1, |&c| c as i64);
+                // A member lists its topics in order, and often the table's next one: that
+                // is checked before the name is hashed (with ingress rates a member holds a
+                // partition of nearly every topic, and hashing was most of this loop).
+                let next = (c + 1) as usize;
+                c = if parts.names.get(next).is_some_and(|name| name == t) {
+                    next as i64
+                } else {
+                    code.get(t).map_or(-1, |&c| c as i64)
+                };
                 for _ in 0..cnt {
                     let part = if c >= 0 {
                         parts.locate(c as u32, o.partitions[k])
@@ -1026,6 +1035,7 @@ fn encode_assignments(
     let n = bounds.len().saturating_sub(1);
     let mut out = Vec::with_capacity(n);
     let mut buf: Vec<u8> = Vec::new();
+    let mut mine: Vec<(i64, i64)> = Vec::new();
     for i in 0..n {
         let (lo, hi) = (bounds[i], bounds[i + 1]);
         if lo < 0 || hi < lo || hi as usize > n_parts {
@@ -1036,40 +1046,70 @@ fn encode_assignments(
             return Ok(None);
         }
         buf.clear();
-        buf.extend_from_slice(&0i16.to_be_bytes());
-        let mut runs = 0i32;
-        let count_at = buf.len();
-        buf.extend_from_slice(&0i32.to_be_bytes());
-        let mut k = 0usize;
-        while k < js.len() {
-            let t = topic[js[k] as usize];
-            let mut e = k;
-            while e < js.len() && topic[js[e] as usize] == t {
-                e += 1;
-            }
-            if t < 0 || t as usize >= names.len() {
-                return Ok(None);
-            }
-            let name = names[t as usize].as_bytes();
-            buf.extend_from_slice(&(name.len() as i16).to_be_bytes());
-            buf.extend_from_slice(name);
-            buf.extend_from_slice(&((e - k) as i32).to_be_bytes());
-            for &j in &js[k..e] {
-                let p = number[j as usize];
-                if p < i32::MIN as i64 || p > i32::MAX as i64 {
-                    return Ok(None);
-                }
-                buf.extend_from_slice(&(p as i32).to_be_bytes());
-            }
-            runs += 1;
-            k = e;
+        let written =
+            if js.last().map_or(0, |&j| j + 1) - js.first().map_or(0, |&j| j) == js.len() as i64 {
+                // One range of the columns (without ingress rates, members take ranges).
+                let at = |k: usize| (topic[js[k] as usize], number[js[k] as usize]);
+                write_assignment(&mut buf, js.len(), at, &names, user_data)
+            } else {
+                // Scattered: each partition's (topic, number) gathered before they are written,
+                // so the loads do not wait on each other (with ingress rates a member's
+                // partitions lie far apart, and nearly every load missed the cache).
+                mine.clear();
+                mine.extend(js.iter().map(|&j| (topic[j as usize], number[j as usize])));
+                write_assignment(&mut buf, js.len(), |k| mine[k], &names, user_data)
+            };
+        if written.is_none() {
+            return Ok(None);
         }
-        buf[count_at..count_at + 4].copy_from_slice(&runs.to_be_bytes());
-        buf.extend_from_slice(&(user_data.len() as i32).to_be_bytes());
-        buf.extend_from_slice(user_data);
         out.push(PyBytes::new(py, &buf).into_any().unbind());
     }
     Ok(Some(out))
+}
+
+/// One ``ConsumerProtocolMemberAssignment`` (version 0) into ``buf``: the ``len`` partitions
+/// ``at(k)`` gives as (topic code, number), in topic runs, then ``user_data``. One pass: a
+/// run's count is written when the next run starts. None when a code or a number does not
+/// fit.
+fn write_assignment(
+    buf: &mut Vec<u8>,
+    len: usize,
+    at: impl Fn(usize) -> (i64, i64),
+    names: &[String],
+    user_data: &[u8],
+) -> Option<()> {
+    buf.reserve(10 + 4 * len + user_data.len());
+    buf.extend_from_slice(&0i16.to_be_bytes());
+    let runs_at = buf.len();
+    buf.extend_from_slice(&0i32.to_be_bytes());
+    let mut runs = 0i32;
+    // The current run: its topic code, where its count goes, and where its numbers start.
+    let mut run: Option<(i64, usize, usize)> = None;
+    let close = |buf: &mut Vec<u8>, run: Option<(i64, usize, usize)>| {
+        if let Some((_, count_at, first)) = run {
+            let count = ((buf.len() - first) / 4) as i32;
+            buf[count_at..count_at + 4].copy_from_slice(&count.to_be_bytes());
+        }
+    };
+    for k in 0..len {
+        let (t, p) = at(k);
+        if run.is_none_or(|(current, _, _)| current != t) {
+            close(buf, run);
+            let name = names.get(usize::try_from(t).ok()?)?.as_bytes();
+            buf.extend_from_slice(&(name.len() as i16).to_be_bytes());
+            buf.extend_from_slice(name);
+            let count_at = buf.len();
+            buf.extend_from_slice(&0i32.to_be_bytes());
+            run = Some((t, count_at, buf.len()));
+            runs += 1;
+        }
+        buf.extend_from_slice(&i32::try_from(p).ok()?.to_be_bytes());
+    }
+    close(buf, run);
+    buf[runs_at..runs_at + 4].copy_from_slice(&runs.to_be_bytes());
+    buf.extend_from_slice(&(user_data.len() as i32).to_be_bytes());
+    buf.extend_from_slice(user_data);
+    Some(())
 }
 
 /// A member's ownership claims as :func:`decode_members` decoded them (the columns of
