@@ -222,10 +222,9 @@ pub fn resolve_claims(n_parts: usize, claims: &[Claim], generation: i64) -> Clai
     let mut owner = vec![-1i64; n_parts];
     let mut owner_rate = vec![0.0f64; n_parts];
     // A group at rest (or a fresh one): every partition claimed once at most, and no claim
-    // from the future.
-    // Then each claim names the owner and nothing is stale or tied: two columns to write,
-    // not six to keep (with ingress rates a member's claims lie far apart, and each column
-    // missed the cache once per claim).
+    // from the future. Then each claim names the owner and nothing is stale or tied: two
+    // columns to write, not six to keep (with ingress rates a member's claims lie far apart,
+    // and each column missed the cache once per claim).
     let mut once = true;
     for c in claims {
         if c.part < 0 {
@@ -721,7 +720,8 @@ impl Receivers {
         let mut tree = vec![NOBODY; 2 * leaves];
         for (k, &i) in members.iter().enumerate() {
             let base = (st.load[i] + st.ubar) as i128;
-            if base < 0 || base + added >= limit {
+            // Below limit - 1: no entry reaches NOBODY.
+            if base < 0 || base + added + 1 >= limit {
                 return None;
             }
             if st.fits(i, g) {
